@@ -1,0 +1,8 @@
+"""Fixtures for the whole suite: real servers, started once per session."""
+
+from tests.fixtures.servers import (  # noqa: F401 - fixtures are found by name
+    postgres_server,
+    postgres_url,
+    redis_server,
+    redis_urls,
+)

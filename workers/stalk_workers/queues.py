@@ -1,0 +1,107 @@
+"""The queue table: every queue's name, which tasks it receives, and how its workers run.
+
+One table serves everyone: the Celery app builds its queues and routes from it, the API lists
+it, ``stalk dev`` starts a worker per queue from it, and the Helm chart's ``queues:`` map has
+the same shape (``STALK_QUEUES_FILE`` points at a YAML file of that shape to replace it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_QUEUE = "default"
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$"
+# Keys of the chart's per-queue values that only the chart uses (pod shape, not queue behaviour).
+CHART_ONLY_KEYS = frozenset({"resources", "nodeSelector", "tolerations", "affinity", "env", "podAnnotations"})
+
+
+class QueueSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=QUEUE_NAME_PATTERN)
+    # Task-name globs routed here (Celery ``task_routes`` patterns). Unmatched tasks go to ``default``.
+    routes: tuple[str, ...] = ()
+    concurrency: int = Field(2, ge=1, le=256)
+    pool: Literal["prefork", "threads", "solo"] = "prefork"
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(10, ge=1)
+    tasks_per_replica: int = Field(10, ge=1)
+    # Scale up when the oldest waiting task has waited longer than this (None: depth only).
+    max_wait_seconds: int | None = Field(None, ge=1)
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_at_least_min(cls, value: int, info) -> int:
+        minimum = info.data.get("min_replicas", 0)
+        if value < minimum:
+            raise ValueError(f"max_replicas ({value}) must be >= min_replicas ({minimum})")
+        return value
+
+
+BUILTIN_QUEUES: tuple[QueueSpec, ...] = (
+    QueueSpec(name=DEFAULT_QUEUE, routes=("stalk.*",), concurrency=4, min_replicas=1),
+    QueueSpec(name="classification", routes=("*.classify*",), concurrency=2, tasks_per_replica=20),
+    QueueSpec(
+        name="summarization",
+        routes=("*.summarize*", "*.rewrite*"),
+        concurrency=2,
+        tasks_per_replica=4,
+        max_wait_seconds=30,
+    ),
+    QueueSpec(name="notifications", routes=("*.notify*", "*.send_*"), concurrency=8, pool="threads"),
+)
+
+
+class QueueTableError(ValueError):
+    """The queue table file is missing, not YAML, or does not describe valid queues."""
+
+
+def load_queue_table(path: Path | None = None) -> tuple[QueueSpec, ...]:
+    """Return the queues from ``path`` (a ``{name: {...}}`` YAML map) or the built-in table."""
+    if path is None:
+        return BUILTIN_QUEUES
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise QueueTableError(f"cannot read queue table {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise QueueTableError(f"queue table {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise QueueTableError(f"queue table {path} must be a non-empty map of queue name to settings")
+    specs = []
+    for name, fields in raw.items():
+        try:
+            specs.append(QueueSpec(name=name, **_to_snake_case(fields or {})))
+        except (ValidationError, TypeError) as exc:
+            raise QueueTableError(f"queue {name!r} in {path}: {_first_error(exc)}") from exc
+    if DEFAULT_QUEUE not in {s.name for s in specs}:
+        raise QueueTableError(f"queue table {path} must define the {DEFAULT_QUEUE!r} queue")
+    return tuple(specs)
+
+
+def _to_snake_case(fields: dict) -> dict:
+    # The chart's values use camelCase (minReplicas); Python uses snake_case. Accept both.
+    out = {}
+    for key, value in fields.items():
+        if key in CHART_ONLY_KEYS:
+            continue
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+        out[snake] = tuple(value) if snake == "routes" else value
+    return out
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}" if where else err["msg"]
+    return str(exc)
+
+
+def celery_routes(queues: tuple[QueueSpec, ...]) -> dict[str, dict[str, str]]:
+    """Celery ``task_routes``: glob pattern -> queue, in table order (first match wins)."""
+    return {pattern: {"queue": q.name} for q in queues for pattern in q.routes}
