@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Build one group of pinned test binaries from its wrapper module and link them
+# into OUTDIR (normally .cluster/bin).
+#
+#   hack/tools/build.sh GROUP OUTDIR        GROUP: kube | etcd | kwok | helm | skaffold
+#
+# The binaries live in a cache OUTSIDE the repository,
+#   ${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin/<group>-<version>-<hash>/
+# where <hash> covers the wrapper's go.mod/go.sum, the Go version and the
+# linker flags. A fresh clone on the same machine therefore finds them, and
+# nothing is rebuilt until a pin changes. GOCACHE and GOMODCACHE stay at Go's
+# defaults so that even a rebuild with other flags mostly hits the build cache.
+set -euo pipefail
+
+group=${1:?usage: build.sh GROUP OUTDIR}
+outdir=${2:?usage: build.sh GROUP OUTDIR}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+# A go line newer than this toolchain must fail loudly, not trigger a toolchain download.
+export GOTOOLCHAIN=local
+# Binaries only; VCS stamping would read the stalk repository, which is meaningless here.
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+
+# Release dates from the module proxy make the stamped build date reproducible.
+release_time() { go mod download -json "$1" | sed -n 's/.*"Time": "\(.*\)".*/\1/p'; }
+
+case "$group" in
+kube)
+    version=$KUBE_VERSION
+    minor=$(echo "$version" | cut -d. -f2)
+    date=$(cd "$here/kube" && release_time "k8s.io/kubernetes@$version")
+    ldflags=""
+    # kube-* binaries report component-base's version, kubectl's client side client-go's.
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit= -X $pkg.buildDate=$date"
+    done
+    pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+          k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+    bins="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+    ;;
+etcd)
+    version=$ETCD_VERSION
+    ldflags="-X go.etcd.io/etcd/api/v3/version.GitSHA=$version"
+    # The main package is the module root, so `go build` would name it "server".
+    pkgs="go.etcd.io/etcd/server/v3"
+    bins="etcd"
+    ;;
+kwok)
+    version=$KWOK_VERSION
+    ldflags="-X sigs.k8s.io/kwok/pkg/consts.Version=${version#v}"
+    pkgs="sigs.k8s.io/kwok/cmd/kwok"
+    bins="kwok"
+    ;;
+helm)
+    version=$HELM_VERSION
+    major=$(echo "$version" | cut -d. -f1)
+    ldflags="-X helm.sh/helm/$major/internal/version.version=$version -X helm.sh/helm/$major/internal/version.gitTreeState=clean"
+    pkgs="helm.sh/helm/$major/cmd/helm"
+    bins="helm"
+    ;;
+skaffold)
+    version=$SKAFFOLD_VERSION
+    ldflags="-X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version.version=$version"
+    pkgs="github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold"
+    bins="skaffold"
+    ;;
+*)
+    echo "build.sh: unknown group '$group' (want kube, etcd, kwok, helm or skaffold)" >&2
+    exit 2
+    ;;
+esac
+ldflags="-s -w $ldflags"
+
+hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "$ldflags"; } |
+        sha256sum | cut -c1-12)
+cache_root=${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin
+cache=$cache_root/$group-$version-$hash
+mkdir -p "$cache_root"
+
+# Two clones building at once must not clobber each other: one builds, the other waits.
+exec 9>"$cache.lock"
+if [ ! -e "$cache/.complete" ] && ! flock -n 9; then
+    echo "build.sh: $group $version is being built by another process; waiting for it"
+    flock 9
+fi
+
+if [ -e "$cache/.complete" ]; then
+    echo "build.sh: $group $version cached in $cache"
+else
+    echo "build.sh: building $group $version ($bins) into $cache"
+    echo "build.sh: a cold build downloads modules and compiles for many minutes; go build prints nothing until it is done"
+    tmp=$cache.tmp
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    timer=()
+    [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$tmp/build-time.txt")
+    start=$(date +%s)
+    # One go build for all of a group's binaries, so shared packages compile once.
+    # shellcheck disable=SC2086
+    (cd "$here/$group" && "${timer[@]}" go build -trimpath -ldflags "$ldflags" -o "$tmp/" $pkgs)
+    [ "$group" = etcd ] && mv "$tmp/v3" "$tmp/etcd" 2>/dev/null || true
+    [ "$group" = etcd ] && [ -e "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
+    for b in $bins; do
+        [ -x "$tmp/$b" ] || { echo "build.sh: go build did not produce $b" >&2; exit 1; }
+    done
+    echo "build.sh: built $group $version in $(( $(date +%s) - start ))s"
+    if [ -e "$tmp/build-time.txt" ]; then
+        grep -E 'Elapsed|Maximum resident' "$tmp/build-time.txt" | sed 's/^\s*/build.sh:   /'
+    fi
+    touch "$tmp/.complete"
+    rm -rf "$cache" && mv "$tmp" "$cache"
+fi
+
+mkdir -p "$outdir"
+for b in $bins; do
+    ln -sfn "$cache/$b" "$outdir/$b"
+done
