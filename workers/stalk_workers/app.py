@@ -1,0 +1,88 @@
+"""The Celery application: ``celery -A stalk_workers.app worker -Q <queue>``.
+
+Every default below is a production choice, and every one can be changed through ``Settings``.
+Creating the app opens no connection, so importing this module needs no live Redis.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from stalk_workers.base import StalkTask
+from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
+from stalk_workers.settings import Settings
+
+BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks",)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings()
+    queues = load_queue_table(settings.queues_file)
+    transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.broker_key_prefix:
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
+
+    app = Celery("stalk", set_as_current=True)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        broker_transport_options=transport_options,
+        # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
+        result_backend_transport_options=dict(transport_options),
+        broker_connection_retry_on_startup=True,
+        # JSON only: pickle would let anyone who can write to Redis run code in the workers.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # A task is acked after it ran, and redelivered if its worker process dies mid-run.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One reserved task per process: long tasks do not sit behind another's prefetch.
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_seconds,
+        task_time_limit=settings.hard_time_limit_seconds,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_send_task_events=True,
+        task_track_started=True,
+        # The API records submissions itself; a "sent" event per task would double publish cost.
+        task_send_sent_event=False,
+        result_expires=settings.result_expires_seconds,
+        result_extended=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in queues],
+        task_routes=celery_routes(queues),
+        task_create_missing_queues=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            name: {"task": entry["task"], "schedule": float(entry.get("seconds", 60)),
+                   "args": entry.get("args", []), "kwargs": entry.get("kwargs", {})}
+            for name, entry in settings.beat_schedule.items()
+        },
+        worker_hijack_root_logger=False,
+    )
+    app.conf.stalk_settings = settings
+    app.conf.stalk_queues = queues
+
+    StalkTask.configure(settings)
+    for module in (*BUILTIN_TASK_MODULES, *settings.task_module_list):
+        importlib.import_module(module)
+
+    if settings.record_tasks:
+        from stalk_workers import recording
+
+        recording.connect(app)
+    return app
+
+
+def default_node_name(queue_names: list[str]) -> str:
+    """``queue@host``: the part after ``@`` is the pod name in Kubernetes, which the operator needs."""
+    return f"{'+'.join(queue_names) or 'all'}@{socket.gethostname()}"
+
+
+app = create_app()

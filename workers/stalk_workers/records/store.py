@@ -1,0 +1,213 @@
+"""Reading and writing task records. Every function takes keyword arguments after the session.
+
+Writes from workers are upserts: a task sent by a plain Celery client (not through the API) has
+no record yet, and is recorded on first sight.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from stalk_workers.records.models import (
+    FAILURE,
+    PENDING,
+    RETRY,
+    REVOKED,
+    STARTED,
+    SUCCESS,
+    TaskRecord,
+)
+
+TABLE = TaskRecord.__table__
+MAX_TRACEBACK_CHARS = 4000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+# --- the API's side ---------------------------------------------------------------------------
+
+def add_pending(
+    session: Session,
+    *,
+    task_id: str,
+    task_name: str,
+    queue: str,
+    args: list,
+    kwargs: dict,
+    priority: int | None = None,
+    eta: datetime | None = None,
+    idempotency_key: str | None = None,
+    retry_of: str | None = None,
+) -> TaskRecord:
+    """Stage a PENDING record in ``session``; the caller commits once the task is published."""
+    now = utcnow()
+    record = TaskRecord(
+        task_id=task_id, task_name=task_name, queue=queue, status=PENDING, args=args, kwargs=kwargs,
+        priority=priority, eta=eta, idempotency_key=idempotency_key, retry_of=retry_of, retries=0,
+        dead_lettered=False, source="api", created_at=now, updated_at=now,
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get(session: Session, task_id: str) -> TaskRecord | None:
+    return session.get(TaskRecord, task_id)
+
+
+def get_by_idempotency_key(session: Session, key: str) -> TaskRecord | None:
+    return session.scalars(sa.select(TaskRecord).where(TaskRecord.idempotency_key == key)).first()
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    status: str | None = None
+    queue: str | None = None
+    task_name: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    dead_lettered: bool | None = None
+
+
+class BadCursor(ValueError):
+    """The pagination cursor was not one this API handed out."""
+
+
+def encode_cursor(record: TaskRecord) -> str:
+    raw = f"{as_utc(record.created_at).isoformat()}|{record.task_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), task_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadCursor("cursor is not valid: use the next_cursor value from a previous page") from exc
+
+
+def list_page(
+    session: Session, *, where: TaskFilter, limit: int, cursor: str | None = None
+) -> tuple[list[TaskRecord], str | None]:
+    """Newest first. Keyset pagination on (created_at, task_id): pages stay stable under inserts."""
+    query = sa.select(TaskRecord)
+    for column, value in (
+        (TaskRecord.status, where.status), (TaskRecord.queue, where.queue),
+        (TaskRecord.task_name, where.task_name), (TaskRecord.dead_lettered, where.dead_lettered),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.created_after is not None:
+        query = query.where(TaskRecord.created_at >= where.created_after)
+    if where.created_before is not None:
+        query = query.where(TaskRecord.created_at < where.created_before)
+    if cursor is not None:
+        created, task_id = decode_cursor(cursor)
+        query = query.where(sa.tuple_(TaskRecord.created_at, TaskRecord.task_id) < (created, task_id))
+    query = query.order_by(TaskRecord.created_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def mark_revoked(session: Session, *, task_id: str) -> None:
+    session.execute(
+        sa.update(TABLE)
+        .where(TABLE.c.task_id == task_id, TABLE.c.status.in_((PENDING, STARTED, RETRY)))
+        .values(status=REVOKED, finished_at=utcnow(), updated_at=utcnow())
+    )
+
+
+# --- the workers' side: one statement per event, no ORM session -----------------------------
+
+@dataclass(frozen=True)
+class SeenTask:
+    """What a worker knows about a task when it first touches it."""
+
+    task_id: str
+    task_name: str
+    queue: str
+    args: list
+    kwargs: dict
+    retries: int = 0
+    worker: str | None = None
+    priority: int | None = None
+
+
+def _upsert(conn: Connection, seen: SeenTask, changes: dict) -> None:
+    now = utcnow()
+    changes = {**changes, "updated_at": now}
+    insert_values = {
+        "task_id": seen.task_id, "task_name": seen.task_name, "queue": seen.queue, "args": seen.args,
+        "kwargs": seen.kwargs, "priority": seen.priority, "retries": seen.retries, "worker": seen.worker,
+        "dead_lettered": False, "source": "worker", "created_at": now, **changes,
+    }
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(TABLE).values(insert_values)
+    conn.execute(statement.on_conflict_do_update(index_elements=[TABLE.c.task_id], set_=changes))
+
+
+def record_started(engine: Engine, *, seen: SeenTask) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        _upsert(conn, seen, {"status": STARTED, "started_at": now, "retries": seen.retries,
+                             "worker": seen.worker, "dead_lettered": False})
+
+
+def record_retry(engine: Engine, *, seen: SeenTask, error: BaseException, traceback: str | None) -> None:
+    with engine.begin() as conn:
+        _upsert(conn, seen, {"status": RETRY, "retries": seen.retries + 1, **_error_fields(error, traceback)})
+
+
+def record_success(engine: Engine, *, seen: SeenTask, result: object) -> None:
+    with engine.begin() as conn:
+        _upsert(conn, seen, {"status": SUCCESS, "result": result, "finished_at": utcnow(), "dead_lettered": False,
+                             "error_type": None, "error_message": None, "traceback": None})
+
+
+def record_failure(
+    engine: Engine, *, seen: SeenTask, error: BaseException, traceback: str | None, dead_lettered: bool
+) -> None:
+    with engine.begin() as conn:
+        _upsert(conn, seen, {"status": FAILURE, "finished_at": utcnow(), "dead_lettered": dead_lettered,
+                             "retries": seen.retries, **_error_fields(error, traceback)})
+
+
+def record_revoked(engine: Engine, *, task_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(TABLE).where(TABLE.c.task_id == task_id)
+            .values(status=REVOKED, finished_at=utcnow(), updated_at=utcnow())
+        )
+
+
+def _error_fields(error: BaseException, traceback: str | None) -> dict:
+    return {
+        "error_type": type(error).__name__,
+        "error_message": str(error)[:MAX_TRACEBACK_CHARS],
+        "traceback": _summarize_traceback(traceback),
+    }
+
+
+def _summarize_traceback(traceback: str | None) -> str | None:
+    # Keep the end: the frames nearest the error and the message say the most.
+    if not traceback:
+        return None
+    return traceback if len(traceback) <= MAX_TRACEBACK_CHARS else "…" + traceback[-MAX_TRACEBACK_CHARS:]
