@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""Start and stop a real, small Kubernetes control plane for tests.
+
+    python3 hack/cluster.py up   [--state-dir .cluster] [--bin-dir .cluster/bin] [--nodes 3]
+    python3 hack/cluster.py down [--state-dir .cluster]
+    python3 hack/cluster.py status [--state-dir .cluster]
+
+`up` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+(which plays the kubelet for a few fake nodes) as plain processes on 127.0.0.1,
+on ports that were free at start, so several clusters can run side by side with
+different state dirs. It waits until the API is ready and every node is Ready,
+writes STATE/kubeconfig and prints `export KUBECONFIG=...`.
+
+`down` stops, by process id, exactly the processes `up` recorded, then removes
+the state dir (except a `bin/` folder inside it, which holds links to the
+cached binaries).
+
+Standard library only, so it runs before any virtualenv exists. The binaries
+come from hack/tools/build.sh; see docs/control-plane.md.
+"""
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARIES = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+# Start order; `down` stops in reverse so nothing loses its API server first.
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+SERVICE_CIDR = "10.96.0.0/16"
+# kwok hands out pod IPs from here; kept apart from the service range.
+POD_CIDR = "10.244.0.1/16"
+# Fake nodes get a realistic, uniform capacity so scheduling behaves like a real pool.
+NODE_CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+NODE_ALLOCATABLE = {"cpu": "7800m", "memory": "31Gi", "pods": "110", "ephemeral-storage": "95Gi"}
+KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+class ClusterError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"cluster: {msg}", flush=True)
+
+
+# --- state -----------------------------------------------------------------
+
+class State:
+    """Paths inside one cluster's state dir."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.pki = os.path.join(self.root, "pki")
+        self.logs = os.path.join(self.root, "logs")
+        self.etcd_data = os.path.join(self.root, "etcd")
+        self.kubeconfig = os.path.join(self.root, "kubeconfig")
+        self.info = os.path.join(self.root, "cluster.json")
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def load(self):
+        try:
+            with open(self.info) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def save(self, info):
+        tmp = self.info + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, self.info)
+
+
+def free_ports(n):
+    """n distinct ports that are free on 127.0.0.1 right now.
+
+    All sockets stay open until every port is picked so the kernel cannot hand
+    out the same port twice. Another program could still take one before our
+    components bind it; `up` then fails with that component's log, and a retry
+    picks new ports.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- certificates ----------------------------------------------------------
+
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args[:2])} failed: {r.stderr.strip()}")
+
+
+def make_pki(pki):
+    """CA, API server serving cert, client certs and the service-account key pair.
+
+    Client identities follow kubeadm: the controller-manager and scheduler get
+    the user names the default RBAC policy grants, the admin is in
+    system:masters. kwok also gets system:masters: it writes status for nodes
+    and pods cluster-wide, and there is no built-in role for a fake kubelet.
+    """
+    os.makedirs(pki, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+            "-subj", "/CN=stalk-test-ca", cwd=pki)
+
+    def issue(name, subject, extensions):
+        with open(os.path.join(pki, f"{name}.ext"), "w") as f:
+            f.write(extensions)
+        openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject, cwd=pki)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "3650", "-extfile", f"{name}.ext",
+                "-out", f"{name}.crt", cwd=pki)
+
+    # 10.96.0.1 is the `kubernetes` Service's cluster IP (first address of SERVICE_CIDR).
+    sans = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1")
+    issue("apiserver", "/CN=kube-apiserver",
+          f"subjectAltName={sans}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+          "extendedKeyUsage=serverAuth\n")
+    client = "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+    issue("admin", "/O=system:masters/CN=stalk-admin", client)
+    issue("controller-manager", "/CN=system:kube-controller-manager", client)
+    issue("scheduler", "/CN=system:kube-scheduler", client)
+    issue("kwok", "/O=system:masters/CN=kwok", client)
+    # The API server verifies service-account tokens with sa.pub; the
+    # controller-manager and the API server's TokenRequest sign them with sa.key.
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+            "-out", "sa.key", cwd=pki)
+    openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def write_kubeconfig(path, server, pki, user):
+    def b64(name):
+        with open(os.path.join(pki, name), "rb") as f:
+            return base64.b64encode(f.read()).decode()
+
+    # JSON is valid YAML; every kubeconfig reader accepts it.
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stalk-test", "cluster": {
+            "server": server, "certificate-authority-data": b64("ca.crt")}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": b64(f"{user}.crt"),
+            "client-key-data": b64(f"{user}.key")}}],
+        "contexts": [{"name": "stalk-test", "context": {"cluster": "stalk-test", "user": user}}],
+        "current-context": "stalk-test",
+    }
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.chmod(path, 0o600)
+
+
+# --- talking to the API server with the standard library -------------------
+
+class Api:
+    def __init__(self, server, pki):
+        self.server = server
+        self.ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+        self.ctx.load_cert_chain(os.path.join(pki, "admin.crt"), os.path.join(pki, "admin.key"))
+
+    def request(self, method, path, body=None, content_type="application/json"):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw.startswith(b"{") else raw.decode()
+
+
+# --- processes -------------------------------------------------------------
+
+def start(state, name, argv):
+    """Start one component detached from our session, logging to STATE/logs/NAME.log."""
+    out = open(os.path.join(state.logs, f"{name}.log"), "ab")
+    # A new session keeps the cluster alive after `make` (our parent) exits and
+    # keeps Ctrl-C in the caller's terminal from reaching it.
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=state.root)
+    out.close()
+    return proc.pid
+
+
+def alive(pid, state_root):
+    """True if pid runs and is one of ours: its command line names our state dir.
+
+    The check keeps `down` from signalling an unrelated process that reused
+    a pid after our component died.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state_root in cmdline
+
+
+def log_tail(state, name, lines=15):
+    try:
+        with open(os.path.join(state.logs, f"{name}.log"), errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_for(what, check, deadline, state, pids):
+    """Poll check() until it returns a true value or the deadline passes.
+
+    Fails at once, with the component's log tail, if a component exited.
+    """
+    last_error = None
+    while True:
+        for name, pid in pids.items():
+            if not alive(pid, state.root):
+                raise ClusterError(f"{name} exited while waiting for {what}; "
+                                   f"last lines of {state.logs}/{name}.log:\n{log_tail(state, name)}")
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, urllib.error.URLError, ssl.SSLError, ValueError, KeyError) as e:
+            last_error = e
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out waiting for {what}"
+                               + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(0.2)
+
+
+# --- up / down -------------------------------------------------------------
+
+def component_args(state, bin_dir, ports):
+    pki = state.pki
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    # --authorization-always-allow-paths lets probes hit /healthz without a client cert.
+    serving = ["--bind-address=127.0.0.1", "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"]
+    return {
+        "etcd": [
+            f"{bin_dir}/etcd", "--name=stalk-test", f"--data-dir={state.etcd_data}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+            f"--initial-cluster=stalk-test=http://127.0.0.1:{ports['etcd-peer']}",
+            # Test data is disposable; skipping fsync makes etcd far faster on slow disks.
+            "--unsafe-no-fsync", "--quota-backend-bytes=2147483648",
+            "--log-level=warn",
+        ],
+        "kube-apiserver": [
+            f"{bin_dir}/kube-apiserver",
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['kube-apiserver']}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt",
+            "--authorization-mode=Node,RBAC",
+            # The default plugin set (NamespaceLifecycle, LimitRanger, ServiceAccount,
+            # DefaultTolerationSeconds, ResourceQuota, Priority, webhooks, ...) plus
+            # what kubeadm adds.
+            "--enable-admission-plugins=NodeRestriction",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki}/sa.pub",
+            f"--service-account-signing-key-file={pki}/sa.key",
+            "--allow-privileged=true",
+            # Small watch caches: a test cluster holds few objects, and two cores are shared.
+            "--default-watch-cache-size=50",
+            "--profiling=false",
+            "--v=1",
+        ],
+        "kube-controller-manager": [
+            f"{bin_dir}/kube-controller-manager",
+            f"--kubeconfig={state.path('controller-manager.kubeconfig')}",
+            f"--authentication-kubeconfig={state.path('controller-manager.kubeconfig')}",
+            f"--authorization-kubeconfig={state.path('controller-manager.kubeconfig')}",
+            "--leader-elect=false", *serving, f"--secure-port={ports['kube-controller-manager']}",
+            # "*" is the default set of a real cluster: service-account tokens,
+            # deployment, replicaset, endpointslice, garbage collector, namespace, ...
+            "--controllers=*",
+            # Like kubeadm: each controller acts with its own service account, so
+            # RBAC applies to controllers as it does in production.
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki}/sa.key",
+            f"--root-ca-file={pki}/ca.crt",
+            f"--cluster-signing-cert-file={pki}/ca.crt", f"--cluster-signing-key-file={pki}/ca.key",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false", "--v=1",
+        ],
+        "kube-scheduler": [
+            f"{bin_dir}/kube-scheduler",
+            f"--kubeconfig={state.path('scheduler.kubeconfig')}",
+            f"--authentication-kubeconfig={state.path('scheduler.kubeconfig')}",
+            f"--authorization-kubeconfig={state.path('scheduler.kubeconfig')}",
+            "--leader-elect=false", *serving, f"--secure-port={ports['kube-scheduler']}",
+            "--profiling=false", "--v=1",
+        ],
+        "kwok": [
+            f"{bin_dir}/kwok",
+            f"--kubeconfig={state.path('kwok.kubeconfig')}",
+            # Only nodes we create and annotate are fake; anything else is left alone.
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
+            f"--cidr={POD_CIDR}", "--node-ip=10.240.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+        ],
+    }
+
+
+def node_manifest(name):
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1]},
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "type": "kwok",
+            },
+        },
+        "status": {
+            "capacity": NODE_CAPACITY,
+            "allocatable": NODE_ALLOCATABLE,
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                         "kubeletVersion": "fake", "containerRuntimeVersion": "kwok"},
+        },
+    }
+
+
+def node_ready(node):
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in node.get("status", {}).get("conditions") or [])
+
+
+def running_pids(state):
+    info = state.load()
+    if not info:
+        return {}
+    return {n: p for n, p in info["pids"].items() if alive(p, state.root)}
+
+
+def cmd_up(args):
+    t0 = time.monotonic()
+    state = State(args.state_dir)
+    bin_dir = os.path.abspath(args.bin_dir)
+    missing = [b for b in BINARIES if not os.access(os.path.join(bin_dir, b), os.X_OK)]
+    if missing:
+        raise ClusterError(f"missing binaries in {bin_dir}: {', '.join(missing)} "
+                           "(build them with `make cluster-bins`)")
+
+    info = state.load()
+    if info:
+        if set(running_pids(state)) == set(COMPONENTS):
+            log(f"already running in {state.root}")
+            print(f"export KUBECONFIG={state.kubeconfig}")
+            return
+        raise ClusterError(f"{state.root} holds a cluster that is not fully running; "
+                           f"run `python3 hack/cluster.py down --state-dir {state.root}` first")
+
+    for d in (state.root, state.logs):
+        os.makedirs(d, exist_ok=True)
+    make_pki(state.pki)
+
+    names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    ports = dict(zip(names, free_ports(len(names))))
+    server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+    write_kubeconfig(state.kubeconfig, server, state.pki, "admin")
+    for user in ("controller-manager", "scheduler", "kwok"):
+        write_kubeconfig(state.path(f"{user}.kubeconfig"), server, state.pki, user)
+
+    argv = component_args(state, bin_dir, ports)
+    pids = {}
+    info = {"server": server, "ports": ports, "pids": pids, "bin_dir": bin_dir}
+
+    def record(name):
+        pids[name] = start(state, name, argv[name])
+        # Saved after every start so `down` can clean up even if `up` dies midway.
+        state.save(info)
+
+    api = Api(server, state.pki)
+    deadline = time.monotonic() + args.timeout
+    try:
+        record("etcd")
+        wait_for("etcd", lambda: json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{ports['etcd']}/health", timeout=2).read())["health"] == "true",
+            deadline, state, pids)
+        log(f"etcd ready on 127.0.0.1:{ports['etcd']}")
+
+        record("kube-apiserver")
+        wait_for("kube-apiserver /readyz", lambda: api.request("GET", "/readyz") == "ok",
+                 deadline, state, pids)
+        log(f"kube-apiserver ready at {server}")
+
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            record(name)
+
+        for i in range(args.nodes):
+            try:
+                api.request("POST", "/api/v1/nodes", node_manifest(f"kwok-node-{i}"))
+            except urllib.error.HTTPError as e:
+                if e.code != 409:  # already exists
+                    raise ClusterError(f"creating node kwok-node-{i}: HTTP {e.code} {e.read()[:300]!r}")
+        wait_for(f"{args.nodes} nodes Ready",
+                 lambda: sum(node_ready(n) for n in api.request("GET", "/api/v1/nodes")["items"])
+                 >= args.nodes, deadline, state, pids)
+        log(f"{args.nodes} kwok nodes Ready")
+
+        # Pods can only be admitted once the controller-manager created the
+        # namespace's default ServiceAccount; tests create pods right away.
+        wait_for("default ServiceAccount",
+                 lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default"),
+                 deadline, state, pids)
+    except BaseException:
+        log(f"start failed; stopping what was started (logs in {state.logs})")
+        stop(state, remove=False)
+        raise
+
+    log(f"ready in {time.monotonic() - t0:.1f}s; logs in {state.logs}")
+    print(f"export KUBECONFIG={state.kubeconfig}")
+
+
+def stop(state, remove=True, grace=10.0):
+    info = state.load()
+    pids = (info or {}).get("pids", {})
+    for name in reversed(COMPONENTS):
+        pid = pids.get(name)
+        if pid and alive(pid, state.root):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for name in reversed(COMPONENTS):
+        pid = pids.get(name)
+        if not pid:
+            continue
+        while alive(pid, state.root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(pid, state.root):
+            log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
+            os.kill(pid, signal.SIGKILL)
+    if remove and os.path.isdir(state.root):
+        # bin/ only holds links to the build cache; keep it so the next `up` needs no build.
+        for entry in os.listdir(state.root):
+            if entry != "bin":
+                p = os.path.join(state.root, entry)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+        if not os.listdir(state.root):
+            os.rmdir(state.root)
+
+
+def cmd_down(args):
+    state = State(args.state_dir)
+    if not os.path.exists(state.info):
+        log(f"no cluster in {state.root}")
+    stop(state)
+    log(f"stopped; removed {state.root}")
+
+
+def cmd_status(args):
+    state = State(args.state_dir)
+    info = state.load()
+    if not info:
+        log(f"no cluster in {state.root}")
+        sys.exit(1)
+    up = running_pids(state)
+    for name in COMPONENTS:
+        pid = info["pids"].get(name)
+        print(f"{name:25} pid {pid or '-':>7}  {'running' if name in up else 'NOT RUNNING'}")
+    print(f"export KUBECONFIG={state.kubeconfig}")
+    sys.exit(0 if set(up) == set(COMPONENTS) else 1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("up", "down", "status"):
+        s = sub.add_parser(name)
+        s.add_argument("--state-dir", default=os.path.join(REPO, ".cluster"),
+                       help="where certs, etcd data, logs and the kubeconfig live (default: .cluster)")
+        if name == "up":
+            s.add_argument("--bin-dir", default=os.path.join(REPO, ".cluster", "bin"))
+            s.add_argument("--nodes", type=int, default=3, help="number of kwok fake nodes")
+            s.add_argument("--timeout", type=float, default=120.0,
+                           help="seconds to wait for the cluster to become ready")
+    args = p.parse_args()
+    try:
+        {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
+    except ClusterError as e:
+        sys.exit(f"cluster: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
