@@ -16,13 +16,18 @@ from stalk_workers.base import StalkTask
 from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
 from stalk_workers.settings import Settings
 
-BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks",)
+# inspection registers the remote-control command the API uses to list workers.
+BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks", "stalk_workers.inspection")
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     queues = load_queue_table(settings.queues_file)
-    transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
+    transport_options = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        # Fail fast when Redis is unreachable instead of hanging a request.
+        "socket_connect_timeout": 5,
+    }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
 
@@ -33,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
         result_backend_transport_options=dict(transport_options),
+        redis_socket_connect_timeout=5,
         broker_connection_retry_on_startup=True,
         # JSON only: pickle would let anyone who can write to Redis run code in the workers.
         task_serializer="json",

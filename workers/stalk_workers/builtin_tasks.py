@@ -16,11 +16,13 @@ class IntentionalFailure(RuntimeError):
 
 @shared_task(name="stalk.health_check", base=IdempotentTask, bind=True)
 def health_check(self) -> dict:
+    """Answer with the worker's name: proves a worker consumes the queue."""
     return {"status": "ok", "worker": self.request.hostname or socket.gethostname(), "time": time.time()}
 
 
 @shared_task(name="stalk.echo", base=IdempotentTask)
 def echo(*args, **kwargs) -> dict:
+    """Return the arguments it was given."""
     return {"args": list(args), "kwargs": kwargs}
 
 

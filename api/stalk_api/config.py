@@ -1,0 +1,38 @@
+"""Settings of the API process: the shared ``Settings`` plus where it listens and who may call it."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+
+from stalk_workers.settings import Settings
+
+
+class ApiSettings(Settings):
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    # Comma-separated bearer tokens; or one token per line in ``api_tokens_file`` (a mounted Secret).
+    api_tokens: str = ""
+    api_tokens_file: Path | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_batch_tasks: int = Field(1000, ge=1)
+    # Apply database migrations when the API starts (dev); the Helm chart runs them as a Job instead.
+    migrate_on_start: bool = True
+    # How long to wait for workers to answer a remote-control inspection.
+    inspect_timeout_seconds: float = Field(0.5, gt=0, le=5)
+
+    def tokens(self) -> frozenset[str]:
+        tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}
+        if self.api_tokens_file is not None:
+            tokens |= {line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()}
+        return frozenset(tokens)
+
+    def listens_on_loopback_only(self) -> bool:
+        if self.api_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,155 @@
+"""/v1/tasks: submit, follow, list, retry and cancel tasks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+
+from stalk_api import submission
+from stalk_api.deps import GatewayDep, MetricsDep, SessionDep
+from stalk_api.schemas import (
+    BatchCreate,
+    BatchSubmitted,
+    Problem,
+    TaskCreate,
+    TaskError,
+    TaskPublic,
+    TasksPublic,
+    TaskStatus,
+    TaskSubmitted,
+)
+from stalk_workers.records import store
+from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, TaskRecord
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+ERRORS = {
+    400: {"model": Problem, "description": "The request is well-formed but cannot be accepted."},
+    401: {"model": Problem, "description": "Missing or invalid bearer token."},
+    404: {"model": Problem, "description": "No such task, or the task name is not registered."},
+    409: {"model": Problem, "description": "The request conflicts with the task's state."},
+    413: {"model": Problem, "description": "The request body is too large."},
+    503: {"model": Problem, "description": "Redis or the database is unavailable; nothing was changed."},
+}
+
+
+def submitted(record: TaskRecord) -> TaskSubmitted:
+    return TaskSubmitted(task_id=record.task_id, status=record.status, task=record.task_name, queue=record.queue,
+                         created_at=store.as_utc(record.created_at), retry_of=record.retry_of)
+
+
+def public(record: TaskRecord) -> TaskPublic:
+    started, finished = store.as_utc(record.started_at), store.as_utc(record.finished_at)
+    error = None
+    if record.error_type or record.error_message:
+        error = TaskError(type=record.error_type, message=record.error_message, traceback=record.traceback)
+    return TaskPublic(
+        task_id=record.task_id, task=record.task_name, status=record.status, queue=record.queue,
+        args=record.args or [], kwargs=record.kwargs or {}, priority=record.priority, eta=store.as_utc(record.eta),
+        result=record.result, error=error, retries=record.retries, dead_lettered=record.dead_lettered,
+        worker=record.worker, retry_of=record.retry_of, source=record.source,
+        created_at=store.as_utc(record.created_at), started_at=started, finished_at=finished,
+        runtime_seconds=(finished - started).total_seconds() if started and finished else None,
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted, responses=ERRORS,
+             summary="Submit a task")
+def submit_task(
+    body: TaskCreate,
+    response: Response,
+    gateway: GatewayDep,
+    metrics: MetricsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key, same task.")] = None,
+) -> TaskSubmitted:
+    record, replayed = submission.submit(gateway, body, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/tasks/{record.task_id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.submitted.labels(record.task_name, record.queue).inc()
+    return submitted(record)
+
+
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=ERRORS,
+             summary="Submit many tasks in one request")
+def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> BatchSubmitted:
+    limit = gateway.settings.max_batch_tasks
+    if len(body.tasks) > limit:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"a batch holds at most {limit} tasks; this one has {len(body.tasks)}")
+    records = submission.submit_batch(gateway, body.tasks)
+    for record in records:
+        metrics.submitted.labels(record.task_name, record.queue).inc()
+    return BatchSubmitted(tasks=[submitted(r) for r in records])
+
+
+@router.get("", response_model=TasksPublic, responses=ERRORS, summary="List tasks, newest first")
+def list_tasks(
+    session: SessionDep,
+    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    queue: str | None = None,
+    task: str | None = None,
+    dead_lettered: bool | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> TasksPublic:
+    where = store.TaskFilter(status=status_, queue=queue, task_name=task, dead_lettered=dead_lettered,
+                             created_after=created_after, created_before=created_before)
+    try:
+        rows, next_cursor = store.list_page(session, where=where, limit=limit, cursor=cursor)
+    except store.BadCursor as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    return TasksPublic(tasks=[public(r) for r in rows], next_cursor=next_cursor)
+
+
+def _get_or_404(session, task_id: str) -> TaskRecord:
+    record = store.get(session, task_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task with id {task_id!r}")
+    return record
+
+
+@router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS, summary="A task's status and result")
+def get_task(task_id: str, session: SessionDep) -> TaskPublic:
+    return public(_get_or_404(session, task_id))
+
+
+@router.post("/{task_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted,
+             responses=ERRORS, summary="Run a failed or dead-lettered task again")
+def retry_task(task_id: str, response: Response, session: SessionDep, gateway: GatewayDep,
+               metrics: MetricsDep) -> TaskSubmitted:
+    original = _get_or_404(session, task_id)
+    if original.status not in (FAILURE, REVOKED):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"task {task_id} is {original.status}; only FAILURE or REVOKED tasks can be retried")
+    body = TaskCreate(task=original.task_name, args=original.args or [], kwargs=original.kwargs or {},
+                      queue=original.queue, priority=original.priority)
+    record, _ = submission.submit(gateway, body, retry_of=original.task_id)
+    metrics.submitted.labels(record.task_name, record.queue).inc()
+    response.headers["Location"] = f"/v1/tasks/{record.task_id}"
+    return submitted(record)
+
+
+@router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS, summary="Revoke a task")
+def cancel_task(
+    task_id: str,
+    session: SessionDep,
+    gateway: GatewayDep,
+    terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM).")] = False,
+) -> TaskPublic:
+    record = _get_or_404(session, task_id)
+    if record.status in FINAL_STATES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already finished as {record.status}")
+    try:
+        gateway.celery.control.revoke(task_id, terminate=terminate)
+    except Exception as exc:  # noqa: BLE001
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the broker is unavailable: {exc}") from exc
+    store.mark_revoked(session, task_id=task_id)
+    session.commit()
+    session.refresh(record)
+    return public(record)

@@ -1,0 +1,126 @@
+"""Request and response bodies. Requests and responses are separate models, as in the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TaskStatus = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"task": "stalk.echo", "args": ["hello"], "kwargs": {"n": 1}}]},
+    )
+
+    task: str = Field(min_length=1, max_length=255, description="A registered task name (see GET /v1/task-types).")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(None, description="Override the queue the task is routed to.")
+    countdown: float | None = Field(None, ge=0, description="Run no sooner than this many seconds from now.")
+    eta: datetime | None = Field(None, description="Run no sooner than this time (ISO 8601, with a zone).")
+    priority: int | None = Field(None, ge=0, le=9, description="0 is the highest priority on Redis.")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> TaskCreate:
+        if self.countdown is not None and self.eta is not None:
+            raise ValueError("give either countdown or eta, not both")
+        if self.eta is not None and self.eta.tzinfo is None:
+            raise ValueError("eta needs a time zone, e.g. 2026-01-01T12:00:00Z")
+        return self
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskCreate] = Field(min_length=1)
+
+
+class TaskSubmitted(BaseModel):
+    task_id: str
+    status: TaskStatus
+    task: str
+    queue: str
+    created_at: datetime
+    retry_of: str | None = None
+
+
+class BatchSubmitted(BaseModel):
+    tasks: list[TaskSubmitted]
+
+
+class TaskError(BaseModel):
+    type: str | None
+    message: str | None
+    traceback: str | None = Field(None, description="The end of the traceback, where the error is.")
+
+
+class TaskPublic(BaseModel):
+    task_id: str
+    task: str
+    status: TaskStatus
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int | None
+    eta: datetime | None
+    result: Any = None
+    error: TaskError | None = None
+    retries: int
+    dead_lettered: bool
+    worker: str | None
+    retry_of: str | None
+    source: Literal["api", "worker"]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    runtime_seconds: float | None
+
+
+class TasksPublic(BaseModel):
+    tasks: list[TaskPublic]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= to get the next page; null on the last page.")
+
+
+class QueuePublic(BaseModel):
+    name: str
+    waiting: int = Field(description="Ready messages, all priority levels counted.")
+    in_flight: int = Field(description="Delivered to a worker and not yet acknowledged.")
+    scheduled: int = Field(description="Held by workers until their eta/countdown.")
+    oldest_wait_seconds: float | None
+    workers: int = Field(description="Workers online that consume this queue.")
+
+
+class QueuesPublic(BaseModel):
+    queues: list[QueuePublic]
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    queues: list[str]
+    active_tasks: int
+    pool: str | None
+    concurrency: int | None
+
+
+class WorkersPublic(BaseModel):
+    workers: list[WorkerPublic]
+
+
+class TaskTypePublic(BaseModel):
+    name: str
+    queue: str
+    max_retries: int | None
+    retries_automatically: bool
+    description: str | None
+
+
+class TaskTypesPublic(BaseModel):
+    task_types: list[TaskTypePublic]
+
+
+class Problem(BaseModel):
+    detail: str

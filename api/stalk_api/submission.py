@@ -1,0 +1,217 @@
+"""Submitting tasks: validate, record as PENDING and publish, as one unit.
+
+Order matters. The record is written (not committed) first, then the message is published,
+then the record is committed. If publishing fails the record is rolled back; if the commit
+fails after publishing, the task is revoked. So a 202 always means both happened, and a 503
+leaves nothing behind. Workers upsert their records, so a worker that picks the task up before
+the commit simply waits for it (PostgreSQL row lock, SQLite write lock) and then updates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+
+import redis
+
+from celery import Celery
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from stalk_api.config import ApiSettings
+from stalk_api.schemas import TaskCreate
+from stalk_workers.records import store
+from stalk_workers.records.models import TaskRecord
+
+log = logging.getLogger(__name__)
+
+# The message header the queue reader uses to tell how long a task has been waiting.
+SENT_AT_HEADER = "stalk_sent_at"
+
+_reader_lock = threading.Lock()
+
+
+class SubmissionError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnknownTask(SubmissionError):
+    status_code = 404
+
+
+class Conflict(SubmissionError):
+    status_code = 409
+
+
+class Unavailable(SubmissionError):
+    status_code = 503
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What submitting needs: the Celery app (to route and publish) and the record store."""
+
+    celery: Celery
+    sessions: sessionmaker
+    settings: ApiSettings
+
+    def submittable(self, name: str) -> bool:
+        # Celery's own tasks (celery.chord_unlock, celery.backend_cleanup, ...) are internal.
+        return name in self.celery.tasks and not name.startswith("celery.")
+
+    def queue_names(self) -> list[str]:
+        return [q.name for q in self.celery.conf.stalk_queues]
+
+    @cached_property
+    def _reader(self):
+        from stalk_workers.queue_reader import QueueReader
+
+        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
+        return QueueReader(client, key_prefix=self.settings.broker_key_prefix)
+
+    def read_queues(self, names: list[str]) -> dict:
+        """Queue stats from the shared reader; it keeps state between reads, so one at a time."""
+        with _reader_lock:
+            return self._reader.read(names)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    body: TaskCreate
+    queue: str
+    eta: datetime | None
+
+
+def prepare(gateway: Gateway, body: TaskCreate, *, where: str = "") -> Prepared:
+    """Check a submission against the registry and the limits; raise a SubmissionError if it is wrong."""
+    if not gateway.submittable(body.task):
+        raise UnknownTask(f"{where}task {body.task!r} is not registered; GET /v1/task-types lists what can be submitted")
+    queue = body.queue or gateway.celery.amqp.router.route({}, body.task)["queue"].name
+    if queue not in gateway.queue_names():
+        raise SubmissionError(f"{where}queue {queue!r} does not exist; queues: {', '.join(gateway.queue_names())}")
+    eta = _eta(body)
+    limit = gateway.settings.max_countdown_seconds
+    if eta is not None and (eta - datetime.now(UTC)).total_seconds() > limit:
+        raise SubmissionError(
+            f"{where}the task is scheduled {(eta - datetime.now(UTC)).total_seconds():.0f}s ahead, beyond the limit "
+            f"of {limit}s: Redis would deliver it again after its visibility timeout "
+            f"({gateway.settings.visibility_timeout_seconds}s) while it still waits. Schedule it closer, "
+            "or raise STALK_VISIBILITY_TIMEOUT_SECONDS"
+        )
+    return Prepared(body=body, queue=queue, eta=eta)
+
+
+def _eta(body: TaskCreate) -> datetime | None:
+    if body.countdown:
+        return datetime.now(UTC) + timedelta(seconds=body.countdown)
+    if body.eta is not None:
+        return body.eta.astimezone(UTC)
+    return None
+
+
+def submit(
+    gateway: Gateway, body: TaskCreate, *, idempotency_key: str | None = None, retry_of: str | None = None
+) -> tuple[TaskRecord, bool]:
+    """Record and publish one task. Returns (record, replayed): replayed when the key was seen before."""
+    prepared = prepare(gateway, body)
+    with gateway.sessions() as session:
+        if idempotency_key is not None:
+            existing = _replay(session, idempotency_key, body)
+            if existing is not None:
+                return existing, True
+        try:
+            record = _stage(session, prepared, idempotency_key=idempotency_key, retry_of=retry_of)
+        except IntegrityError:
+            # Another request with the same Idempotency-Key committed first: answer with its task.
+            session.rollback()
+            existing = _replay(session, idempotency_key, body) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing, True
+        except SQLAlchemyError as exc:
+            raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
+        try:
+            _publish(gateway.celery, [(record, prepared)])
+        except Exception as exc:
+            session.rollback()
+            raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
+        _commit_or_revoke(gateway.celery, session, [record.task_id])
+        return record, False
+
+
+def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[TaskRecord]:
+    """Record and publish many tasks: one transaction and one pipelined Redis round trip."""
+    prepared = [prepare(gateway, body, where=f"tasks[{i}]: ") for i, body in enumerate(bodies)]
+    with gateway.sessions() as session:
+        try:
+            records = [_stage(session, p, flush=False) for p in prepared]
+            session.flush()
+        except SQLAlchemyError as exc:
+            raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
+        try:
+            _publish(gateway.celery, list(zip(records, prepared, strict=True)))
+        except Exception as exc:
+            session.rollback()
+            raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
+        _commit_or_revoke(gateway.celery, session, [r.task_id for r in records])
+        return records
+
+
+def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None, flush=True) -> TaskRecord:
+    body = prepared.body
+    record = TaskRecord(
+        task_id=str(uuid.uuid4()), task_name=body.task, queue=prepared.queue, status="PENDING",
+        args=body.args, kwargs=body.kwargs, priority=body.priority, eta=prepared.eta,
+        idempotency_key=idempotency_key, retry_of=retry_of, retries=0, dead_lettered=False, source="api",
+        created_at=store.utcnow(), updated_at=store.utcnow(),
+    )
+    session.add(record)
+    if flush:
+        session.flush()
+    return record
+
+
+def _replay(session: Session, key: str, body: TaskCreate) -> TaskRecord | None:
+    existing = store.get_by_idempotency_key(session, key)
+    if existing is not None and (existing.task_name, existing.args, existing.kwargs) != (body.task, body.args, body.kwargs):
+        raise Conflict(f"Idempotency-Key {key!r} was already used for a different task ({existing.task_id})")
+    return existing
+
+
+def _publish(celery: Celery, items: list[tuple[TaskRecord, Prepared]]) -> None:
+    sent_at = time.time()
+    with celery.producer_or_acquire() as producer:
+        # kombu >= 5.7 buffers every publish inside batch() and sends them in one pipeline.
+        with producer.batch():
+            for record, prepared in items:
+                celery.send_task(
+                    record.task_name, args=record.args, kwargs=record.kwargs, task_id=record.task_id,
+                    queue=prepared.queue, eta=prepared.eta, priority=record.priority, producer=producer,
+                    headers={SENT_AT_HEADER: sent_at}, retry=False,
+                )
+
+
+def _commit_or_revoke(celery: Celery, session: Session, task_ids: list[str]) -> None:
+    try:
+        session.commit()
+    except SQLAlchemyError as exc:
+        # The messages are out; without a record the client would get a 503 for a task that runs.
+        try:
+            celery.control.revoke(task_ids)
+        except Exception:  # noqa: BLE001
+            log.exception("could not revoke %d published tasks after a failed commit", len(task_ids))
+        raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
