@@ -1,0 +1,264 @@
+"""The scaling policy: from one queue's measurements to a replica count and the reason for it.
+
+Pure on purpose: no Redis, no Kubernetes, no clock. The caller passes the observation, the spec,
+the queue's ``History`` and ``now``; ``decide`` returns a ``Decision`` and records this tick in the
+history (its only side effect). The operator, local mode and the benchmark's simulator all call it.
+
+The shape follows the Kubernetes HPA (pkg/controller/podautoscaler/horizontal.go): small named
+steps, each returning a count, applied in a fixed order:
+
+    recommend (load, tolerance, oldest wait) -> stabilize (windows) -> guard zero (idle, activation)
+    -> keep busy workers -> limit the step -> clamp to [min, max]
+
+``now`` must come from a clock that survives restarts (``time.time()``) when the history is
+persisted, because the recorded times are compared with later ``now`` values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Like the HPA's default --horizontal-pod-autoscaler-tolerance: a load within 10 % of what the
+# current replicas are meant to carry keeps them, so a queue hovering at a boundary does not churn.
+TOLERANCE = 0.1
+# When the oldest task has waited longer than max_wait_seconds, the load-based count is multiplied
+# by how far the wait overran (2x the limit -> 2x replicas), at most by this factor. The factor
+# comes from the load, not from the current replicas, so it does not compound tick after tick
+# while new workers are still starting.
+MAX_WAIT_SCALE_FACTOR = 2.0
+
+# Reasons, in CamelCase for Events and the status' lastDecision.
+PAUSED = "Paused"
+STAY_AT_ZERO = "StayAtZero"
+SCALE_UP_FOR_BACKLOG = "ScaleUpForBacklog"
+SCALE_UP_FOR_WAIT = "ScaleUpForWait"
+SCALE_DOWN_FOR_LOAD = "ScaleDownForLoad"
+SCALE_DOWN_IDLE = "ScaleDownIdle"
+STABILIZING_SCALE_DOWN = "StabilizingScaleDown"
+STABILIZING_SCALE_UP = "StabilizingScaleUp"
+WAITING_FOR_IDLE = "WaitingForIdle"
+KEEPING_BUSY_WORKERS = "KeepingBusyWorkers"
+SCALE_STEP_LIMITED = "ScaleStepLimited"
+AT_MAX_REPLICAS = "AtMaxReplicas"
+AT_MIN_REPLICAS = "AtMinReplicas"
+STEADY = "Steady"
+
+
+@dataclass(frozen=True)
+class Behavior:
+    stabilization_seconds: float
+    max_step: int | None = None  # most replicas added/removed per decision; None = unlimited
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    min_replicas: int = 0
+    max_replicas: int = 10
+    tasks_per_replica: int = 10
+    activation_tasks: int = 0  # below (<=) this much work a queue at zero stays at zero
+    max_wait_seconds: float | None = None
+    scale_up: Behavior = Behavior(stabilization_seconds=0)
+    scale_down: Behavior = Behavior(stabilization_seconds=60)
+    idle_seconds_before_zero: float = 120
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    waiting: int
+    in_flight: int
+    oldest_wait_seconds: float | None
+    current_replicas: int
+
+
+@dataclass
+class History:
+    """What ``decide`` needs from earlier ticks of one queue; JSON-safe through to_dict/from_dict.
+
+    ``recommendations`` are (time, replicas) pairs from ``recommend``, kept as long as the longer
+    stabilization window needs them; an empty history starts with the current replicas.
+    ``idle_since`` is when waiting + in-flight last became zero (None while there is work).
+    """
+
+    recommendations: list[tuple[float, int]] = field(default_factory=list)
+    idle_since: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"recommendations": [[t, r] for t, r in self.recommendations], "idleSince": self.idle_since}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> History:
+        data = data or {}
+        return cls(
+            recommendations=[(float(t), int(r)) for t, r in data.get("recommendations", [])],
+            idle_since=None if data.get("idleSince") is None else float(data["idleSince"]),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str  # CamelCase word for people and Events, one of the constants above
+    message: str  # one line saying why, with numbers
+    # True when min/max replicas or a max_step held the count back (the ScalingLimited condition).
+    limited: bool = False
+
+
+def decide(observation: Observation, spec: ScalingSpec, history: History, now: float) -> Decision:
+    """Return how many replicas the queue should have now, and why; record this tick in ``history``."""
+    obs = observation
+    current = obs.current_replicas
+    load = obs.waiting + obs.in_flight
+    if load:
+        history.idle_since = None
+    elif history.idle_since is None:
+        history.idle_since = now
+
+    if spec.paused:
+        # Paused: the replicas are left to people.
+        return Decision(current, PAUSED, f"scaling is paused; keeping {current} replicas")
+
+    if not history.recommendations:
+        # A fresh history (new queue, or an operator that lost its status) counts the current
+        # replicas as this tick's first recommendation: nobody is scaled away before one window.
+        history.recommendations.append((now, current))
+    recommended, reason = recommend(obs, spec)
+    replicas = stabilize(recommended, current, history, now, spec)
+    _record(history, now, recommended, spec)
+    if replicas > recommended:
+        reason = STABILIZING_SCALE_DOWN
+    elif replicas < recommended:
+        reason = STABILIZING_SCALE_UP
+
+    guarded, guard_reason = guard_zero(replicas, current, load, spec, history, now)
+    if guard_reason:
+        replicas, reason = guarded, guard_reason
+
+    needed = ceil_div(obs.in_flight, spec.tasks_per_replica)
+    if replicas < current and replicas < needed:
+        # Busy workers are not scaled away: in-flight tasks already sit in the workers we have.
+        # (recommend counts in-flight tasks already; this keeps the guarantee if rules change.)
+        replicas, reason = min(current, needed), KEEPING_BUSY_WORKERS
+
+    limited = False
+    stepped = limit_step(replicas, current, spec)
+    if stepped != replicas:
+        replicas, reason, limited = stepped, SCALE_STEP_LIMITED, True
+
+    clamped = max(spec.min_replicas, min(spec.max_replicas, replicas))
+    if clamped != replicas:
+        replicas, limited = clamped, True
+        reason = AT_MAX_REPLICAS if clamped == spec.max_replicas else AT_MIN_REPLICAS
+
+    if replicas == current and reason in (SCALE_UP_FOR_BACKLOG, SCALE_UP_FOR_WAIT, SCALE_DOWN_FOR_LOAD):
+        reason = STEADY
+    message = _message(reason, obs, spec, current, replicas, recommended, history, now)
+    return Decision(replicas, reason, message, limited)
+
+
+def recommend(obs: Observation, spec: ScalingSpec) -> tuple[int, str]:
+    """Replicas the load asks for this tick, before windows and limits (the HPA's metric step)."""
+    load = obs.waiting + obs.in_flight
+    current = obs.current_replicas
+    wanted = ceil_div(load, spec.tasks_per_replica)
+    reason = SCALE_UP_FOR_BACKLOG if wanted > current else SCALE_DOWN_FOR_LOAD
+    if current > 0 and load > 0 and abs(load / (current * spec.tasks_per_replica) - 1) <= TOLERANCE:
+        # Within tolerance of what the current replicas carry: keep them.
+        wanted, reason = current, STEADY
+    if _waited_too_long(obs, spec):
+        # The oldest task waited past max_wait_seconds: add replicas in proportion to the overrun.
+        by_load = ceil_div(load, spec.tasks_per_replica)
+        factor = min(obs.oldest_wait_seconds / spec.max_wait_seconds, MAX_WAIT_SCALE_FACTOR)
+        by_wait = max(by_load + 1, math.ceil(by_load * factor))
+        if by_wait > wanted:
+            wanted, reason = by_wait, SCALE_UP_FOR_WAIT
+    return wanted, reason
+
+
+def stabilize(recommended: int, current: int, history: History, now: float, spec: ScalingSpec) -> int:
+    """The HPA's stabilizeRecommendationWithBehaviors over this and the recorded recommendations.
+
+    Scale up only to the lowest recommendation inside the scale-up window (0 s: at once), and down
+    only to the highest inside the scale-down window, so one quiet tick never removes workers.
+    """
+    up_since = now - spec.scale_up.stabilization_seconds
+    down_since = now - spec.scale_down.stabilization_seconds
+    up = min([recommended, *(r for t, r in history.recommendations if t > up_since)])
+    down = max([recommended, *(r for t, r in history.recommendations if t > down_since)])
+    return min(max(current, up), down)
+
+
+def guard_zero(replicas: int, current: int, load: int, spec: ScalingSpec, history: History,
+               now: float) -> tuple[int, str | None]:
+    """Rules for the step to and from zero, which windows alone do not cover."""
+    if current == 0 and load <= spec.activation_tasks:
+        # From zero only when the work exceeds activation_tasks.
+        return 0, STAY_AT_ZERO
+    if current > 0 and replicas == 0 and spec.min_replicas == 0:
+        idle_for = now - history.idle_since if history.idle_since is not None else 0.0
+        if idle_for < spec.idle_seconds_before_zero:
+            # To zero only after idle_seconds_before_zero without any work.
+            return 1, WAITING_FOR_IDLE
+        return 0, SCALE_DOWN_IDLE
+    return replicas, None
+
+
+def limit_step(replicas: int, current: int, spec: ScalingSpec) -> int:
+    """At most max_step replicas added or removed per decision."""
+    if replicas > current and spec.scale_up.max_step is not None:
+        return min(replicas, current + spec.scale_up.max_step)
+    if replicas < current and spec.scale_down.max_step is not None:
+        return max(replicas, current - spec.scale_down.max_step)
+    return replicas
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _waited_too_long(obs: Observation, spec: ScalingSpec) -> bool:
+    return (spec.max_wait_seconds is not None and obs.waiting > 0 and obs.oldest_wait_seconds is not None
+            and obs.oldest_wait_seconds > spec.max_wait_seconds)
+
+
+def _record(history: History, now: float, recommended: int, spec: ScalingSpec) -> None:
+    keep = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
+    history.recommendations = [(t, r) for t, r in history.recommendations if t > now - keep]
+    history.recommendations.append((now, recommended))
+
+
+def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, replicas: int,
+             recommended: int, history: History, now: float) -> str:
+    load = obs.waiting + obs.in_flight
+    work = f"{obs.waiting} waiting, {obs.in_flight} in flight"
+    if reason == STAY_AT_ZERO:
+        return f"{work}: not above activationTasks {spec.activation_tasks}, staying at 0"
+    if reason == SCALE_UP_FOR_WAIT:
+        return (f"{work}, oldest waited {obs.oldest_wait_seconds:.0f}s > maxWaitSeconds "
+                f"{spec.max_wait_seconds:g}: {current} -> {replicas} replicas")
+    if reason == STABILIZING_SCALE_DOWN:
+        return (f"{work} needs {recommended} replicas; keeping {replicas} for the "
+                f"{spec.scale_down.stabilization_seconds:g}s scale-down window")
+    if reason == STABILIZING_SCALE_UP:
+        return (f"{work} needs {recommended} replicas; {replicas} until the "
+                f"{spec.scale_up.stabilization_seconds:g}s scale-up window agrees")
+    if reason == WAITING_FOR_IDLE:
+        idle = now - history.idle_since if history.idle_since is not None else 0.0
+        return f"no work for {idle:.0f}s of idleSecondsBeforeZero {spec.idle_seconds_before_zero:g}s; keeping 1"
+    if reason == SCALE_DOWN_IDLE:
+        idle = now - history.idle_since if history.idle_since is not None else 0.0
+        return f"no work for {idle:.0f}s: {current} -> 0 replicas"
+    if reason == KEEPING_BUSY_WORKERS:
+        return (f"{work}: keeping {replicas} replicas for the in-flight tasks "
+                f"({spec.tasks_per_replica} per replica)")
+    if reason == SCALE_STEP_LIMITED:
+        return f"{work} needs {recommended} replicas; {current} -> {replicas} (max step per decision)"
+    if reason == AT_MAX_REPLICAS:
+        return f"{work} needs {recommended} replicas; limited to maxReplicas {spec.max_replicas}"
+    if reason == AT_MIN_REPLICAS:
+        return f"{work} needs {recommended} replicas; kept at minReplicas {spec.min_replicas}"
+    if reason == STEADY:
+        return f"{work}: {current} replicas carry {load} tasks at {spec.tasks_per_replica} per replica"
+    per = spec.tasks_per_replica
+    return f"{work} at {per} per replica: {current} -> {replicas} replicas"

@@ -1,0 +1,198 @@
+"""The scaling policy, rule by rule (one row per rule), then its promises as hypothesis properties."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stalk_operator.policy import (
+    AT_MAX_REPLICAS,
+    AT_MIN_REPLICAS,
+    PAUSED,
+    SCALE_DOWN_FOR_LOAD,
+    SCALE_DOWN_IDLE,
+    SCALE_STEP_LIMITED,
+    SCALE_UP_FOR_BACKLOG,
+    SCALE_UP_FOR_WAIT,
+    STABILIZING_SCALE_DOWN,
+    STABILIZING_SCALE_UP,
+    STAY_AT_ZERO,
+    STEADY,
+    TOLERANCE,
+    WAITING_FOR_IDLE,
+    Behavior,
+    History,
+    Observation,
+    ScalingSpec,
+    decide,
+)
+
+NOW = 1_000_000.0
+SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 60 s scale-down window, 120 s idle before zero
+
+
+def obs(waiting=0, in_flight=0, current=1, oldest=None):
+    return Observation(waiting=waiting, in_flight=in_flight, oldest_wait_seconds=oldest, current_replicas=current)
+
+
+def past(*pairs, idle_for=None):
+    """A history with recommendations (seconds ago, replicas) and optionally idle for some seconds."""
+    return History(recommendations=[(NOW - ago, r) for ago, r in pairs],
+                   idle_since=None if idle_for is None else NOW - idle_for)
+
+
+RULES = [
+    # id, spec, history, observation, expected replicas, expected reason
+    ("scale up at once for the backlog", SPEC, past(), obs(waiting=35, current=1), 4, SCALE_UP_FOR_BACKLOG),
+    ("in-flight tasks count as load", SPEC, past(), obs(in_flight=25, current=2), 3, SCALE_UP_FOR_BACKLOG),
+    ("load within tolerance keeps the replicas", SPEC, past(), obs(waiting=31, current=3), 3, STEADY),
+    ("a fresh history holds replicas for one window", SPEC, past(), obs(waiting=10, current=5), 5,
+     STABILIZING_SCALE_DOWN),
+    ("scale down held inside the window", SPEC, past((30, 5)), obs(waiting=10, current=5), 5,
+     STABILIZING_SCALE_DOWN),
+    ("scale down once the window passed", SPEC, past((61, 5)), obs(waiting=10, current=5), 1, SCALE_DOWN_FOR_LOAD),
+    ("scale down only to the highest recommendation in the window", SPEC, past((70, 8), (30, 3)),
+     obs(waiting=10, current=8), 3, STABILIZING_SCALE_DOWN),
+    ("scale down stops at what in-flight work needs", SPEC, past((61, 5)), obs(in_flight=40, current=5), 4,
+     SCALE_DOWN_FOR_LOAD),
+    ("extra replicas when the oldest task waited too long", replace(SPEC, max_wait_seconds=30), past(),
+     obs(waiting=20, current=2, oldest=60), 4, SCALE_UP_FOR_WAIT),
+    ("the wait overrun factor is capped", replace(SPEC, max_wait_seconds=30), past(),
+     obs(waiting=20, current=2, oldest=600), 4, SCALE_UP_FOR_WAIT),
+    ("a wait under the limit adds nothing", replace(SPEC, max_wait_seconds=30), past(),
+     obs(waiting=20, current=2, oldest=10), 2, STEADY),
+    ("at zero, work up to activationTasks stays at zero", replace(SPEC, activation_tasks=5), past(),
+     obs(waiting=5, current=0), 0, STAY_AT_ZERO),
+    ("at zero, work above activationTasks starts a worker", replace(SPEC, activation_tasks=5), past(),
+     obs(waiting=6, current=0), 1, SCALE_UP_FOR_BACKLOG),
+    ("at zero, one task starts a worker by default", SPEC, past(), obs(waiting=1, current=0), 1,
+     SCALE_UP_FOR_BACKLOG),
+    ("at zero with nothing to do stays at zero", SPEC, past(), obs(current=0), 0, STAY_AT_ZERO),
+    ("idle keeps one worker until idleSecondsBeforeZero", SPEC, past((61, 3), idle_for=60), obs(current=3), 1,
+     WAITING_FOR_IDLE),
+    ("to zero after idleSecondsBeforeZero without work", SPEC, past((121, 1), idle_for=121), obs(current=1), 0,
+     SCALE_DOWN_IDLE),
+    ("never to zero when minReplicas is above zero", replace(SPEC, min_replicas=1), past((121, 1), idle_for=121),
+     obs(current=1), 1, AT_MIN_REPLICAS),
+    ("raised to minReplicas", replace(SPEC, min_replicas=2), past(), obs(current=0), 2, AT_MIN_REPLICAS),
+    ("limited to maxReplicas", SPEC, past(), obs(waiting=500, current=2), 10, AT_MAX_REPLICAS),
+    ("brought down to maxReplicas when set above it", SPEC, past(), obs(waiting=500, current=15), 10,
+     AT_MAX_REPLICAS),
+    ("scale up by at most the scale-up max step", replace(SPEC, scale_up=Behavior(0, max_step=2)), past(),
+     obs(waiting=100, current=1), 3, SCALE_STEP_LIMITED),
+    ("scale down by at most the scale-down max step", replace(SPEC, scale_down=Behavior(0, max_step=1)), past(),
+     obs(waiting=10, current=5), 4, SCALE_STEP_LIMITED),
+    ("scale up held by a scale-up window", replace(SPEC, scale_up=Behavior(30)), past((10, 1)),
+     obs(waiting=50, current=1), 1, STABILIZING_SCALE_UP),
+    ("paused keeps the replicas whatever the load", replace(SPEC, paused=True), past(),
+     obs(waiting=100, current=3), 3, PAUSED),
+]
+
+
+@pytest.mark.parametrize(("spec", "history", "observation", "replicas", "reason"),
+                         [row[1:] for row in RULES], ids=[row[0] for row in RULES])
+def test_rule(spec, history, observation, replicas, reason):
+    decision = decide(observation, spec, history, NOW)
+    assert (decision.replicas, decision.reason) == (replicas, reason), decision.message
+    assert decision.message and "\n" not in decision.message
+    assert decision.limited == (reason in (AT_MAX_REPLICAS, AT_MIN_REPLICAS, SCALE_STEP_LIMITED))
+
+
+def test_message_says_why_with_numbers():
+    decision = decide(obs(waiting=37, current=1), replace(SPEC, tasks_per_replica=4), History(), NOW)
+    assert decision.message == "37 waiting, 0 in flight at 4 per replica: 1 -> 10 replicas"
+
+
+def test_history_survives_a_restart_through_json():
+    spec, history = SPEC, History()
+    decide(obs(waiting=80, current=2), spec, history, NOW)
+    decide(obs(waiting=0, current=8), spec, history, NOW + 5)
+    restored = History.from_dict(json.loads(json.dumps(history.to_dict())))
+    assert restored == history
+    # The restored history still holds the scale-down: the window has not passed.
+    assert decide(obs(waiting=0, current=8), spec, restored, NOW + 30).replicas == 8
+    assert History.from_dict(None) == History()
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+specs = st.builds(
+    lambda lo, span, per, activation, max_wait, up, down, up_step, down_step, idle: ScalingSpec(
+        min_replicas=lo, max_replicas=max(lo + span, 1), tasks_per_replica=per, activation_tasks=activation,
+        max_wait_seconds=max_wait, scale_up=Behavior(up, up_step), scale_down=Behavior(down, down_step),
+        idle_seconds_before_zero=idle),
+    st.integers(0, 4), st.integers(0, 12), st.integers(1, 30), st.integers(0, 10),
+    st.none() | st.floats(1, 120), st.sampled_from([0, 0, 5, 30]), st.sampled_from([0, 10, 60, 300]),
+    st.none() | st.integers(1, 4), st.none() | st.integers(1, 4), st.sampled_from([0, 30, 120]),
+)
+ticks = st.lists(
+    st.tuples(st.floats(0.5, 40), st.integers(0, 300), st.integers(0, 100), st.none() | st.floats(0, 300)),
+    min_size=1, max_size=40,
+)
+
+
+def run(spec, start_replicas, tick_list):
+    """Feed the ticks through decide, with each decision becoming the next current replicas."""
+    history, now, current, trace = History(), NOW, start_replicas, []
+    for dt, waiting, in_flight, oldest in tick_list:
+        now += dt
+        o = obs(waiting=waiting, in_flight=in_flight, current=current, oldest=oldest)
+        decision = decide(o, spec, history, now)
+        trace.append((now, o, decision))
+        current = decision.replicas
+    return trace
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), ticks)
+def test_never_outside_min_and_max(spec, start, tick_list):
+    for _, _, decision in run(spec, start, tick_list):
+        assert spec.min_replicas <= decision.replicas <= spec.max_replicas
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), ticks)
+def test_never_scales_below_what_in_flight_work_needs(spec, start, tick_list):
+    for _, o, decision in run(spec, start, tick_list):
+        if decision.replicas < o.current_replicas:
+            needed = math.ceil(o.in_flight / spec.tasks_per_replica)
+            assert decision.replicas >= min(needed, spec.max_replicas), decision.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), ticks)
+def test_no_scale_down_before_the_window_passed(spec, start, tick_list):
+    trace = run(spec, start, tick_list)
+    # What each tick's load asked for, plus the replicas a fresh history starts from.
+    asked = [(trace[0][0], start * spec.tasks_per_replica)]
+    asked += [(t, o.waiting + o.in_flight) for t, o, _ in trace]
+    for t, o, decision in trace:
+        if decision.replicas < o.current_replicas and decision.reason != AT_MAX_REPLICAS:
+            for t_asked, load in asked:
+                if t - spec.scale_down.stabilization_seconds < t_asked <= t:
+                    capacity = decision.replicas * spec.tasks_per_replica * (1 + TOLERANCE)
+                    assert load <= capacity + 1e-6, (t - t_asked, decision.message)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100), st.none() | st.floats(0, 300),
+       st.floats(0.5, 20), st.integers(5, 60))
+def test_no_flapping_under_a_steady_load(spec, start, waiting, in_flight, oldest, dt, n):
+    trace = run(spec, start, [(dt, waiting, in_flight, oldest)] * n)
+    steps = [d.replicas - o.current_replicas for _, o, d in trace]
+    assert not (any(s > 0 for s in steps) and any(s < 0 for s in steps)), [d.replicas for _, _, d in trace]
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), st.integers(1, 300), st.integers(0, 100))
+def test_scales_up_at_once_without_a_window_or_step(spec, current, waiting, in_flight):
+    spec = replace(spec, scale_up=Behavior(0), activation_tasks=0)
+    needed = math.ceil((waiting + in_flight) / spec.tasks_per_replica)
+    decision = decide(obs(waiting=waiting, in_flight=in_flight, current=current), spec, History(), NOW)
+    if needed > current * (1 + TOLERANCE):
+        assert decision.replicas >= min(needed, spec.max_replicas), decision.message
