@@ -1,0 +1,71 @@
+"""``python -m stalk_operator``: kopf's watches, the leader Lease, the tick loop and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+from aiohttp import web
+
+from stalk_operator import handlers  # noqa: F401 - registers the kopf handlers
+from stalk_operator.config import OperatorSettings
+from stalk_operator.kube import KubeApi, load_api_client
+from stalk_operator.leader import LeaseElector
+from stalk_operator.loop import Ticker
+from stalk_operator.metrics import OperatorMetrics, health_app
+from stalk_operator.state import Registry, TargetCache
+
+log = logging.getLogger("stalk_operator")
+
+
+async def run(settings: OperatorSettings) -> None:
+    kube = KubeApi(load_api_client())
+    metrics = OperatorMetrics()
+    registry, targets = Registry(), TargetCache()
+    elector: LeaseElector | None = None
+    if settings.leader_election:
+        elector = LeaseElector(
+            kube.coordination, namespace=settings.operator_namespace, name=settings.lease_name,
+            identity=settings.identity, duration_seconds=settings.lease_duration_seconds,
+            renew_seconds=settings.lease_renew_seconds,
+        )
+    ticker = Ticker(
+        registry=registry, targets=targets, kube=kube, metrics=metrics, settings=settings,
+        is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
+    )
+    kopf_ready = asyncio.Event()
+
+    background = [asyncio.create_task(ticker.run(), name="ticker")]
+    if elector:
+        background.append(asyncio.create_task(elector.run(), name="lease"))
+
+    app = health_app(metrics, alive=lambda: not background[0].done(), ready=kopf_ready.is_set)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    log.info("metrics, /healthz and /readyz on %s:%d", settings.metrics_host, settings.metrics_port)
+    try:
+        namespaces = settings.namespaces
+        await kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=kopf.Memo(registry=registry, targets=targets, metrics=metrics),
+            ready_flag=kopf_ready,
+        )
+    finally:
+        for task in reversed(background):  # stop the ticker first, then give the lease up
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
+def main() -> None:
+    settings = OperatorSettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Which worker pods are busy, so that a scale-down removes idle ones first.
+
+Celery names a worker node ``<name>@<hostname>`` and in Kubernetes the hostname is the pod name,
+so a remote-control ``active()`` reply maps straight onto pods. The matching and the deletion
+costs are pure functions; ``CeleryInspector`` is the only part that talks to the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from celery import Celery
+
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+# The ReplicaSet controller removes lower costs first. Busy pods rank above any idle one, and a
+# pod with more running tasks above one with fewer.
+IDLE_COST = -1000
+BUSY_COST = 1000
+
+
+def node_pod_name(node: str) -> str:
+    """The hostname part of a Celery node name: ``celery@pod-abc`` -> ``pod-abc``."""
+    return node.split("@", 1)[1] if "@" in node else node
+
+
+def active_tasks_by_pod(active: Mapping[str, list[Any]] | None, pod_names: Iterable[str]) -> dict[str, int]:
+    """Number of running tasks on each of ``pod_names`` (0 for pods no worker reported)."""
+    counts = dict.fromkeys(pod_names, 0)
+    for node, tasks in (active or {}).items():
+        host = node_pod_name(node)
+        # A worker started with a fully qualified hostname (pod.svc.cluster.local) still matches.
+        for candidate in (host, host.split(".", 1)[0]):
+            if candidate in counts:
+                counts[candidate] += len(tasks or ())
+                break
+    return counts
+
+
+def deletion_costs(busy: Mapping[str, int], current: Mapping[str, str | None]) -> dict[str, str]:
+    """Pod -> new cost annotation, only for pods whose annotation must change."""
+    changes = {}
+    for pod, running in busy.items():
+        cost = str(BUSY_COST + running if running else IDLE_COST)
+        if current.get(pod) != cost:
+            changes[pod] = cost
+    return changes
+
+
+class CeleryInspector:
+    """Asks the workers of one broker what they run. One Celery app per broker, built once."""
+
+    def __init__(self, broker_url: str, *, key_prefix: str = "", timeout: float = 0.5) -> None:
+        self._app = Celery("stalk-operator-inspect", broker=broker_url, set_as_current=False)
+        if key_prefix:
+            self._app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
+        self._timeout = timeout
+
+    def active(self) -> dict[str, list[Any]]:
+        """Node name -> running tasks, from every worker that answered within the timeout."""
+        return self._app.control.inspect(timeout=self._timeout).active() or {}
+
+    def close(self) -> None:
+        self._app.close()

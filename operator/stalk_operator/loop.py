@@ -1,0 +1,347 @@
+"""The tick loop: one asyncio task per Redis broker, whatever the number of TaskQueues.
+
+Each tick reads every queue of that broker in one pipelined round trip, asks the policy for each
+TaskQueue, and writes to the API server only what changed: a scale patch (after marking busy
+pods when scaling down), an Event, and the status when a shown value moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from kubernetes.client.exceptions import ApiException
+
+from stalk_operator import status as st
+from stalk_operator.busy import CeleryInspector, active_tasks_by_pod, deletion_costs
+from stalk_operator.config import OperatorSettings
+from stalk_operator.kube import KubeApi
+from stalk_operator.metrics import OperatorMetrics
+from stalk_operator.policy import Decision, Observation, decide
+from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
+from stalk_workers.queue_reader import QueueReader, QueueStats
+
+log = logging.getLogger(__name__)
+
+# How often to look again for a Secret holding a broker URL, or for a missing scale target.
+RESOLVE_INTERVAL_SECONDS = 10.0
+# The supervisor starts and stops broker loops as TaskQueues come and go.
+SUPERVISE_INTERVAL_SECONDS = 1.0
+# A Redis read that takes longer than this counts as a failed read, not a stalled tick.
+REDIS_TIMEOUT_SECONDS = 2.0
+
+BrokerKey = tuple[str, str]  # (url, key prefix)
+
+
+def broker_label(url: str) -> str:
+    """The broker as shown in metrics and messages: host, port and db, never the password."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+
+
+class BrokerLoop:
+    """Reads and decides for every TaskQueue on one Redis (one URL and key prefix)."""
+
+    def __init__(self, key: BrokerKey, ticker: Ticker) -> None:
+        self.key = key
+        self.url, self.key_prefix = key
+        self.label = broker_label(self.url)
+        self._ticker = ticker
+        # Built once per broker, never per poll.
+        self.client = redis.Redis.from_url(
+            self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        )
+        self.reader = QueueReader(self.client, key_prefix=self.key_prefix)
+        self._inspector: CeleryInspector | None = None
+
+    def inspector(self, timeout: float) -> CeleryInspector:
+        if self._inspector is None:  # only needed on scale-down, so built on the first one
+            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
+        return self._inspector
+
+    async def run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                members = self._ticker.members(self.key)
+                if members and self._ticker.is_leader():
+                    with self._ticker.metrics.tick_duration.time():
+                        await self.tick(members)
+                # The broker ticks as often as its most eager TaskQueue asks.
+                interval = min((m.config.poll_seconds for m in members), default=1.0)
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            self.client.close()
+            if self._inspector is not None:
+                self._inspector.close()
+
+    async def tick(self, members: list[TaskQueueState]) -> None:
+        queues = sorted({m.config.queue for m in members})
+        now = self._ticker.clock()
+        try:
+            stats = await asyncio.to_thread(self.reader.read, queues)
+        except Exception as exc:  # noqa: BLE001 - any failure to read means: keep replicas, report
+            self._ticker.metrics.broker_errors.labels(self.label).inc()
+            log.warning("cannot read %d queues from %s: %s", len(queues), self.label, exc)
+            await self._ticker.for_each(members, lambda m: self._ticker.metrics_unavailable(m, exc, self.label, now))
+            return
+        await self._ticker.for_each(members, lambda m: self._ticker.reconcile(m, stats[m.config.queue], now, self))
+
+
+class Ticker:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        targets: TargetCache,
+        kube: KubeApi,
+        metrics: OperatorMetrics,
+        settings: OperatorSettings,
+        is_leader: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.targets = targets
+        self.kube = kube
+        self.metrics = metrics
+        self.settings = settings
+        self.is_leader = is_leader
+        self.clock = clock
+        self._loops: dict[BrokerKey, asyncio.Task[None]] = {}
+        self._members: dict[BrokerKey, list[TaskQueueState]] = {}
+        self._api_slots = asyncio.Semaphore(settings.api_concurrency)
+        self._was_leader = False
+        self.heartbeat = time.monotonic()
+
+    # ---- supervision ---------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.supervise()
+                await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
+        finally:
+            for task in self._loops.values():
+                task.cancel()
+            await asyncio.gather(*self._loops.values(), return_exceptions=True)
+
+    async def supervise(self) -> None:
+        self.heartbeat = time.monotonic()
+        leader = self.is_leader()
+        if leader and not self._was_leader:
+            # Resume from what the previous leader wrote, so a hand-over does not flap.
+            for state in self.registry:
+                state.resume_from_seen()
+        self._was_leader = leader
+        self.metrics.is_leader.set(1 if leader else 0)
+        self.metrics.taskqueues.set(len(self.registry))
+
+        now = self.clock()
+        groups: dict[BrokerKey, list[TaskQueueState]] = {}
+        for state in self.registry:
+            url = await self.resolve_broker(state, now)
+            if url is not None:
+                groups.setdefault((url, state.config.broker.key_prefix), []).append(state)
+        self._members = groups
+        for key in groups.keys() - self._loops.keys():
+            self._loops[key] = asyncio.create_task(BrokerLoop(key, self).run(), name=f"broker {broker_label(key[0])}")
+        for key in self._loops.keys() - groups.keys():
+            self._loops.pop(key).cancel()
+        for key, task in list(self._loops.items()):
+            if task.done():  # a loop that died is restarted on the next supervision
+                if not task.cancelled() and task.exception():
+                    log.error("broker loop %s stopped: %r", broker_label(key[0]), task.exception())
+                del self._loops[key]
+
+    def members(self, key: BrokerKey) -> list[TaskQueueState]:
+        return self._members.get(key, [])
+
+    async def resolve_broker(self, state: TaskQueueState, now: float) -> str | None:
+        broker = state.config.broker
+        if broker.url:
+            state.broker_url, state.broker_problem = broker.url, None
+            return broker.url
+        if now - state.broker_checked_at < RESOLVE_INTERVAL_SECONDS:
+            return state.broker_url
+        state.broker_checked_at = now
+        cfg = state.config
+        try:
+            url = await asyncio.to_thread(self.kube.read_secret_key, cfg.namespace, broker.secret_name, broker.secret_key)
+        except ApiException as exc:
+            self.metrics.api_errors.labels("read_secret").inc()
+            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, broker.secret_name, exc.reason)
+            return state.broker_url
+        if url is None:
+            state.broker_url = None
+            state.broker_problem = f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)"
+            if self.is_leader():
+                conditions = st.set_condition(state.status.get("conditions", []), st.READY, False,
+                                              "BrokerSecretNotFound", state.broker_problem,
+                                              now=now, generation=cfg.generation)
+                await self.write_status(state, {"conditions": conditions, "observedGeneration": cfg.generation}, now)
+            return None
+        state.broker_url, state.broker_problem = url, None
+        return url
+
+    async def for_each(self, members: list[TaskQueueState], work: Callable[[TaskQueueState], Any]) -> None:
+        async def one(member: TaskQueueState) -> None:
+            try:
+                await work(member)
+            except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
+                log.exception("TaskQueue %s/%s: tick failed", *member.config.key)
+
+        await asyncio.gather(*(one(m) for m in members))
+
+    # ---- one TaskQueue -------------------------------------------------------------------
+    async def reconcile(self, state: TaskQueueState, stats: QueueStats, now: float, broker: BrokerLoop) -> None:
+        cfg = state.config
+        labels = (cfg.namespace, cfg.name, cfg.queue)
+        oldest = int(stats.oldest_wait_seconds or 0)
+        self.metrics.depth.labels(*labels).set(stats.waiting)
+        self.metrics.in_flight.labels(*labels).set(stats.in_flight)
+        self.metrics.scheduled.labels(*labels).set(stats.scheduled)
+        self.metrics.oldest_wait.labels(*labels).set(stats.oldest_wait_seconds or 0)
+
+        conditions = state.status.get("conditions", [])
+        if st.condition_status(conditions, st.METRICS_AVAILABLE) == "False":
+            await self._event(state, "Normal", "MetricsAvailable", f"reading queue {cfg.queue} from {broker.label} again")
+        conditions = st.set_condition(conditions, st.METRICS_AVAILABLE, True, "QueueRead",
+                                      f"queue {cfg.queue} read from {broker.label}", now=now, generation=cfg.generation)
+        measured = {
+            "depth": stats.waiting, "inFlight": stats.in_flight, "scheduled": stats.scheduled,
+            "oldestWaitSeconds": oldest, "observedGeneration": cfg.generation,
+        }
+
+        target = await self._target(state, now)
+        if target is None:
+            message = f"{cfg.target.kind} {cfg.target.name} not found in namespace {cfg.namespace}"
+            conditions = st.set_condition(conditions, st.READY, False, "TargetNotFound", message,
+                                          now=now, generation=cfg.generation)
+            await self.write_status(state, {**measured, "conditions": conditions, "lastDecision": message}, now)
+            return
+
+        observation = Observation(
+            waiting=stats.waiting, in_flight=stats.in_flight,
+            oldest_wait_seconds=stats.oldest_wait_seconds, current_replicas=target.replicas,
+        )
+        decision = decide(observation, cfg.scaling, state.history, now)
+        replicas = target.replicas
+        if decision.replicas != target.replicas and not cfg.scaling.paused:
+            if await self._scale(state, target, decision, broker, now):
+                replicas = decision.replicas
+        self.metrics.desired.labels(*labels).set(decision.replicas)
+        self.metrics.current.labels(*labels).set(replicas)
+
+        conditions = st.set_condition(conditions, st.READY, True, "Scaling",
+                                      f"scaling {cfg.target.kind} {cfg.target.name}", now=now, generation=cfg.generation)
+        limited, reason, message = st.scaling_limited(decision)
+        conditions = st.set_condition(conditions, st.SCALING_LIMITED, limited, reason, message,
+                                      now=now, generation=cfg.generation)
+        desired = {
+            **measured,
+            "replicas": replicas,
+            "readyReplicas": target.ready_replicas,
+            "desiredReplicas": decision.replicas,
+            "lastDecision": f"{decision.reason}: {decision.message}",
+            "conditions": conditions,
+            "policyHistory": state.history.to_dict(),
+        }
+        if state.last_scale_time:
+            desired["lastScaleTime"] = state.last_scale_time
+        await self.write_status(state, desired, now)
+
+    async def metrics_unavailable(self, state: TaskQueueState, exc: Exception, label: str, now: float) -> None:
+        """Redis could not be read: keep the replicas as they are and say so."""
+        cfg = state.config
+        conditions = state.status.get("conditions", [])
+        message = f"cannot read queue {cfg.queue} from {label}: {exc}"[:512]
+        if st.condition_status(conditions, st.METRICS_AVAILABLE) != "False":
+            await self._event(state, "Warning", "MetricsUnavailable", f"{message}; replicas are left as they are")
+        conditions = st.set_condition(conditions, st.METRICS_AVAILABLE, False, "RedisUnavailable", message,
+                                      now=now, generation=cfg.generation)
+        await self.write_status(state, {"conditions": conditions, "observedGeneration": cfg.generation}, now)
+
+    async def _target(self, state: TaskQueueState, now: float) -> Target | None:
+        cfg = state.config
+        target = self.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
+        if target is not None:
+            return target
+        # Not (yet) seen by the watch: ask once in a while, so a missing target costs little.
+        if now - state.target_checked_at < RESOLVE_INTERVAL_SECONDS:
+            return None
+        state.target_checked_at = now
+        async with self._api_slots:
+            scale = await asyncio.to_thread(self.kube.read_scale, cfg.namespace, cfg.target.kind, cfg.target.name)
+        if scale is None:
+            return None
+        return Target(replicas=scale.replicas, ready_replicas=0, resource_version=0)
+
+    async def _scale(self, state: TaskQueueState, target: Target, decision: Decision,
+                     broker: BrokerLoop, now: float) -> bool:
+        cfg = state.config
+        ref = (cfg.namespace, cfg.target.kind, cfg.target.name)
+        up = decision.replicas > target.replicas
+        try:
+            async with self._api_slots:
+                if not up and cfg.drain:
+                    await self._protect_busy_pods(state, broker)
+                version = await asyncio.to_thread(self.kube.patch_scale, *ref, decision.replicas)
+        except ApiException as exc:
+            self.metrics.api_errors.labels("patch_scale").inc()
+            log.warning("cannot scale %s %s/%s to %d: %s", cfg.target.kind, cfg.namespace, cfg.target.name,
+                        decision.replicas, exc.reason)
+            return False
+        self.targets.expect(*ref, decision.replicas, version)
+        state.last_scale_time = st.utc_iso(now)
+        self.metrics.scale_events.labels("up" if up else "down").inc()
+        log.info("TaskQueue %s/%s: %s %s %d -> %d (%s)", cfg.namespace, cfg.name, cfg.target.kind,
+                 cfg.target.name, target.replicas, decision.replicas, decision.reason)
+        await self._event(
+            state, "Normal", "ScaledUp" if up else "ScaledDown",
+            f"{cfg.target.kind} {cfg.target.name}: {target.replicas} -> {decision.replicas} replicas. "
+            f"{decision.reason}: {decision.message}",
+        )
+        return True
+
+    async def _protect_busy_pods(self, state: TaskQueueState, broker: BrokerLoop) -> None:
+        """Give busy worker pods a high deletion cost and idle ones a low one, just before a scale-down."""
+        cfg = state.config
+        scale = await asyncio.to_thread(self.kube.read_scale, cfg.namespace, cfg.target.kind, cfg.target.name)
+        if scale is None or not scale.selector:
+            return
+        pods = await asyncio.to_thread(self.kube.pod_costs, cfg.namespace, scale.selector)
+        if not pods:
+            return
+        try:
+            active = await asyncio.to_thread(broker.inspector(self.settings.inspect_timeout_seconds).active)
+        except Exception as exc:  # noqa: BLE001 - without an answer, scale down as Kubernetes would
+            log.warning("TaskQueue %s/%s: cannot ask workers what they run: %s", cfg.namespace, cfg.name, exc)
+            return
+        busy = active_tasks_by_pod(active, pods)
+        for pod, cost in deletion_costs(busy, pods).items():
+            await asyncio.to_thread(self.kube.set_pod_cost, cfg.namespace, pod, cost)
+
+    async def _event(self, state: TaskQueueState, type_: str, reason: str, message: str) -> None:
+        await asyncio.to_thread(self.kube.event, state.config, type_, reason, message)
+
+    async def write_status(self, state: TaskQueueState, desired: dict[str, Any], now: float) -> None:
+        due = now - state.status_written_at >= self.settings.status_interval_seconds
+        patch = st.status_patch(state.status, desired, measurements_due=due)
+        if patch is None:
+            return
+        try:
+            async with self._api_slots:
+                written = await asyncio.to_thread(self.kube.patch_status, *state.config.key, patch)
+        except ApiException as exc:
+            self.metrics.api_errors.labels("patch_status").inc()
+            log.warning("TaskQueue %s/%s: status not written: %s", *state.config.key, exc.reason)
+            return
+        if written:
+            state.status = st.apply_patch(state.status, patch)
+            state.status_written_at = now

@@ -1,0 +1,66 @@
+"""The operator's Prometheus metrics and its /metrics, /healthz and /readyz endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_TQ_LABELS = ("namespace", "taskqueue", "queue")
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.depth = Gauge("stalk_taskqueue_depth", "Tasks waiting in Redis, all priority levels.", _TQ_LABELS, registry=r)
+        self.in_flight = Gauge("stalk_taskqueue_in_flight", "Tasks delivered to workers and not yet acknowledged.",
+                               _TQ_LABELS, registry=r)
+        self.scheduled = Gauge("stalk_taskqueue_scheduled", "ETA/countdown tasks held by workers.", _TQ_LABELS,
+                               registry=r)
+        self.oldest_wait = Gauge("stalk_taskqueue_oldest_wait_seconds", "Seconds the oldest waiting task has waited.",
+                                 _TQ_LABELS, registry=r)
+        self.desired = Gauge("stalk_taskqueue_desired_replicas", "Replicas the last decision asked for.", _TQ_LABELS,
+                             registry=r)
+        self.current = Gauge("stalk_taskqueue_current_replicas", "Replicas the scale target has.", _TQ_LABELS,
+                             registry=r)
+        self.scale_events = Counter("stalk_operator_scale_events_total", "Scale patches applied, by direction.",
+                                    ("direction",), registry=r)
+        self.tick_duration = Histogram(
+            "stalk_operator_tick_duration_seconds", "Time of one tick for one broker: read, decide, act.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.broker_errors = Counter("stalk_operator_broker_errors_total", "Failed reads of a Redis broker.",
+                                     ("broker",), registry=r)
+        self.api_errors = Counter("stalk_operator_api_errors_total", "Failed calls to the Kubernetes API server.",
+                                  ("operation",), registry=r)
+        self.is_leader = Gauge("stalk_operator_is_leader", "1 while this operator holds the leader lease.",
+                               registry=r)
+        self.taskqueues = Gauge("stalk_operator_taskqueues", "TaskQueues this operator knows.", registry=r)
+
+    def forget(self, namespace: str, name: str, queue: str) -> None:
+        """Drop the series of a TaskQueue that was deleted."""
+        for gauge in (self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.desired, self.current):
+            try:
+                gauge.remove(namespace, name, queue)
+            except KeyError:
+                pass
+
+
+def health_app(metrics: OperatorMetrics, *, alive: Callable[[], bool], ready: Callable[[], bool]) -> web.Application:
+    async def metrics_view(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if alive() else web.Response(status=503, text="tick loop stopped\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if ready() else web.Response(status=503, text="not watching yet\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

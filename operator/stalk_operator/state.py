@@ -1,0 +1,128 @@
+"""What the operator holds in memory: the TaskQueues it manages and the workloads they scale.
+
+Both are filled from kopf's watch events (standby operators keep them warm too) and read by the
+tick loop. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stalk_operator.policy import History
+from stalk_operator.spec import TaskQueueConfig
+
+
+@dataclass(eq=False)
+class TaskQueueState:
+    config: TaskQueueConfig
+    history: History
+    # The status as last written by us (or found on the object at first sight).
+    status: dict[str, Any]
+    status_written_at: float = float("-inf")
+    # Set by the tick loop: the Redis URL in use (from spec.broker.url or the Secret).
+    broker_url: str | None = None
+    broker_checked_at: float = float("-inf")
+    broker_problem: str | None = None
+    target_checked_at: float = float("-inf")
+    last_scale_time: str | None = None
+    # The status on the object as the watch last delivered it: what a new leader resumes from.
+    seen_status: dict[str, Any] = field(default_factory=dict)
+
+    def resume_from_seen(self) -> None:
+        """Take over status and history from the object, as another leader left them."""
+        self.status = dict(self.seen_status)
+        saved = self.status.get("policyHistory")
+        self.history = History.from_dict(saved) if saved else History()
+        self.last_scale_time = self.status.get("lastScaleTime")
+        self.status_written_at = float("-inf")
+
+
+class Registry:
+    """TaskQueues by (namespace, name)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], TaskQueueState] = {}
+
+    def upsert(self, config: TaskQueueConfig, status: Mapping[str, Any] | None) -> TaskQueueState:
+        state = self._items.get(config.key)
+        if state is not None and state.config.uid == config.uid:
+            if config.broker != state.config.broker:
+                state.broker_checked_at = float("-inf")  # resolve the new broker on the next tick
+            state.config = config
+            state.seen_status = dict(status or {})
+            return state
+        # First sight (or recreated under the same name): resume from what status kept.
+        status = dict(status or {})
+        history = History.from_dict(status["policyHistory"]) if status.get("policyHistory") else History()
+        state = TaskQueueState(config=config, history=history, status=status,
+                               last_scale_time=status.get("lastScaleTime"), seen_status=dict(status))
+        self._items[config.key] = state
+        return state
+
+    def remove(self, key: tuple[str, str]) -> TaskQueueState | None:
+        return self._items.pop(key, None)
+
+    def get(self, key: tuple[str, str]) -> TaskQueueState | None:
+        return self._items.get(key)
+
+    def __iter__(self) -> Iterator[TaskQueueState]:
+        return iter(list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class Target:
+    replicas: int
+    ready_replicas: int
+    resource_version: int
+
+
+@dataclass
+class TargetCache:
+    """Deployments and StatefulSets by (namespace, kind, name), from the watch."""
+
+    _items: dict[tuple[str, str, str], Target] = field(default_factory=dict)
+
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), kind, meta.get("name", ""))
+        if event_type == "DELETED":
+            self._items.pop(key, None)
+            return
+        version = _int(meta.get("resourceVersion"))
+        known = self._items.get(key)
+        # A watch event older than our own scale patch would undo what we just wrote.
+        if known is not None and version < known.resource_version:
+            return
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        self._items[key] = Target(
+            replicas=int(spec.get("replicas", 1)),  # the API server defaults an unset replicas to 1
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            resource_version=version,
+        )
+
+    def expect(self, namespace: str, kind: str, name: str, replicas: int, resource_version: str | None) -> None:
+        """Record our own scale patch before its watch event arrives."""
+        key = (namespace, kind, name)
+        known = self._items.get(key)
+        self._items[key] = Target(
+            replicas=replicas,
+            ready_replicas=known.ready_replicas if known else 0,
+            resource_version=_int(resource_version),
+        )
+
+    def get(self, namespace: str, kind: str, name: str) -> Target | None:
+        return self._items.get((namespace, kind, name))
+
+
+def _int(value: Any) -> int:
+    # resourceVersions are opaque strings; in practice etcd revisions. Unknown compares as oldest.
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

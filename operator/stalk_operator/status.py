@@ -1,0 +1,112 @@
+"""What a TaskQueue's status should say, and which part of it needs writing. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from stalk_operator.policy import PAUSED, Decision
+
+READY = "Ready"
+METRICS_AVAILABLE = "MetricsAvailable"
+SCALING_LIMITED = "ScalingLimited"
+
+# Fields that follow the queue from tick to tick; written at most every status interval.
+MEASUREMENTS = frozenset({"depth", "inFlight", "scheduled", "oldestWaitSeconds"})
+# Kept for restarts, not shown: written along with a shown change, never on its own.
+HIDDEN = frozenset({"policyHistory"})
+
+
+def utc_iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[Mapping[str, Any]],
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    *,
+    now: float,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with ``type_`` set; its transition time moves only when its status does."""
+    value = "Unknown" if status is None else ("True" if status else "False")
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        same = cond.get("status") == value
+        out.append({
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": cond.get("lastTransitionTime", utc_iso(now)) if same else utc_iso(now),
+            "observedGeneration": generation,
+        })
+    if not found:
+        out.append({
+            "type": type_, "status": value, "reason": reason, "message": message,
+            "lastTransitionTime": utc_iso(now), "observedGeneration": generation,
+        })
+    return out
+
+
+def condition_status(conditions: list[Mapping[str, Any]], type_: str) -> str | None:
+    for cond in conditions:
+        if cond.get("type") == type_:
+            return cond.get("status")
+    return None
+
+
+def scaling_limited(decision: Decision) -> tuple[bool, str, str]:
+    """The ScalingLimited condition for a decision: held back by min/max, a max step, or a pause."""
+    if decision.reason == PAUSED:
+        return True, PAUSED, decision.message
+    if decision.limited:
+        return True, decision.reason, decision.message
+    return False, "DesiredWithinRange", "the replicas the load asks for are within the limits"
+
+
+def status_patch(
+    previous: Mapping[str, Any], desired: Mapping[str, Any], *, measurements_due: bool
+) -> dict[str, Any] | None:
+    """The merge patch that brings ``previous`` to ``desired``, or None when nothing shown changed.
+
+    Measurements alone make a patch only when ``measurements_due``; hidden fields never do.
+    """
+    changed = {key for key, value in desired.items() if previous.get(key) != value}
+    shown = changed - HIDDEN
+    if not (shown - MEASUREMENTS) and not (shown and measurements_due):
+        return None
+    return {key: _merge_value(previous.get(key), desired[key]) for key in changed}
+
+
+def _merge_value(old: Any, new: Any) -> Any:
+    # A JSON merge patch merges objects key by key: keys that went away must be sent as null.
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        patch: dict[str, Any] = {key: None for key in old if key not in new}
+        for key, value in new.items():
+            if old.get(key) != value:
+                patch[key] = _merge_value(old.get(key), value)
+        return patch
+    return new
+
+
+def apply_patch(previous: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """What the status is after ``patch`` was merged into ``previous`` (JSON merge patch rules)."""
+    out = dict(previous)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = apply_patch(out[key], value)
+        else:
+            out[key] = value
+    return out

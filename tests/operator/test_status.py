@@ -1,0 +1,71 @@
+"""Status conditions and the decision of what to write (no cluster needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stalk_operator import status as st
+from stalk_operator.policy import Decision
+
+NOW = 1_700_000_000.0
+
+
+def test_condition_transition_time_moves_only_with_its_status():
+    first = st.set_condition([], st.READY, True, "Scaling", "ok", now=NOW, generation=1)
+    same = st.set_condition(first, st.READY, True, "Scaling", "still ok", now=NOW + 60, generation=2)
+    flipped = st.set_condition(same, st.READY, False, "TargetNotFound", "gone", now=NOW + 120, generation=2)
+    assert first[0]["lastTransitionTime"] == same[0]["lastTransitionTime"] == st.utc_iso(NOW)
+    assert same[0]["message"] == "still ok" and same[0]["observedGeneration"] == 2
+    assert flipped[0]["status"] == "False" and flipped[0]["lastTransitionTime"] == st.utc_iso(NOW + 120)
+
+
+def test_other_conditions_are_kept():
+    conditions = st.set_condition([], st.READY, True, "Scaling", "ok", now=NOW, generation=1)
+    conditions = st.set_condition(conditions, st.METRICS_AVAILABLE, False, "RedisUnavailable", "down",
+                                  now=NOW, generation=1)
+    assert [c["type"] for c in conditions] == [st.READY, st.METRICS_AVAILABLE]
+    assert st.condition_status(conditions, st.METRICS_AVAILABLE) == "False"
+    assert st.condition_status(conditions, st.SCALING_LIMITED) is None
+
+
+BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None}}
+
+
+@pytest.mark.parametrize(
+    ("desired", "due", "expected"),
+    [
+        (dict(BASE), True, None),
+        ({**BASE, "depth": 4}, False, None),
+        ({**BASE, "depth": 4}, True, {"depth": 4}),
+        ({**BASE, "desiredReplicas": 3}, False, {"desiredReplicas": 3}),
+        ({**BASE, "policyHistory": {"idleSince": 5.0}}, True, None),
+        ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, False,
+         {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
+    ],
+    ids=["nothing-changed", "measurement-not-due", "measurement-due", "replicas-at-once",
+         "hidden-alone-never", "hidden-rides-along"],
+)
+def test_status_patch_writes_only_shown_changes(desired, due, expected):
+    assert st.status_patch(BASE, desired, measurements_due=due) == expected
+
+
+def test_removed_keys_are_sent_as_null_and_patch_applies():
+    previous = {"policyHistory": {"recommendations": [[1, 2]], "idleSince": 3.0, "old": 1}, "replicas": 1}
+    desired = {"policyHistory": {"recommendations": [[1, 2]], "idleSince": None}, "replicas": 2}
+    patch = st.status_patch(previous, desired, measurements_due=False)
+    assert patch == {"policyHistory": {"old": None, "idleSince": None}, "replicas": 2}
+    assert st.apply_patch(previous, patch) == {"policyHistory": {"recommendations": [[1, 2]]}, "replicas": 2}
+
+
+@pytest.mark.parametrize(
+    ("decision", "expected"),
+    [
+        (Decision(3, "ScaleUpForBacklog", "m"), (False, "DesiredWithinRange")),
+        (Decision(10, "AtMaxReplicas", "m", limited=True), (True, "AtMaxReplicas")),
+        (Decision(4, "ScaleStepLimited", "m", limited=True), (True, "ScaleStepLimited")),
+        (Decision(2, "Paused", "m"), (True, "Paused")),
+    ],
+    ids=["within-range", "at-max", "step-limited", "paused"],
+)
+def test_scaling_limited_follows_the_decision(decision, expected):
+    assert st.scaling_limited(decision)[:2] == expected
