@@ -1,0 +1,49 @@
+# stalk — the two commands users run are `make run` and `make test`; everything else serves them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help run test venv system-deps bench lint clean
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: venv ## Run everything locally: Redis, the API on :8000, autoscaled workers (Ctrl-C stops)
+	$(VENV)/bin/stalk dev
+
+test: venv system-deps ## Run the whole suite against real Redis, PostgreSQL, Celery and Kubernetes
+	@if command -v go >/dev/null; then $(MAKE) --no-print-directory cluster-bins; \
+	  else echo "make test: no Go toolchain; the Kubernetes tests need binaries built from Go modules"; fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(VENV)/.synced ## Create .venv from the lock file (uv.lock)
+
+$(UV):
+	@echo "bootstrapping uv $(UV_VERSION) into $(TOOLS)/"
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python python3
+	@touch $@
+
+system-deps: ## Install the Debian packages the tests need (redis-server, postgresql), if missing
+	@hack/system-deps.sh
+
+bench: venv system-deps ## Run the benchmarks (prints ratios against baselines measured in the same run)
+	$(PY) bench/core_throughput.py
+
+lint: venv ## Check the lock file is current
+	$(UV) lock --check
+
+clean: ## Remove the virtualenv, local state and caches (not the cached Kubernetes binaries)
+	rm -rf $(VENV) $(TOOLS) .run .pytest_cache .hypothesis
+
+-include hack/cluster.mk

@@ -1,0 +1,48 @@
+"""``stalk dev``: what ``make run`` calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stalk_workers.cli.errors import fail
+from stalk_workers.cli.servers import load_settings
+
+console = Console(highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dev(
+        api_port: Annotated[int, typer.Option(envvar="STALK_API_PORT")] = 8000,
+        run_dir: Annotated[Path, typer.Option(help="Logs, the SQLite file and Redis data.")] = Path(".run"),
+    ) -> None:
+        """Run everything on this machine: Redis, the API on 127.0.0.1, and autoscaled workers per queue."""
+        from stalk_workers.devstack import DevStack, DevStackError
+
+        stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port,
+                         say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
+        try:
+            stack.start()
+            url = f"http://127.0.0.1:{api_port}"
+            console.print(f"\n[bold green]stalk is running[/bold green]\n"
+                          f"  API        {url}  (docs: {url}/docs, metrics: {url}/metrics)\n"
+                          f"  logs       {run_dir}/\n\n"
+                          f"Submit a health check:\n"
+                          f"  curl -s -X POST {url}/v1/tasks -H 'Content-Type: application/json' "
+                          f"-d '{{\"task\": \"stalk.health_check\"}}'\n"
+                          f"Then follow it:  curl -s {url}/v1/tasks/<task_id>   (or: stalk submit stalk.health_check --wait)\n"
+                          f"\nCtrl-C stops everything.\n")
+            stack.watch()
+        except DevStackError as exc:
+            stack.stop()
+            fail(str(exc))
+        except Exception:
+            stack.stop()
+            raise
+        console.print("stopping ...")
+        stack.stop()
+        console.print("stopped.")

@@ -1,0 +1,124 @@
+"""Commands that run a stalk process: worker, beat, api, db upgrade, and purge (which needs the broker)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from stalk_workers.cli.errors import fail
+from stalk_workers.settings import Settings
+
+
+def load_settings(cls: type[Settings] = Settings) -> Settings:
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = "; ".join(f"STALK_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" if e["loc"]
+                             else e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        fail(f"invalid settings: {problems}")
+
+
+def _celery_app(settings: Settings):
+    from stalk_workers.app import create_app
+    from stalk_workers.queues import QueueTableError
+
+    try:
+        return create_app(settings)
+    except QueueTableError as exc:
+        fail(str(exc))
+    except ImportError as exc:
+        fail(f"cannot import a task module from STALK_TASK_MODULES: {exc}")
+
+
+def register(app: typer.Typer) -> None:
+    db_app = typer.Typer(help="The task record database.", no_args_is_help=True)
+    app.add_typer(db_app, name="db")
+
+    @app.command()
+    def worker(
+        queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = "default",
+        concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1,
+                                                        help="Processes/threads; default from the queue table.")] = None,
+        pool: Annotated[str | None, typer.Option(help="prefork, threads or solo; default from the queue table.")] = None,
+        loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    ) -> None:
+        """Run a Celery worker for the given queues (node name: <queues>@<hostname>, the pod name in Kubernetes)."""
+        from stalk_workers.app import default_node_name
+
+        settings = load_settings()
+        celery = _celery_app(settings)
+        names = [q.strip() for q in queues.split(",") if q.strip()]
+        table = {q.name: q for q in celery.conf.stalk_queues}
+        unknown = [q for q in names if q not in table]
+        if unknown:
+            fail(f"unknown queue(s): {', '.join(unknown)}; the queue table has: {', '.join(table)}")
+        first = table[names[0]]
+        celery.worker_main([
+            "worker", "-Q", ",".join(names), "-n", default_node_name(names),
+            "--concurrency", str(concurrency or first.concurrency), "--pool", pool or first.pool,
+            "--loglevel", loglevel, "--without-gossip",
+        ])
+
+    @app.command()
+    def beat(
+        schedule_file: Annotated[str, typer.Option(help="Where beat keeps its state.")] = "/tmp/stalk-beat-schedule",
+        loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    ) -> None:
+        """Run Celery beat with the periodic tasks from STALK_BEAT_SCHEDULE. Run exactly one."""
+        celery = _celery_app(load_settings())
+        celery.start(["beat", "--schedule", schedule_file, "--loglevel", loglevel])
+
+    @app.command()
+    def api(
+        host: Annotated[str | None, typer.Option(help="Default STALK_API_HOST (127.0.0.1).")] = None,
+        port: Annotated[int | None, typer.Option(help="Default STALK_API_PORT (8000).")] = None,
+    ) -> None:
+        """Run the task API with uvicorn."""
+        import uvicorn
+
+        from stalk_api.config import ApiSettings
+        from stalk_api.main import InsecureBindError, create_app
+
+        settings = load_settings(ApiSettings)
+        settings = settings.model_copy(update={k: v for k, v in (("api_host", host), ("api_port", port)) if v})
+        try:
+            application = create_app(settings)
+        except InsecureBindError as exc:
+            fail(str(exc))
+        uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info",
+                    proxy_headers=True, access_log=False)
+
+    @db_app.command("upgrade")
+    def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+        """Apply the database migrations (Alembic) up to REVISION."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from stalk_workers.records import db
+
+        settings = load_settings()
+        try:
+            db.upgrade(settings.database_url, revision)
+        except SQLAlchemyError as exc:
+            fail(f"cannot migrate {settings.database_url}: {str(exc).splitlines()[0]}")
+        typer.echo(f"database at {revision}: {settings.database_url}")
+
+    @app.command()
+    def purge(
+        queue: Annotated[str, typer.Argument(help="The queue to empty.")],
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    ) -> None:
+        """Delete every task waiting in QUEUE (all priority levels). Running tasks are not touched."""
+        settings = load_settings()
+        celery = _celery_app(settings)
+        if queue not in {q.name for q in celery.conf.stalk_queues}:
+            fail(f"unknown queue {queue!r}")
+        if not yes and not typer.confirm(f"Delete every task waiting in {queue!r}?", default=False):
+            fail("nothing purged", code=1)
+        try:
+            with celery.connection_for_write() as conn:
+                removed = conn.default_channel.queue_purge(queue)
+        except Exception as exc:  # noqa: BLE001
+            fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+        typer.echo(f"purged {removed} task(s) from {queue}")
