@@ -1,0 +1,255 @@
+"""Local mode: the operator's policy, applied to Celery worker processes on this machine.
+
+``stalk dev`` (and so ``make run``) uses it to show autoscaling without Kubernetes: every
+``poll_seconds`` one ``QueueReader.read()`` measures all queues, ``policy.decide`` picks a worker
+count per queue, and a ``LocalActuator`` per queue starts or stops ``celery worker`` processes.
+
+Stopping relies on Celery's warm shutdown: on SIGTERM a worker stops consuming, finishes the tasks
+it is running, and (acks_late) gives its prefetched, unstarted tasks back to Redis (kombu restores
+unacked messages when the channel closes). The actuator stops idle workers before busy ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import redis
+from celery import Celery
+from celery.utils.nodenames import host_format
+
+from stalk_operator.policy import Decision, History, Observation, ScalingSpec, decide
+from stalk_workers.queue_reader import QueueReader
+from stalk_workers.queues import QueueSpec
+
+log = logging.getLogger("stalk.local")
+
+DEFAULT_APP_MODULE = "stalk_workers.app"
+# How long the actuator waits for workers' replies when it asks which ones are running a task.
+INSPECT_TIMEOUT_SECONDS = 1.0
+# How long ``stop()`` lets workers finish their running tasks before killing them.
+STOP_TIMEOUT_SECONDS = 60.0
+
+# Given the node names of running workers, return the busy ones (None: could not tell).
+BusyWorkers = Callable[[list[str]], set[str] | None]
+
+
+def celery_busy_workers(app: Celery, *, timeout: float = INSPECT_TIMEOUT_SECONDS) -> BusyWorkers:
+    """Ask workers what they run with Celery's remote control (``inspect().active()``)."""
+
+    def busy(names: list[str]) -> set[str] | None:
+        try:
+            replies = app.control.inspect(destination=names, timeout=timeout).active() or {}
+        except Exception as exc:  # noqa: BLE001 - the broker may be down; then nobody is known idle
+            log.warning("cannot ask workers what they run: %s", exc)
+            return None
+        # A worker that does not answer may be busy (a solo pool answers only between tasks).
+        return {name for name in names if replies.get(name) != []}
+
+    return busy
+
+
+@dataclass
+class _Worker:
+    name: str  # the node name, host expanded, as remote-control replies spell it
+    index: int
+    process: subprocess.Popen
+
+
+class LocalActuator:
+    """The worker processes of one queue: start more, or stop the newest idle ones."""
+
+    def __init__(
+        self,
+        queue: QueueSpec,
+        *,
+        app_module: str = DEFAULT_APP_MODULE,
+        env: Mapping[str, str] | None = None,
+        busy_workers: BusyWorkers | None = None,
+        log_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ):
+        self.queue = queue
+        self._app_module = app_module
+        self._env = dict(env) if env is not None else None  # None: the workers inherit ours
+        self._busy_workers = busy_workers
+        self._log_dir = log_dir
+        self._extra_args = tuple(extra_args)
+        self._running: list[_Worker] = []  # oldest first
+        self._stopping: list[_Worker] = []
+
+    @property
+    def replicas(self) -> int:
+        """Workers running and not asked to stop."""
+        self._reap()
+        return len(self._running)
+
+    @property
+    def worker_names(self) -> list[str]:
+        """Node names of the running workers, oldest first."""
+        return [w.name for w in self._running]
+
+    @property
+    def alive(self) -> int:
+        """Worker processes not yet exited, including those finishing their tasks after SIGTERM."""
+        self._reap()
+        return len(self._running) + len(self._stopping)
+
+    def scale(self, replicas: int) -> None:
+        self._reap()
+        while len(self._running) < replicas:
+            self._start()
+        surplus = len(self._running) - replicas
+        if surplus > 0:
+            for worker in self._pick_to_stop(surplus):
+                self._terminate(worker)
+
+    def terminate(self) -> None:
+        """Ask every worker to stop (warm shutdown), without waiting."""
+        for worker in list(self._running):
+            self._terminate(worker)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Warm-stop every worker, wait for running tasks to finish, kill what outlives ``timeout``."""
+        self.terminate()
+        deadline = time.monotonic() + timeout
+        for worker in self._stopping:
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s: worker %s still running after %.0fs; killing it", self.queue.name, worker.name,
+                            timeout)
+                worker.process.kill()
+                worker.process.wait()
+        self._stopping.clear()
+
+    def _start(self) -> None:
+        used = {w.index for w in self._running + self._stopping}
+        index = next(i for i in range(len(used) + 1) if i not in used)
+        pattern = f"{self.queue.name}-{index}@%h"
+        command = [
+            sys.executable, "-m", "celery", "-A", self._app_module, "worker", "-Q", self.queue.name,
+            "-n", pattern, "--concurrency", str(self.queue.concurrency), "--pool", self.queue.pool,
+            *self._extra_args,
+        ]
+        output = None
+        if self._log_dir is not None:
+            output = open(self._log_dir / f"{self.queue.name}-{index}.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            process = subprocess.Popen(command, env=self._env, stdout=output, stderr=subprocess.STDOUT if output else None)
+        finally:
+            if output is not None:
+                output.close()
+        self._running.append(_Worker(name=host_format(pattern), index=index, process=process))
+
+    def _pick_to_stop(self, count: int) -> list[_Worker]:
+        # Idle before busy (a busy one would finish its task first, but hold a slot meanwhile),
+        # newest before oldest (the oldest are warm and have the longest-running tasks).
+        busy = self._busy_workers([w.name for w in self._running]) if self._busy_workers else None
+        newest_first = list(reversed(self._running))
+        ranked = sorted(newest_first, key=lambda w: busy is not None and w.name in busy)
+        return ranked[:count]
+
+    def _terminate(self, worker: _Worker) -> None:
+        # SIGTERM is Celery's warm shutdown: the running task finishes, nothing is lost.
+        self._running.remove(worker)
+        self._stopping.append(worker)
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+
+    def _reap(self) -> None:
+        for worker in [w for w in self._running if w.process.poll() is not None]:
+            log.warning("%s: worker %s exited on its own (code %s)", self.queue.name, worker.name,
+                        worker.process.returncode)
+            self._running.remove(worker)
+        self._stopping = [w for w in self._stopping if w.process.poll() is None]
+
+
+def scaling_spec(queue: QueueSpec, template: ScalingSpec = ScalingSpec()) -> ScalingSpec:
+    """The policy's spec for one queue: the queue table's limits over the template's behaviour."""
+    return replace(template, min_replicas=queue.min_replicas, max_replicas=queue.max_replicas,
+                   tasks_per_replica=queue.tasks_per_replica,
+                   max_wait_seconds=queue.max_wait_seconds if queue.max_wait_seconds is not None
+                   else template.max_wait_seconds)
+
+
+class LocalAutoscaler:
+    """Every ``poll_seconds``: read all queues once, decide per queue, start/stop workers."""
+
+    def __init__(
+        self,
+        queues: Sequence[QueueSpec],
+        client: redis.Redis,
+        *,
+        key_prefix: str = "",
+        app_module: str = DEFAULT_APP_MODULE,
+        control_app: Celery | None = None,
+        template: ScalingSpec = ScalingSpec(),
+        poll_seconds: float = 1.0,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+        worker_args: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ):
+        self.poll_seconds = poll_seconds
+        self._reader = QueueReader(client, key_prefix=key_prefix, clock=clock)
+        self._clock = clock
+        busy = celery_busy_workers(control_app) if control_app is not None else None
+        self.specs = {q.name: scaling_spec(q, template) for q in queues}
+        self.actuators = {
+            q.name: LocalActuator(q, app_module=app_module, env=env, busy_workers=busy, log_dir=log_dir,
+                                  extra_args=worker_args)
+            for q in queues
+        }
+        self._histories = {q.name: History() for q in queues}
+        self._reading_failed = False
+
+    def tick(self) -> dict[str, Decision]:
+        """One measurement and one decision per queue; replicas stay as they are if Redis is down."""
+        try:
+            stats = self._reader.read(list(self.actuators))
+        except redis.RedisError as exc:
+            if not self._reading_failed:
+                log.warning("cannot read queues from Redis, keeping workers as they are: %s", exc)
+            self._reading_failed = True
+            return {}
+        if self._reading_failed:
+            log.info("reading queues from Redis again")
+            self._reading_failed = False
+        now = self._clock()
+        decisions = {}
+        for name, actuator in self.actuators.items():
+            s, current = stats[name], actuator.replicas
+            observation = Observation(waiting=s.waiting, in_flight=s.in_flight,
+                                      oldest_wait_seconds=s.oldest_wait_seconds, current_replicas=current)
+            decision = decide(observation, self.specs[name], self._histories[name], now)
+            if decision.replicas != current:
+                log.info("%s: %d -> %d workers (%s: %s)", name, current, decision.replicas, decision.reason,
+                         decision.message)
+                actuator.scale(decision.replicas)
+            decisions[name] = decision
+        return decisions
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Tick until ``stop_event`` is set, then stop every worker."""
+        try:
+            while not stop_event.is_set():
+                started = time.monotonic()
+                self.tick()
+                stop_event.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Warm-stop all workers of all queues (running tasks finish first)."""
+        for actuator in self.actuators.values():
+            actuator.terminate()  # all at once, so their running tasks finish in parallel
+        for actuator in self.actuators.values():
+            actuator.stop()

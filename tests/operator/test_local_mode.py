@@ -1,0 +1,104 @@
+"""Local mode with real Redis and real ``celery worker`` processes (the tiny app in tests/workers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from stalk_operator.local_mode import LocalActuator, LocalAutoscaler, celery_busy_workers
+from stalk_operator.policy import Behavior, ScalingSpec
+from stalk_workers.queue_reader import QueueReader
+from stalk_workers.queues import QueueSpec
+from stalk_workers.settings import Settings
+from tests.fixtures.servers import wait_until
+from tests.workers.celery_app import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+APP_MODULE = "tests.workers.celery_app"
+# One thread per worker, so a worker answers remote control while its task runs.
+QUEUE = QueueSpec(name="q", concurrency=1, pool="threads", min_replicas=0, max_replicas=2, tasks_per_replica=2)
+# Start-up without the cluster chatter a lone test worker does not need.
+FAST_START = ("--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO")
+# Short windows so a test sees a full up-and-down cycle in seconds.
+QUICK = ScalingSpec(scale_down=Behavior(stabilization_seconds=1), idle_seconds_before_zero=1)
+
+
+@pytest.fixture
+def broker(redis_urls) -> str:
+    return redis_urls[0]
+
+
+@pytest.fixture
+def app(broker):
+    return create_app(Settings(broker_url=broker))
+
+
+def worker_env(broker: str) -> dict[str, str]:
+    return {**os.environ, "STALK_BROKER_URL": broker, "PYTHONPATH": str(REPO)}
+
+
+def drained(reader: QueueReader) -> bool:
+    stats = reader.read(["q"])["q"]
+    return stats.waiting == stats.in_flight == stats.scheduled == 0
+
+
+def test_workers_start_for_a_backlog_and_stop_after_it_drains(broker, app, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stalk.local")
+    for _ in range(4):
+        app.send_task("tests.sleep", args=[0.5], queue="q")
+    scaler = LocalAutoscaler([QUEUE], redis.Redis.from_url(broker), app_module=APP_MODULE, control_app=app,
+                             template=QUICK, poll_seconds=0.2, env=worker_env(broker), log_dir=tmp_path,
+                             worker_args=FAST_START)
+    actuator, reader = scaler.actuators["q"], QueueReader(redis.Redis.from_url(broker))
+    stop = threading.Event()
+    thread = threading.Thread(target=scaler.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: actuator.replicas == 2, timeout=10, what="two workers for four tasks")
+        wait_until(lambda: drained(reader), timeout=60, what="the workers to run all four tasks")
+        wait_until(lambda: actuator.alive == 0, timeout=30, what="the idle workers to stop")
+    finally:
+        stop.set()
+        thread.join(90)
+    assert not thread.is_alive()
+    assert "q: 0 -> 2 workers (ScaleUpForBacklog: 4 waiting, 0 in flight" in caplog.text
+    assert "-> 0 workers (ScaleDownIdle: no work for" in caplog.text
+    assert drained(reader)  # nothing given back to Redis by a stopped worker
+
+
+def test_scale_down_stops_the_newest_idle_worker_and_lets_busy_ones_finish(broker, app, tmp_path):
+    busy_workers = celery_busy_workers(app, timeout=0.5)
+    actuator = LocalActuator(QUEUE, app_module=APP_MODULE, env=worker_env(broker), busy_workers=busy_workers,
+                             log_dir=tmp_path, extra_args=FAST_START)
+    reader = QueueReader(redis.Redis.from_url(broker))
+
+    def all_answer():
+        replies = app.control.ping(destination=actuator.worker_names, timeout=0.5)
+        return {name for reply in replies for name in reply} == set(actuator.worker_names)
+
+    try:
+        actuator.scale(2)
+        oldest, newest = actuator.worker_names
+        wait_until(all_answer, timeout=30, what="both workers to answer")
+        actuator.scale(1)  # both idle: the newest goes
+        assert actuator.worker_names == [oldest]
+
+        actuator.scale(2)
+        wait_until(all_answer, timeout=30, what="the new worker to answer")
+        app.send_task("tests.sleep", args=[3], queue="q")
+        busy = wait_until(lambda: busy_workers(actuator.worker_names), timeout=15, what="one worker running the task")
+        assert len(busy) == 1
+        actuator.scale(1)  # the idle one goes, whichever is newer
+        assert actuator.worker_names == list(busy)
+        wait_until(lambda: actuator.alive == 1, timeout=15, what="the idle worker to exit")
+
+        actuator.stop(timeout=30)  # warm shutdown: the running task finishes and is acked
+        assert actuator.alive == 0
+        assert drained(reader)
+    finally:
+        actuator.stop(timeout=5)
