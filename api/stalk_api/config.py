@@ -21,7 +21,7 @@ class ApiSettings(Settings):
     # Apply database migrations when the API starts (dev); the Helm chart runs them as a Job instead.
     migrate_on_start: bool = True
     # How long to wait for workers to answer a remote-control inspection.
-    inspect_timeout_seconds: float = Field(0.5, gt=0, le=5)
+    inspect_timeout_seconds: float = Field(0.8, gt=0, le=5)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

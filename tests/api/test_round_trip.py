@@ -1,0 +1,119 @@
+"""The path users rely on, end to end: API → Redis → a real worker → the record → the API."""
+
+from __future__ import annotations
+
+import time
+
+from stalk_workers.records.models import FAILURE, SUCCESS
+
+
+def test_health_check_reaches_success_with_its_record(stack):
+    response = stack.client.post("/v1/tasks", json={"task": "stalk.health_check"})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "PENDING" and body["queue"] == "default"
+    assert response.headers["location"] == f"/v1/tasks/{body['task_id']}"
+
+    task = stack.wait_for(body["task_id"])
+    assert task["status"] == SUCCESS
+    assert task["result"]["status"] == "ok"
+    assert task["worker"].startswith("default-0@")
+    assert task["source"] == "api"
+    assert task["started_at"] and task["finished_at"] and task["runtime_seconds"] >= 0
+    assert task["created_at"] <= task["started_at"] <= task["finished_at"]
+
+
+def test_arguments_and_result_round_trip(stack):
+    task_id = stack.submit("stalk.echo", args=[1, "two", {"three": 3}], kwargs={"four": [4]})
+    task = stack.wait_for(task_id)
+    assert task["result"] == {"args": [1, "two", {"three": 3}], "kwargs": {"four": [4]}}
+    assert task["args"] == [1, "two", {"three": 3}] and task["kwargs"] == {"four": [4]}
+
+
+def test_unknown_task_id_is_404_not_a_fake_pending(stack):
+    response = stack.client.get("/v1/tasks/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404
+    assert "no task" in response.json()["detail"]
+
+
+def test_batch_submits_every_task_and_all_run(stack):
+    response = stack.client.post("/v1/tasks/batch", json={"tasks": [
+        {"task": "stalk.echo", "args": [i]} for i in range(40)
+    ]})
+    assert response.status_code == 202, response.text
+    ids = [t["task_id"] for t in response.json()["tasks"]]
+    assert len(set(ids)) == 40
+    results = sorted(stack.wait_for(i)["result"]["args"][0] for i in ids)
+    assert results == list(range(40))
+
+
+def test_priority_and_countdown_are_honoured(stack):
+    start = time.time()
+    task_id = stack.submit("stalk.echo", countdown=2, priority=3)
+    task = stack.wait_for(task_id, timeout=30)
+    assert task["status"] == SUCCESS and task["priority"] == 3
+    from datetime import datetime
+
+    assert datetime.fromisoformat(task["started_at"]).timestamp() >= start + 1.9
+
+
+def test_plain_celery_client_tasks_are_recorded_on_first_sight(stack):
+    celery = stack.client.app.state.gateway.celery
+    result = celery.send_task("stalk.echo", args=["plain"])
+    task = stack.wait_for(result.id)
+    assert task["status"] == SUCCESS and task["source"] == "worker"
+    assert task["args"] == ["plain"] and task["queue"] == "default"
+
+
+def test_list_filters_and_cursor_pagination(stack):
+    ids = [stack.submit("stalk.echo", args=[i], kwargs={"page": True}) for i in range(7)]
+    for task_id in ids:
+        stack.wait_for(task_id)
+    seen, cursor = [], None
+    while True:
+        params = {"task": "stalk.echo", "limit": 3, "status": SUCCESS}
+        if cursor:
+            params["cursor"] = cursor
+        page = stack.client.get("/v1/tasks", params=params).json()
+        seen += [t["task_id"] for t in page["tasks"] if t["kwargs"].get("page")]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert set(ids) <= set(seen) and len(seen) == len(set(seen)), "pages must not repeat or skip tasks"
+    assert stack.client.get("/v1/tasks", params={"status": FAILURE, "task": "stalk.echo"}).json()["tasks"] == []
+
+
+def test_cancel_revokes_a_waiting_task_and_it_never_runs(stack):
+    task_id = stack.submit("stalk.echo", countdown=3)
+    response = stack.client.post(f"/v1/tasks/{task_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "REVOKED"
+    time.sleep(0)  # the countdown below is what the worker must outlast
+    marker = stack.submit("stalk.echo", countdown=4)
+    stack.wait_for(marker, timeout=30)  # the worker has passed the revoked task's ETA by now
+    task = stack.client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "REVOKED" and task["started_at"] is None and task["result"] is None
+    assert stack.client.post(f"/v1/tasks/{task_id}/cancel").status_code == 409
+
+
+def test_workers_and_queues_show_what_runs(stack):
+    started = time.monotonic()
+    workers = stack.client.get("/v1/workers").json()["workers"]
+    assert time.monotonic() - started < 1.5, "answered within about a second"
+    assert any(w["queues"] == ["default"] and w["concurrency"] == 2 and w["pool"] == "prefork" for w in workers)
+
+    # Nothing consumes "classification" in this stack: what is submitted there waits.
+    for _ in range(3):
+        stack.submit("stalk.echo", queue="classification", priority=9)
+    stack.submit("stalk.echo", queue="classification")
+    queues = {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}
+    assert queues["classification"]["waiting"] == 4, "all priority levels are counted"
+    assert queues["classification"]["workers"] == 0 and queues["default"]["workers"] == 1
+    assert queues["classification"]["oldest_wait_seconds"] is not None
+
+
+def test_task_types_list_only_what_may_be_submitted(stack):
+    names = {t["name"] for t in stack.client.get("/v1/task-types").json()["task_types"]}
+    assert {"stalk.health_check", "stalk.echo", "stalk.sleep", "stalk.fail"} <= names
+    assert not any(n.startswith("celery.") for n in names)
+    response = stack.client.post("/v1/tasks", json={"task": "celery.backend_cleanup"})
+    assert response.status_code == 404
