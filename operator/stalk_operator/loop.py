@@ -41,9 +41,10 @@ BrokerKey = tuple[str, str]  # (url, key prefix)
 def broker_label(url: str) -> str:
     """The broker as shown in metrics and messages: host, port and db, never the password."""
     parts = urlsplit(url)
-    host = parts.hostname or parts.path or "?"
+    if not parts.hostname:  # unix:///run/redis.sock
+        return f"{parts.scheme}://{parts.path}"
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class BrokerLoop:
@@ -269,18 +270,22 @@ class Ticker:
 
     async def _target(self, state: TaskQueueState, now: float) -> Target | None:
         cfg = state.config
-        target = self.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
+        ref = (cfg.namespace, cfg.target.kind, cfg.target.name)
+        target = self.targets.get(*ref)
         if target is not None:
+            state.target_missing = False
             return target
-        # Not (yet) seen by the watch: ask once in a while, so a missing target costs little.
-        if now - state.target_checked_at < RESOLVE_INTERVAL_SECONDS:
+        # Not (yet) seen by the watch: ask the API server, and for a missing target only now and then.
+        if state.target_missing and now - state.target_checked_at < RESOLVE_INTERVAL_SECONDS:
             return None
         state.target_checked_at = now
         async with self._api_slots:
-            scale = await asyncio.to_thread(self.kube.read_scale, cfg.namespace, cfg.target.kind, cfg.target.name)
+            scale = await asyncio.to_thread(self.kube.read_scale, *ref)
+        state.target_missing = scale is None
         if scale is None:
             return None
-        return Target(replicas=scale.replicas, ready_replicas=0, resource_version=0)
+        self.targets.expect(*ref, scale.replicas, None)  # until the watch reports it
+        return self.targets.get(*ref)
 
     async def _scale(self, state: TaskQueueState, target: Target, decision: Decision,
                      broker: BrokerLoop, now: float) -> bool:

@@ -26,6 +26,7 @@ class TaskQueueState:
     broker_checked_at: float = float("-inf")
     broker_problem: str | None = None
     target_checked_at: float = float("-inf")
+    target_missing: bool = False
     last_scale_time: str | None = None
     # The status on the object as the watch last delivered it: what a new leader resumes from.
     seen_status: dict[str, Any] = field(default_factory=dict)

@@ -83,9 +83,17 @@ def status_patch(
     """
     changed = {key for key, value in desired.items() if previous.get(key) != value}
     shown = changed - HIDDEN
-    if not (shown - MEASUREMENTS) and not (shown and measurements_due):
+    urgent = shown - MEASUREMENTS
+    if "lastDecision" in urgent and _reason(previous.get("lastDecision")) == _reason(desired["lastDecision"]):
+        # Same reason, new numbers in the message: that follows the measurements.
+        urgent.discard("lastDecision")
+    if not urgent and not (shown and measurements_due):
         return None
     return {key: _merge_value(previous.get(key), desired[key]) for key in changed}
+
+
+def _reason(decision: Any) -> str | None:
+    return decision.split(":", 1)[0] if isinstance(decision, str) else None
 
 
 def _merge_value(old: Any, new: Any) -> Any:

@@ -28,7 +28,8 @@ def test_other_conditions_are_kept():
     assert st.condition_status(conditions, st.SCALING_LIMITED) is None
 
 
-BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None}}
+BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
+        "lastDecision": "Steady: 3 waiting"}
 
 
 @pytest.mark.parametrize(
@@ -39,11 +40,14 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
         ({**BASE, "depth": 4}, True, {"depth": 4}),
         ({**BASE, "desiredReplicas": 3}, False, {"desiredReplicas": 3}),
         ({**BASE, "policyHistory": {"idleSince": 5.0}}, True, None),
+        ({**BASE, "depth": 4, "lastDecision": "Steady: 4 waiting"}, False, None),
+        ({**BASE, "lastDecision": "StabilizingScaleDown: 0 waiting"}, False,
+         {"lastDecision": "StabilizingScaleDown: 0 waiting"}),
         ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, False,
          {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
     ],
     ids=["nothing-changed", "measurement-not-due", "measurement-due", "replicas-at-once",
-         "hidden-alone-never", "hidden-rides-along"],
+         "hidden-alone-never", "same-reason-new-numbers-waits", "new-reason-at-once", "hidden-rides-along"],
 )
 def test_status_patch_writes_only_shown_changes(desired, due, expected):
     assert st.status_patch(BASE, desired, measurements_due=due) == expected

@@ -1,0 +1,69 @@
+"""The TaskQueue CRD on a real API server: it applies, defaults, validates and prints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.operator.conftest import REPO, taskqueue
+
+pytestmark = pytest.mark.cluster
+
+
+def apply(kube_cluster, namespace, obj, check=True):
+    return kube_cluster.kubectl("apply", "-f", "-", namespace=namespace, input=yaml.safe_dump(obj), check=check)
+
+
+def test_crd_is_established_with_short_name(kube_cluster, taskqueue_crd):
+    out = kube_cluster.kubectl("api-resources", "--api-group=stalk.dev", "-o", "wide").stdout
+    assert "taskqueues" in out and "tq" in out and "TaskQueue" in out
+
+
+def test_defaults_are_filled_in_by_the_api_server(kube_cluster, taskqueue_crd, kube_namespace):
+    apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
+                                                  target="w", maxReplicas=3))
+    obj = json.loads(kube_cluster.kubectl("get", "tq", "emails", "-o", "json", namespace=kube_namespace).stdout)
+    spec = obj["spec"]
+    assert spec["minReplicas"] == 0 and spec["pollSeconds"] == 1 and spec["drain"] is True
+    assert spec["scaleDown"] == {"stabilizationSeconds": 60} and spec["scaleUp"] == {"stabilizationSeconds": 0}
+    assert spec["broker"]["keyPrefix"] == "" and spec["scaleTargetRef"]["apiVersion"] == "apps/v1"
+
+
+def test_example_applies(kube_cluster, taskqueue_crd, kube_namespace):
+    kube_cluster.kubectl("apply", "-f", str(REPO / "k8s" / "examples" / "taskqueue.yaml"), namespace=kube_namespace)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(minReplicas=5, maxReplicas=2), "minReplicas must be less than or equal to maxReplicas"),
+        (lambda s: s["broker"].update(secretKeyRef={"name": "redis", "key": "url"}),
+         "broker needs exactly one of url or secretKeyRef"),
+        (lambda s: s.update(broker={"keyPrefix": "x"}), "broker needs exactly one of url or secretKeyRef"),
+        (lambda s: s["broker"].update(url="http://redis:6379"), "broker.url must be a Redis URL"),
+        (lambda s: s["scaleTargetRef"].update(apiVersion="apps/v1beta1"), "scaleTargetRef.apiVersion must be apps/v1"),
+        (lambda s: s["scaleTargetRef"].update(kind="ReplicaSet"), 'supported values: "Deployment", "StatefulSet"'),
+        (lambda s: s.update(scaleUp={"maxStep": 50}), "scaleUp.maxStep cannot be larger than maxReplicas"),
+        (lambda s: s.update(tasksPerReplica=0), "should be greater than or equal to 1"),
+        (lambda s: s.pop("maxReplicas"), "maxReplicas: Required value"),
+    ],
+    ids=["min-above-max", "both-url-and-secret", "neither-url-nor-secret", "not-a-redis-url", "old-api-version",
+         "unsupported-kind", "step-above-max", "zero-tasks-per-replica", "max-required"],
+)
+def test_invalid_taskqueue_is_rejected_with_a_message(kube_cluster, taskqueue_crd, kube_namespace, change, message):
+    obj = taskqueue("bad", queue="q", broker_url="redis://r:6379/0", target="w", maxReplicas=10)
+    change(obj["spec"])
+    result = apply(kube_cluster, kube_namespace, obj, check=False)
+    assert result.returncode != 0, "the API server accepted an invalid TaskQueue"
+    assert message in result.stderr, result.stderr
+
+
+def test_get_taskqueues_prints_the_columns(kube_cluster, taskqueue_crd, kube_namespace):
+    apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
+                                                  target="w", minReplicas=1, maxReplicas=7))
+    lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX", "AGE"]
+    row = lines[1].split()
+    assert row[:2] == ["emails", "emails"] and row[7:9] == ["1", "7"]

@@ -1,0 +1,170 @@
+"""One tick of the operator against a real Redis and real Celery publishing (no cluster needed).
+
+The API server is replaced by ``RecordingKube``, an in-memory stand-in that records every write:
+the tick's decisions are what is under test here; the real API server is in the cluster tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from celery import Celery
+
+from stalk_operator import status as st
+from stalk_operator.config import OperatorSettings
+from stalk_operator.kube import Scale
+from stalk_operator.loop import BrokerLoop, Ticker
+from stalk_operator.metrics import OperatorMetrics
+from stalk_operator.spec import parse_taskqueue
+from stalk_operator.state import Registry, TargetCache
+from tests.fixtures.servers import free_port
+
+NOW = 1_700_000_000.0
+
+
+@dataclass
+class RecordingKube:
+    replicas: dict[str, int] = field(default_factory=dict)  # target name -> replicas
+    scales: list[tuple[str, int]] = field(default_factory=list)
+    statuses: list[dict] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def read_scale(self, namespace, kind, name):
+        return Scale(self.replicas[name], f"app={name}") if name in self.replicas else None
+
+    def patch_scale(self, namespace, kind, name, replicas):
+        self.replicas[name] = replicas
+        self.scales.append((name, replicas))
+        return str(len(self.scales))
+
+    def pod_costs(self, namespace, selector):
+        return {}
+
+    def patch_status(self, namespace, name, status):
+        self.statuses.append(status)
+        return True
+
+    def event(self, tq, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+
+def body(name: str, url: str, target: str = "workers", **spec) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": 1},
+        "spec": {"queue": name, "broker": {"url": url}, "maxReplicas": 5, "tasksPerReplica": 5,
+                 "scaleTargetRef": {"kind": "Deployment", "name": target}, **spec},
+    }
+
+
+def make_ticker(kube: RecordingKube, clock=lambda: NOW) -> tuple[Ticker, Registry]:
+    registry = Registry()
+    ticker = Ticker(registry=registry, targets=TargetCache(), kube=kube, metrics=OperatorMetrics(),
+                    settings=OperatorSettings(status_interval_seconds=5), is_leader=lambda: True, clock=clock)
+    return ticker, registry
+
+
+def tick(ticker: Ticker) -> None:
+    # The supervisor's own broker loops are cancelled before they run: the test ticks by hand.
+    async def run():
+        await ticker.supervise()
+        for task in ticker._loops.values():
+            task.cancel()
+        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
+        ticker._loops.clear()
+        for key in list(ticker._members):
+            loop = BrokerLoop(key, ticker)
+            await loop.tick(ticker.members(key))
+            loop.client.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def producer(redis_urls):
+    app = Celery("producer", broker=redis_urls[0], set_as_current=False)
+    yield app
+    app.close()
+
+
+def test_backlog_scales_up_with_an_event_and_status(redis_urls, producer):
+    kube = RecordingKube(replicas={"workers": 0})
+    ticker, registry = make_ticker(kube)
+    registry.upsert(parse_taskqueue(body("emails", redis_urls[0])), None)
+    for _ in range(11):
+        producer.send_task("demo.send", queue="emails")
+
+    tick(ticker)
+
+    assert kube.scales == [("workers", 3)]
+    assert kube.events[0][:2] == ("Normal", "ScaledUp") and "0 -> 3 replicas" in kube.events[0][2]
+    written = kube.statuses[-1]
+    assert written["depth"] == 11 and written["replicas"] == 3 and written["desiredReplicas"] == 3
+    assert st.condition_status(written["conditions"], st.READY) == "True"
+    assert "policyHistory" in written and written["lastScaleTime"] == st.utc_iso(NOW)
+
+
+def test_status_is_written_only_when_a_shown_value_changes(redis_urls, producer):
+    now = [NOW]
+    kube = RecordingKube(replicas={"workers": 1})
+    ticker, registry = make_ticker(kube, clock=lambda: now[0])
+    registry.upsert(parse_taskqueue(body("emails", redis_urls[0])), None)
+    producer.send_task("demo.send", queue="emails")
+    tick(ticker)
+    assert len(kube.statuses) == 1
+    now[0] += 1
+    tick(ticker)  # nothing changed: nothing to write
+    assert len(kube.statuses) == 1
+    producer.send_task("demo.send", queue="emails")
+    now[0] += 1
+    tick(ticker)  # only the depth moved, and the status interval has not passed
+    assert len(kube.statuses) == 1
+    now[0] += 5
+    tick(ticker)  # now it has: the depth is written, with the history riding along
+    assert len(kube.statuses) == 2 and kube.statuses[1]["depth"] == 2
+    assert set(kube.statuses[1]) <= {"depth", "oldestWaitSeconds", "policyHistory", "lastDecision"}
+
+
+def test_taskqueues_on_one_redis_share_one_broker_loop(redis_urls):
+    kube = RecordingKube(replicas={"a": 0, "b": 0})
+    ticker, registry = make_ticker(kube)
+    registry.upsert(parse_taskqueue(body("q-a", redis_urls[0], target="a")), None)
+    registry.upsert(parse_taskqueue(body("q-b", redis_urls[0], target="b")), None)
+    registry.upsert(parse_taskqueue(body("q-c", redis_urls[1], target="a")), None)
+
+    async def run():
+        await ticker.supervise()
+        keys = set(ticker._loops)
+        for task in ticker._loops.values():
+            task.cancel()
+        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
+        return keys
+
+    assert asyncio.run(run()) == {(redis_urls[0], ""), (redis_urls[1], "")}
+
+
+def test_unreadable_redis_keeps_replicas_and_warns_once():
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    kube = RecordingKube(replicas={"workers": 2})
+    ticker, registry = make_ticker(kube)
+    registry.upsert(parse_taskqueue(body("emails", url)), None)
+
+    tick(ticker)
+    tick(ticker)
+
+    assert kube.scales == []
+    assert [e[:2] for e in kube.events] == [("Warning", "MetricsUnavailable")]
+    conditions = kube.statuses[-1]["conditions"]
+    assert st.condition_status(conditions, st.METRICS_AVAILABLE) == "False"
+    assert ticker.metrics.broker_errors.labels(f"redis://127.0.0.1:{url.split(':')[2]}").\
+        _value.get() == 2  # noqa: SLF001 - reading the counter back
+
+
+def test_missing_target_is_reported(redis_urls):
+    kube = RecordingKube()
+    ticker, registry = make_ticker(kube)
+    registry.upsert(parse_taskqueue(body("emails", redis_urls[0], target="nowhere")), None)
+    tick(ticker)
+    cond = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == st.READY)
+    assert (cond["status"], cond["reason"]) == ("False", "TargetNotFound") and "nowhere" in cond["message"]
