@@ -72,7 +72,7 @@ class BrokerLoop:
             while True:
                 started = time.monotonic()
                 members = self._ticker.members(self.key)
-                if members and self._ticker.is_leader():
+                if members and self._ticker.leading():
                     with self._ticker.metrics.tick_duration.time():
                         await self.tick(members)
                 # The broker ticks as often as its most eager TaskQueue asks.
@@ -132,15 +132,20 @@ class Ticker:
                 task.cancel()
             await asyncio.gather(*self._loops.values(), return_exceptions=True)
 
-    async def supervise(self) -> None:
-        self.heartbeat = time.monotonic()
+    def leading(self) -> bool:
+        """Whether this operator may act now; on becoming the leader, resume from the objects."""
         leader = self.is_leader()
         if leader and not self._was_leader:
-            # Resume from what the previous leader wrote, so a hand-over does not flap.
+            # Resume from what the previous leader wrote (status, history), so a hand-over does not flap.
             for state in self.registry:
                 state.resume_from_seen()
         self._was_leader = leader
         self.metrics.is_leader.set(1 if leader else 0)
+        return leader
+
+    async def supervise(self) -> None:
+        self.heartbeat = time.monotonic()
+        self.leading()
         self.metrics.taskqueues.set(len(self.registry))
 
         now = self.clock()
@@ -181,7 +186,7 @@ class Ticker:
         if url is None:
             state.broker_url = None
             state.broker_problem = f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)"
-            if self.is_leader():
+            if self.leading():
                 conditions = st.set_condition(state.status.get("conditions", []), st.READY, False,
                                               "BrokerSecretNotFound", state.broker_problem,
                                               now=now, generation=cfg.generation)
