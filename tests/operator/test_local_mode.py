@@ -82,15 +82,14 @@ def test_scale_down_stops_the_newest_idle_worker_and_lets_busy_ones_finish(broke
         return {name for reply in replies for name in reply} == set(actuator.worker_names)
 
     try:
-        actuator.scale(2)
-        oldest, newest = actuator.worker_names
-        wait_until(all_answer, timeout=30, what="both workers to answer")
-        actuator.scale(1)  # both idle: the newest goes
-        assert actuator.worker_names == [oldest]
+        actuator.scale(3)  # started together: one start-up wait instead of two
+        names = actuator.worker_names
+        wait_until(all_answer, timeout=60, what="three workers to answer")
+        actuator.scale(2)  # all idle: the newest goes
+        assert actuator.worker_names == names[:2]
+        wait_until(lambda: actuator.alive == 2, timeout=15, what="the stopped worker to exit")
 
-        actuator.scale(2)
-        wait_until(all_answer, timeout=30, what="the new worker to answer")
-        app.send_task("tests.sleep", args=[3], queue="q")
+        app.send_task("tests.sleep", args=[2], queue="q")
         busy = wait_until(lambda: busy_workers(actuator.worker_names), timeout=15, what="one worker running the task")
         assert len(busy) == 1
         actuator.scale(1)  # the idle one goes, whichever is newer
