@@ -15,7 +15,7 @@ from stalk_operator.policy import Behavior, ScalingSpec
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.queues import QueueSpec
 from stalk_workers.settings import Settings
-from tests.fixtures.servers import wait_until
+from tests.fixtures.servers import RedisServer, free_port, wait_until
 from tests.workers.celery_app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,3 +101,25 @@ def test_scale_down_stops_the_newest_idle_worker_and_lets_busy_ones_finish(broke
         assert drained(reader)
     finally:
         actuator.stop(timeout=5)
+
+
+def test_keeps_workers_while_redis_cannot_be_read_and_recovers(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stalk.local")
+    server = RedisServer(port=free_port(), process=None, workdir=tmp_path)
+    server.start()
+    keep_one = QueueSpec(name="q", concurrency=1, pool="threads", min_replicas=1, max_replicas=2)
+    scaler = LocalAutoscaler([keep_one], redis.Redis.from_url(server.url(), socket_connect_timeout=1),
+                             app_module=APP_MODULE, template=QUICK, env=worker_env(server.url()), log_dir=tmp_path,
+                             worker_args=FAST_START)
+    try:
+        assert scaler.tick()["q"].replicas == 1
+        server.stop()
+        assert scaler.tick() == {} and scaler.tick() == {}
+        assert scaler.actuators["q"].replicas == 1  # never scaled on an error
+        assert caplog.text.count("cannot read queues from Redis") == 1  # once per outage, not per tick
+        server.start()
+        assert scaler.tick()["q"].replicas == 1
+        assert "reading queues from Redis again" in caplog.text
+    finally:
+        scaler.stop()
+        server.stop()
