@@ -13,9 +13,11 @@ from typing import Any
 from celery import Celery
 
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
-# The ReplicaSet controller removes lower costs first. Busy pods rank above any idle one, and a
-# pod with more running tasks above one with fewer.
+# The ReplicaSet controller removes lower costs first: pods whose worker said it is idle, then
+# pods whose worker did not answer (a solo-pool worker cannot while it runs a task), then busy
+# pods, a pod with more running tasks after one with fewer.
 IDLE_COST = -1000
+UNKNOWN_COST = 0
 BUSY_COST = 1000
 
 
@@ -24,24 +26,27 @@ def node_pod_name(node: str) -> str:
     return node.split("@", 1)[1] if "@" in node else node
 
 
-def active_tasks_by_pod(active: Mapping[str, list[Any]] | None, pod_names: Iterable[str]) -> dict[str, int]:
-    """Number of running tasks on each of ``pod_names`` (0 for pods no worker reported)."""
-    counts = dict.fromkeys(pod_names, 0)
+def active_tasks_by_pod(active: Mapping[str, list[Any]] | None, pod_names: Iterable[str]) -> dict[str, int | None]:
+    """Number of running tasks on each of ``pod_names``; None for a pod no worker answered for."""
+    counts: dict[str, int | None] = dict.fromkeys(pod_names)
     for node, tasks in (active or {}).items():
         host = node_pod_name(node)
         # A worker started with a fully qualified hostname (pod.svc.cluster.local) still matches.
         for candidate in (host, host.split(".", 1)[0]):
             if candidate in counts:
-                counts[candidate] += len(tasks or ())
+                counts[candidate] = (counts[candidate] or 0) + len(tasks or ())
                 break
     return counts
 
 
-def deletion_costs(busy: Mapping[str, int], current: Mapping[str, str | None]) -> dict[str, str]:
+def deletion_costs(busy: Mapping[str, int | None], current: Mapping[str, str | None]) -> dict[str, str]:
     """Pod -> new cost annotation, only for pods whose annotation must change."""
     changes = {}
     for pod, running in busy.items():
-        cost = str(BUSY_COST + running if running else IDLE_COST)
+        if running is None:
+            cost = str(UNKNOWN_COST)
+        else:
+            cost = str(BUSY_COST + running if running else IDLE_COST)
         if current.get(pod) != cost:
             changes[pod] = cost
     return changes

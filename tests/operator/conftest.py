@@ -22,6 +22,7 @@ from tests.fixtures.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "k8s" / "crd" / "taskqueues.stalk.dev.yaml"
 GROUP, VERSION, PLURAL = "stalk.dev", "v1alpha1", "taskqueues"
+QUEUE = "default"  # the queue stalk's built-in stalk.sleep task runs on
 
 
 def pytest_configure(config):
@@ -165,3 +166,29 @@ def taskqueue(name: str, *, queue: str, broker_url: str, target: str, **spec: An
             **spec,
         },
     }
+
+
+def start_worker(pod: str, redis_urls: tuple[str, str], tmp_path: Path) -> subprocess.Popen:
+    """A real stalk Celery worker whose node name carries ``pod``, as it would inside that pod."""
+    env = {
+        "STALK_BROKER_URL": redis_urls[0], "STALK_RESULT_BACKEND": redis_urls[1], "STALK_RECORD_TASKS": "false",
+        "STALK_DATABASE_URL": f"sqlite:///{tmp_path}/records.db", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    with (tmp_path / f"worker-{pod}.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "stalk_workers.app", "worker", "-Q", QUEUE, "-n", f"celery@{pod}",
+             # Threads, not solo: a solo worker cannot answer inspection while it runs a task.
+             "-P", "threads", "-c", "1", "--without-mingle", "--without-gossip", "-l", "INFO"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(15)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait(5)

@@ -6,8 +6,6 @@ Each test runs ``python -m stalk_operator`` as a subprocess watching only its ow
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,12 +15,9 @@ from kubernetes import client
 
 from tests.fixtures.kube import poll
 from tests.fixtures.servers import RedisServer, free_port
-from tests.operator.conftest import GROUP, PLURAL, VERSION, taskqueue, worker_deployment
+from tests.operator.conftest import GROUP, PLURAL, QUEUE, VERSION, start_worker, stop_workers, taskqueue, worker_deployment
 
 pytestmark = pytest.mark.cluster
-
-QUEUE = "default"  # the queue the stalk.sleep task routes to in the stalk worker app
-
 
 @pytest.fixture
 def celery_client(redis_urls) -> Iterator[Celery]:
@@ -233,24 +228,5 @@ def test_scale_down_removes_idle_pods_and_keeps_busy_ones(cluster, start_operato
         assert all(int(c) > 0 for c in costs.values()), costs
         assert all(w.poll() is None for w in workers[:2]), "a busy worker was stopped"
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(15)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
 
-
-def start_worker(pod: str, redis_urls: tuple[str, str], tmp_path) -> subprocess.Popen:
-    """A stalk Celery worker whose node name carries the pod's name, as it would inside that pod."""
-    env = {
-        "STALK_BROKER_URL": redis_urls[0], "STALK_RESULT_BACKEND": redis_urls[1], "STALK_RECORD_TASKS": "false",
-        "STALK_DATABASE_URL": f"sqlite:///{tmp_path}/records.db", "PATH": "/usr/bin:/bin",
-    }
-    log = (tmp_path / f"worker-{pod}.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "stalk_workers.app", "worker", "-Q", QUEUE, "-n", f"celery@{pod}",
-         "-P", "solo", "-c", "1", "--without-mingle", "--without-gossip", "-l", "INFO"],
-        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
