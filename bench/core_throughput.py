@@ -64,6 +64,7 @@ class Plan:
     drain_tasks: int
     concurrency: int
     warmup: int
+    client: str = "raw"
 
 
 FULL = Plan(delay_tasks=5000, single_requests=5000, single_connections=64, batch_requests=20, batch_size=1000,
@@ -274,6 +275,7 @@ class Bench:
         else:
             config = {"url": f"{base}/v1/tasks/batch", "requests": self.plan.batch_requests,
                       "batch": self.plan.batch_size, "connections": self.plan.batch_connections, "warmup": 2}
+        config["client"] = self.plan.client
         # The load generator warms up first, then signals; the API's CPU is read around the timed part.
         config["mark"] = str(run_dir / "warm")
         load = self.processes.start(f"{self._runs:02d}-load", [sys.executable, str(Path(__file__).resolve()),
@@ -419,8 +421,6 @@ def child_http(config: dict) -> dict:
 
 
 async def _http_load(config: dict) -> dict:
-    import httpx
-
     batch, connections = config["batch"], config["connections"]
 
     def body(i: int) -> bytes:
@@ -429,36 +429,96 @@ async def _http_load(config: dict) -> dict:
             return json.dumps({"tasks": [{"task": "stalk.echo", "args": [i * batch + j]} for j in range(batch)]}).encode()
         return json.dumps({"task": "stalk.echo", "args": [i]}).encode()
 
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+    post = _RawPost(config["url"]) if config["client"] == "raw" else _HttpxPost(config["url"], connections)
 
-        async def run(count: int, offset: int) -> tuple[list[float], dict[int, int]]:
-            bodies = [body(offset + i) for i in range(count)]
-            latencies: list[float] = []
-            statuses: dict[int, int] = {}
-            next_index = iter(range(count))
+    async def run(count: int, offset: int) -> tuple[list[float], dict[int, int]]:
+        bodies = [body(offset + i) for i in range(count)]
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        next_index = iter(range(count))
 
-            async def connection() -> None:
+        async def connection() -> None:
+            async with post.connection() as send:
                 for i in next_index:
                     t = time.perf_counter()
-                    response = await client.post(config["url"], content=bodies[i], headers=headers)
+                    status = await send(bodies[i])
                     latencies.append(time.perf_counter() - t)
-                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    statuses[status] = statuses.get(status, 0) + 1
 
-            await asyncio.gather(*(connection() for _ in range(min(connections, count))))
-            return latencies, statuses
+        await asyncio.gather(*(connection() for _ in range(min(connections, count))))
+        return latencies, statuses
 
+    try:
         await run(config["warmup"], 10_000_000)
         Path(config["mark"]).touch()
         cpu_before = time.process_time()
         started = time.perf_counter()
         latencies, statuses = await run(config["requests"], 0)
         elapsed = time.perf_counter() - started
+    finally:
+        await post.close()
     tasks = statuses.get(202, 0) * (batch or 1)
     return {"requests": config["requests"], "tasks": tasks, "seconds": elapsed, "rate": tasks / elapsed,
             "statuses": {str(k): v for k, v in statuses.items()}, "client_cpu_seconds": time.process_time() - cpu_before,
             **percentiles(latencies)}
+
+
+class _RawPost:
+    """HTTP/1.1 keep-alive POSTs over asyncio streams: ~20x less client CPU per request than httpx,
+    which matters when the load generator shares two cores with the API it measures."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: ").encode()
+
+        async def send(body: bytes) -> int:
+            writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            status = int((await reader.readline()).split()[1])
+            length = None
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length is None:
+                raise BenchError(f"response {status} without Content-Length: the raw client cannot read it")
+            await reader.readexactly(length)
+            return status
+
+        try:
+            yield send
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        pass
+
+
+class _HttpxPost:
+    def __init__(self, url: str, connections: int) -> None:
+        import httpx
+
+        self.url = url
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        async def send(body: bytes) -> int:
+            response = await self.client.post(self.url, content=body, headers={"content-type": "application/json"})
+            return response.status_code
+
+        yield send
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -501,30 +561,37 @@ def verdict(ratio: float, target: float) -> str:
 
 
 def table(plan: Plan, r: dict) -> list[list[str]]:
-    delay, single, batch = r["delay"], r["single"], r["batch"]
-    bare, stalk, norec = r["drain-bare"], r["drain-stalk"], r.get("drain-stalk-norecords")
-    c = plan.concurrency
-    rows = [
-        ["submit: `delay()` loop, 1 process (baseline)", f"{delay['rate']:,.0f}", "1.00x", "", "",
-         f"p50 {delay['p50_ms']:.2f} / p99 {delay['p99_ms']:.2f} ms per call"],
-        [f"submit: `POST /v1/tasks`, {plan.single_connections} connections", f"{single['rate']:,.0f}",
-         f"{single['rate'] / delay['rate']:.2f}x", f">= {TARGET_SINGLE:g}x",
-         verdict(single["rate"] / delay["rate"], TARGET_SINGLE),
-         f"p50 {single['p50_ms']:.1f} / p99 {single['p99_ms']:.1f} ms per request"],
-        [f"submit: `POST /v1/tasks/batch`, {plan.batch_size:,} tasks/request, {plan.batch_connections} connections",
-         f"{batch['rate']:,.0f}", f"{batch['rate'] / delay['rate']:.2f}x", f">= {TARGET_BATCH:g}x",
-         verdict(batch["rate"] / delay["rate"], TARGET_BATCH),
-         f"p50 {batch['p50_ms']:.0f} / p99 {batch['p99_ms']:.0f} ms per request"],
-        [f"drain: bare Celery worker, prefork x{c} (baseline)", f"{bare['rate']:,.0f}", "1.00x", "", "",
-         f"{bare['worker_cpu_seconds'] * 1000 / bare['tasks']:.2f} ms worker CPU/task"],
-        [f"drain: stalk worker, prefork x{c}, records on (SQLite)", f"{stalk['rate']:,.0f}",
-         f"{stalk['rate'] / bare['rate']:.2f}x", f">= {TARGET_DRAIN:g}x", verdict(stalk["rate"] / bare["rate"], TARGET_DRAIN),
-         f"{stalk['worker_cpu_seconds'] * 1000 / stalk['tasks']:.2f} ms worker CPU/task"],
-    ]
-    if norec:
-        rows.append([f"drain: stalk worker, prefork x{c}, records off (diagnostic)", f"{norec['rate']:,.0f}",
-                     f"{norec['rate'] / bare['rate']:.2f}x", "", "",
-                     f"{norec['worker_cpu_seconds'] * 1000 / norec['tasks']:.2f} ms worker CPU/task"])
+    rows = []
+    if "delay" in r:
+        delay, single, batch = r["delay"], r["single"], r["batch"]
+        rows += [
+            ["submit: `delay()` loop, 1 process (baseline)", f"{delay['rate']:,.0f}", "1.00x", "", "",
+             f"p50 {delay['p50_ms']:.2f} / p99 {delay['p99_ms']:.2f} ms per call"],
+            [f"submit: `POST /v1/tasks`, {plan.single_connections} connections ({plan.client} client)",
+             f"{single['rate']:,.0f}", f"{single['rate'] / delay['rate']:.2f}x", f">= {TARGET_SINGLE:g}x",
+             verdict(single["rate"] / delay["rate"], TARGET_SINGLE),
+             f"p50 {single['p50_ms']:.1f} / p99 {single['p99_ms']:.1f} ms per request"],
+            [f"submit: `POST /v1/tasks/batch`, {plan.batch_size:,} tasks/request, {plan.batch_connections} connections",
+             f"{batch['rate']:,.0f}", f"{batch['rate'] / delay['rate']:.2f}x", f">= {TARGET_BATCH:g}x",
+             verdict(batch["rate"] / delay["rate"], TARGET_BATCH),
+             f"p50 {batch['p50_ms']:.0f} / p99 {batch['p99_ms']:.0f} ms per request"],
+        ]
+    if "drain-bare" in r:
+        bare, c = r["drain-bare"], plan.concurrency
+
+        def cpu(result: dict) -> str:
+            return f"{result['worker_cpu_seconds'] * 1000 / result['tasks']:.2f} ms worker CPU/task"
+
+        rows.append([f"drain: bare Celery worker, prefork x{c} (baseline)", f"{bare['rate']:,.0f}", "1.00x", "", "",
+                     cpu(bare)])
+        stalk = r["drain-stalk"]
+        rows.append([f"drain: stalk worker, prefork x{c}, records on (SQLite)", f"{stalk['rate']:,.0f}",
+                     f"{stalk['rate'] / bare['rate']:.2f}x", f">= {TARGET_DRAIN:g}x",
+                     verdict(stalk["rate"] / bare["rate"], TARGET_DRAIN), cpu(stalk)])
+        if "drain-stalk-norecords" in r:
+            norec = r["drain-stalk-norecords"]
+            rows.append([f"drain: stalk worker, prefork x{c}, records off (diagnostic)", f"{norec['rate']:,.0f}",
+                         f"{norec['rate'] / bare['rate']:.2f}x", "", "", cpu(norec)])
     return rows
 
 
@@ -547,23 +614,26 @@ def render_markdown(rows: list[list[str]]) -> str:
 
 
 def extras(r: dict) -> list[str]:
-    single, batch = r["single"], r["batch"]
-    mb = lambda kb: f"{kb / 1024:.0f} MiB" if kb else "n/a"  # noqa: E731
-    lines = [
-        f"API process memory: VmRSS {mb(single['rss_kb'])} (peak VmHWM {mb(single['hwm_kb'])}) after the single-submit "
-        f"run; VmRSS {mb(batch['rss_kb'])} (peak {mb(batch['hwm_kb'])}) after the batch run.",
-        f"API CPU per task: single {single['api_cpu_seconds'] * 1000 / max(1, single['tasks']):.2f} ms, "
-        f"batch {batch['api_cpu_seconds'] * 1000 / max(1, batch['tasks']):.3f} ms; `delay()` client "
-        f"{r['delay']['cpu_seconds'] * 1000 / r['delay']['tasks']:.2f} ms; HTTP load generator "
-        f"{single['client_cpu_seconds'] * 1000 / max(1, single['requests']):.2f} ms per single request "
-        "(it shares the same cores).",
-        f"HTTP statuses: single {single['statuses']}, batch {batch['statuses']}. Messages queued / records written "
-        f"(warm-up included): single {single['queued']:,} / {single['recorded']:,}, batch {batch['queued']:,} / "
-        f"{batch['recorded']:,}.",
-        "Drain: time from the first publish of {n:,} pre-loaded `echo` tasks until the queue is empty and every task "
-        "finished (stalk: SUCCESS records; bare: result keys); publishing took {p:.2f} s of it.".format(
-            n=r["drain-stalk"]["tasks"], p=r["drain-stalk"]["publish_seconds"]),
-    ]
+    lines = []
+    if "delay" in r:
+        single, batch = r["single"], r["batch"]
+        mb = lambda kb: f"{kb / 1024:.0f} MiB" if kb else "n/a"  # noqa: E731
+        lines += [
+            f"API process memory: VmRSS {mb(single['rss_kb'])} (peak VmHWM {mb(single['hwm_kb'])}) after the "
+            f"single-submit run; VmRSS {mb(batch['rss_kb'])} (peak {mb(batch['hwm_kb'])}) after the batch run.",
+            f"API CPU per task: single {single['api_cpu_seconds'] * 1000 / max(1, single['tasks']):.2f} ms, "
+            f"batch {batch['api_cpu_seconds'] * 1000 / max(1, batch['tasks']):.3f} ms; `delay()` loop "
+            f"{r['delay']['cpu_seconds'] * 1000 / r['delay']['tasks']:.2f} ms; the HTTP load generator (same cores) "
+            f"{single['client_cpu_seconds'] * 1000 / max(1, single['requests']):.2f} ms per single request.",
+            f"HTTP statuses: single {single['statuses']}, batch {batch['statuses']}. Messages queued / records "
+            f"written (warm-up included): single {single['queued']:,} / {single['recorded']:,}, batch "
+            f"{batch['queued']:,} / {batch['recorded']:,}.",
+        ]
+    if "drain-stalk" in r:
+        lines.append(
+            "Drain: time from the first publish of {n:,} pre-loaded `echo` tasks until the queue is empty and every "
+            "task finished (stalk: SUCCESS records; bare: result keys); publishing took {p:.2f} s of it.".format(
+                n=r["drain-stalk"]["tasks"], p=r["drain-stalk"]["publish_seconds"]))
     return lines
 
 
@@ -596,17 +666,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run (fewer tasks); not recorded unless --record")
     parser.add_argument("--concurrency", type=int, help="worker pool size for the drain (default 4, the default queue's)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="HTTP load generator: raw asyncio HTTP/1.1 (default, cheap) or httpx (heavier)")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
                         help=f"write the results into {DOC.relative_to(ROOT)} (default: on for a full run)")
+    parser.add_argument("--only", choices=["submit", "drain"], help="run one half (not recorded unless --record)")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the records-off stalk worker run")
     parser.add_argument("--note", default="", help="a machine note for the record (e.g. other load on the machine)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SQLite files)")
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
-    if args.concurrency:
-        plan = Plan(**{**asdict(plan), "concurrency": args.concurrency})
-    record = (not args.quick) if args.record is None else args.record
+    plan = Plan(**{**asdict(plan), "concurrency": args.concurrency or plan.concurrency, "client": args.client})
+    record = (not args.quick and not args.only) if args.record is None else args.record
 
     def say(message: str) -> None:
         print(message, flush=True)
@@ -621,14 +693,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     try:
         say(f"work dir {work}; {bench.start_redis()}")
-        steps = [
-            ("delay", "submit: delay() loop", bench.submit_delay),
-            ("single", "submit: POST /v1/tasks", lambda: bench.submit_api("single")),
-            ("batch", "submit: POST /v1/tasks/batch", lambda: bench.submit_api("batch")),
-            ("drain-bare", "drain: bare Celery worker", lambda: bench.drain("bare")),
-            ("drain-stalk", "drain: stalk worker, records on", lambda: bench.drain("stalk")),
-        ]
-        if not args.no_diagnostics:
+        steps = []
+        if args.only in (None, "submit"):
+            steps += [
+                ("delay", "submit: delay() loop", bench.submit_delay),
+                ("single", "submit: POST /v1/tasks", lambda: bench.submit_api("single")),
+                ("batch", "submit: POST /v1/tasks/batch", lambda: bench.submit_api("batch")),
+            ]
+        if args.only in (None, "drain"):
+            steps += [
+                ("drain-bare", "drain: bare Celery worker", lambda: bench.drain("bare")),
+                ("drain-stalk", "drain: stalk worker, records on", lambda: bench.drain("stalk")),
+            ]
+        if args.only in (None, "drain") and not args.no_diagnostics:
             steps.append(("drain-stalk-norecords", "drain: stalk worker, records off",
                           lambda: bench.drain("stalk-norecords")))
         for key, label, step in steps:
