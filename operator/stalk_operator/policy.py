@@ -70,6 +70,9 @@ class Observation:
     in_flight: int
     oldest_wait_seconds: float | None
     current_replicas: int
+    # Replicas running at least one task now, when the caller knows (Celery's inspect().active()):
+    # a scale-down then never goes below it, so with idle-first removal no busy worker is stopped.
+    busy_replicas: int | None = None
 
 
 @dataclass
@@ -135,10 +138,9 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     if guard_reason:
         replicas, reason = guarded, guard_reason
 
-    needed = ceil_div(obs.in_flight, spec.tasks_per_replica)
+    needed = max(ceil_div(obs.in_flight, spec.tasks_per_replica), obs.busy_replicas or 0)
     if replicas < current and replicas < needed:
         # Busy workers are not scaled away: in-flight tasks already sit in the workers we have.
-        # (recommend counts in-flight tasks already; this keeps the guarantee if rules change.)
         replicas, reason = min(current, needed), KEEPING_BUSY_WORKERS
 
     limited = False
@@ -250,8 +252,9 @@ def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, rep
         idle = now - history.idle_since if history.idle_since is not None else 0.0
         return f"no work for {idle:.0f}s: {current} -> 0 replicas"
     if reason == KEEPING_BUSY_WORKERS:
-        return (f"{work}: keeping {replicas} replicas for the in-flight tasks "
-                f"({spec.tasks_per_replica} per replica)")
+        busy = f", {obs.busy_replicas} replicas busy" if obs.busy_replicas else ""
+        return (f"{work}{busy} needs {recommended} replicas; keeping {replicas} so no busy worker is "
+                f"stopped")
     if reason == SCALE_STEP_LIMITED:
         return f"{work} needs {recommended} replicas; {current} -> {replicas} (max step per decision)"
     if reason == AT_MAX_REPLICAS:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from stalk_operator.policy import (
     AT_MAX_REPLICAS,
     AT_MIN_REPLICAS,
+    KEEPING_BUSY_WORKERS,
     PAUSED,
     SCALE_DOWN_FOR_LOAD,
     SCALE_DOWN_IDLE,
@@ -36,8 +37,9 @@ NOW = 1_000_000.0
 SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 60 s scale-down window, 120 s idle before zero
 
 
-def obs(waiting=0, in_flight=0, current=1, oldest=None):
-    return Observation(waiting=waiting, in_flight=in_flight, oldest_wait_seconds=oldest, current_replicas=current)
+def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
+    return Observation(waiting=waiting, in_flight=in_flight, oldest_wait_seconds=oldest, current_replicas=current,
+                       busy_replicas=busy)
 
 
 def past(*pairs, idle_for=None):
@@ -60,6 +62,10 @@ RULES = [
      obs(waiting=10, current=8), 3, STABILIZING_SCALE_DOWN),
     ("scale down stops at what in-flight work needs", SPEC, past((61, 5)), obs(in_flight=40, current=5), 4,
      SCALE_DOWN_FOR_LOAD),
+    ("scale down stops at the busy replicas when they are known", SPEC, past((61, 5)),
+     obs(in_flight=4, current=5, busy=4), 4, KEEPING_BUSY_WORKERS),
+    ("busy replicas never hold a scale-up back", SPEC, past(), obs(waiting=50, current=2, busy=2), 5,
+     SCALE_UP_FOR_BACKLOG),
     ("extra replicas when the oldest task waited too long", replace(SPEC, max_wait_seconds=30), past(),
      obs(waiting=20, current=2, oldest=60), 4, SCALE_UP_FOR_WAIT),
     ("the wait overrun factor is capped", replace(SPEC, max_wait_seconds=30), past(),
@@ -194,5 +200,17 @@ def test_scales_up_at_once_without_a_window_or_step(spec, current, waiting, in_f
     spec = replace(spec, scale_up=Behavior(0), activation_tasks=0)
     needed = math.ceil((waiting + in_flight) / spec.tasks_per_replica)
     decision = decide(obs(waiting=waiting, in_flight=in_flight, current=current), spec, History(), NOW)
-    if needed > current * (1 + TOLERANCE):
+    if waiting + in_flight > current * spec.tasks_per_replica * (1 + TOLERANCE):  # beyond the tolerance
         assert decision.replicas >= min(needed, spec.max_replicas), decision.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100), st.integers(0, 20),
+       st.lists(st.tuples(st.floats(0, 400), st.integers(0, 30)), max_size=5), st.none() | st.floats(0, 400))
+def test_never_stops_a_busy_replica_when_the_busy_ones_are_known(spec, current, waiting, in_flight, busy, earlier,
+                                                                  idle_for):
+    busy = min(busy, current)
+    o = obs(waiting=waiting, in_flight=in_flight, current=current, busy=busy)
+    decision = decide(o, spec, past(*earlier, idle_for=idle_for if waiting + in_flight == 0 else None), NOW)
+    if decision.replicas < current:
+        assert decision.replicas >= min(busy, spec.max_replicas), decision.message
