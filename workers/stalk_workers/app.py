@@ -27,6 +27,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         "visibility_timeout": settings.visibility_timeout_seconds,
         # Fail fast when Redis is unreachable instead of hanging a request.
         "socket_connect_timeout": 5,
+        # kombu 5.7 sweeps for abandoned unacked tasks every interval x throttle seconds
+        # (10 x 10 by default): a dead worker's task would wait 100 s past its visibility
+        # timeout. Throttle 1 makes the interval the whole story.
+        "unacked_restore_interval": settings.unacked_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
     }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix

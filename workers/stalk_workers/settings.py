@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     soft_time_limit_seconds: int = Field(270, ge=1)
     hard_time_limit_seconds: int = Field(300, ge=1)
     visibility_timeout_seconds: int = Field(3600, ge=1)
+    # How often each worker looks for unacked tasks of dead workers to put back (kombu's sweep).
+    unacked_restore_interval_seconds: int = Field(10, ge=1)
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     result_expires_seconds: int = Field(86_400, ge=60)
 

@@ -1,0 +1,118 @@
+"""What happens when things go wrong: failing tasks, dying workers, Redis or the database away."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from datetime import datetime
+
+import redis
+
+from tests.fixtures.servers import RedisServer, free_port, wait_until
+
+FAST_RETRIES = {"STALK_RETRY_BACKOFF_SECONDS": "1", "STALK_RETRY_MAX": "2", "STALK_RETRY_JITTER": "false"}
+
+
+def test_retries_back_off_then_dead_letter_and_the_api_reruns_it(stack_factory):
+    with stack_factory() as stack:
+        stack.start_worker("default", env=FAST_RETRIES)
+        task_id = stack.submit("stalk.fail", kwargs={"message": "model timed out"})
+        task = stack.wait_for(task_id, timeout=60)
+        assert task["status"] == "FAILURE" and task["dead_lettered"] is True
+        assert task["retries"] == 2
+        assert task["error"]["type"] == "IntentionalFailure" and task["error"]["message"] == "model timed out"
+        assert "IntentionalFailure" in task["error"]["traceback"]
+        # Backoff without jitter: 1 s then 2 s between the three runs.
+        elapsed = datetime.fromisoformat(task["finished_at"]) - datetime.fromisoformat(task["created_at"])
+        assert elapsed.total_seconds() >= 3
+
+        listed = stack.client.get("/v1/tasks", params={"dead_lettered": "true"}).json()["tasks"]
+        assert [t["task_id"] for t in listed] == [task_id]
+
+        rerun = stack.client.post(f"/v1/tasks/{task_id}/retry")
+        assert rerun.status_code == 202
+        assert rerun.json()["retry_of"] == task_id and rerun.json()["task_id"] != task_id
+        again = stack.wait_for(rerun.json()["task_id"], timeout=60)
+        assert again["retry_of"] == task_id and again["started_at"] is not None
+
+
+def test_a_task_that_recovers_on_retry_succeeds(stack_factory):
+    with stack_factory() as stack:
+        stack.start_worker("default", env=FAST_RETRIES)
+        task = stack.wait_for(stack.submit("stalk.fail", kwargs={"succeed_after": 1}), timeout=60)
+        assert task["status"] == "SUCCESS" and task["retries"] == 1 and task["dead_lettered"] is False
+        assert stack.client.post(f"/v1/tasks/{task['task_id']}/retry").status_code == 409
+
+
+def test_idempotency_key_returns_the_same_task(stack):
+    headers = {"Idempotency-Key": "order-1234"}
+    first = stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": [1]}, headers=headers)
+    second = stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": [1]}, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["task_id"] == second.json()["task_id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    conflict = stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": [2]}, headers=headers)
+    assert conflict.status_code == 409 and "different task" in conflict.json()["detail"]
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_task(stack):
+    def post(_):
+        return stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": ["race"]},
+                                 headers={"Idempotency-Key": "race-key"})
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, range(8)))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["task_id"] for r in responses}) == 1
+    records = stack.client.get("/v1/tasks", params={"task": "stalk.echo", "limit": 500}).json()["tasks"]
+    assert sum(1 for t in records if t["args"] == ["race"]) == 1
+
+
+def test_worker_killed_mid_task_the_task_is_delivered_again_and_finishes(stack_factory):
+    # A short visibility timeout, so Redis hands the unacked task to another worker quickly.
+    limits = {"soft_time_limit_seconds": 4, "hard_time_limit_seconds": 5, "visibility_timeout_seconds": 8,
+              "unacked_restore_interval_seconds": 1}
+    with stack_factory(**limits) as stack:
+        first = stack.start_worker("default", concurrency=1, name="doomed")
+        task_id = stack.submit("stalk.sleep", args=[2.5])
+        stack.wait_for(task_id, statuses={"STARTED"}, timeout=30)
+        stack.kill_worker(first, signal.SIGKILL)  # the whole worker, as when a node dies
+
+        stack.start_worker("default", concurrency=1, name="survivor")
+        task = stack.wait_for(task_id, timeout=90)
+        assert task["status"] == "SUCCESS" and task["result"] == 2.5
+        assert task["worker"].startswith("survivor@")
+
+
+def test_redis_down_means_503_and_nothing_recorded(stack_factory, tmp_path):
+    broker = RedisServer(port=free_port(), process=None, workdir=tmp_path)
+    broker.start()
+    with stack_factory(broker_url=broker.url(0), result_backend=broker.url(1)) as stack:
+        assert stack.client.post("/v1/tasks", json={"task": "stalk.echo"}).status_code == 202
+        before = stack.client.get("/v1/tasks").json()["tasks"]
+        broker.stop()
+
+        response = stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": ["lost?"]})
+        assert response.status_code == 503 and "broker" in response.json()["detail"]
+        batch = stack.client.post("/v1/tasks/batch", json={"tasks": [{"task": "stalk.echo"}] * 3})
+        assert batch.status_code == 503
+        assert stack.client.get("/v1/tasks").json()["tasks"] == before, "no record may be left behind"
+        ready = stack.client.get("/readyz")
+        assert ready.status_code == 503 and "broker" in ready.json()["detail"]
+
+        broker.start()  # same port: the API recovers by itself
+        wait_until(lambda: stack.client.post("/v1/tasks", json={"task": "stalk.echo"}).status_code == 202,
+                   timeout=20, what="the API to publish again")
+        assert stack.client.get("/readyz").status_code == 200
+    broker.stop()
+
+
+def test_database_down_means_503_and_nothing_published(stack_factory):
+    unreachable = f"postgresql+psycopg://stalk@127.0.0.1:{free_port()}/stalk?connect_timeout=2"
+    with stack_factory(database_url=unreachable, migrate_on_start=False) as stack:
+        response = stack.client.post("/v1/tasks", json={"task": "stalk.echo"})
+        assert response.status_code == 503 and "database" in response.json()["detail"]
+        client = redis.Redis.from_url(stack.settings.broker_url)
+        assert client.llen("default") == 0, "a task was published without a record"
+        assert stack.client.get("/readyz").status_code == 503
+        assert stack.client.get("/healthz").status_code == 200
