@@ -63,6 +63,11 @@ class ScalingSpec:
     idle_seconds_before_zero: float = 120
     paused: bool = False
 
+    def __post_init__(self):
+        # The one value decide() divides by; the CRD's schema already rejects it below 1.
+        if self.tasks_per_replica < 1:
+            raise ValueError(f"tasks_per_replica must be at least 1, not {self.tasks_per_replica}")
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -114,6 +114,11 @@ def test_message_says_why_with_numbers():
     assert decision.message == "37 waiting, 0 in flight at 4 per replica: 1 -> 10 replicas"
 
 
+def test_a_spec_without_tasks_per_replica_is_refused():
+    with pytest.raises(ValueError, match="tasks_per_replica must be at least 1"):
+        ScalingSpec(tasks_per_replica=0)
+
+
 def test_history_survives_a_restart_through_json():
     spec, history = SPEC, History()
     decide(obs(waiting=80, current=2), spec, history, NOW)

@@ -86,15 +86,17 @@ def reserve(broker):
         conn.release()
 
 
-def test_counts_every_priority_step(broker):
+@pytest.mark.parametrize("decode_responses", [False, True], ids=["bytes client", "str client"])
+def test_counts_every_priority_step(broker, decode_responses, reserve):
     app = celery_app(broker)
     for priority in range(10):
         publish(app, "q", priority=priority)
-    client = redis.Redis.from_url(broker)
+    client = redis.Redis.from_url(broker, decode_responses=decode_responses)
     # Priorities 0-2 share the bare list; LLEN of the queue name alone would say 3.
     assert client.llen("q") == 3
+    reserve("q", 1)
     assert QueueReader(client).read(["q"])["q"] == QueueStats(
-        waiting=10, in_flight=0, scheduled=0, oldest_wait_seconds=0.0)
+        waiting=9, in_flight=1, scheduled=0, oldest_wait_seconds=0.0)
 
 
 def test_honours_global_keyprefix(broker, reserve):
