@@ -127,13 +127,14 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
         # Paused: the replicas are left to people.
         return Decision(current, PAUSED, f"scaling is paused; keeping {current} replicas")
 
+    _forget_old(history, now, spec)
     if not history.recommendations:
-        # A fresh history (new queue, or an operator that lost its status) counts the current
-        # replicas as this tick's first recommendation: nobody is scaled away before one window.
+        # A fresh history (new queue, or an operator that lost or outlived its status) counts the
+        # current replicas as a first recommendation: nobody is scaled away before one window.
         history.recommendations.append((now, current))
     recommended, reason = recommend(obs, spec)
     replicas = stabilize(recommended, current, history, now, spec)
-    _record(history, now, recommended, spec)
+    history.recommendations.append((now, recommended))
     if replicas > recommended:
         reason = STABILIZING_SCALE_DOWN
     elif replicas < recommended:
@@ -229,10 +230,9 @@ def _waited_too_long(obs: Observation, spec: ScalingSpec) -> bool:
             and obs.oldest_wait_seconds > spec.max_wait_seconds)
 
 
-def _record(history: History, now: float, recommended: int, spec: ScalingSpec) -> None:
+def _forget_old(history: History, now: float, spec: ScalingSpec) -> None:
     keep = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
     history.recommendations = [(t, r) for t, r in history.recommendations if t > now - keep]
-    history.recommendations.append((now, recommended))
 
 
 def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, replicas: int,
