@@ -78,7 +78,7 @@ def submit_task(
 def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> BatchSubmitted:
     limit = gateway.settings.max_batch_tasks
     if len(body.tasks) > limit:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"a batch holds at most {limit} tasks; this one has {len(body.tasks)}")
     records = submission.submit_batch(gateway, body.tasks)
     for record in records:

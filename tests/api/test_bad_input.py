@@ -1,0 +1,81 @@
+"""Bad input on every route gets a 4xx whose message says what is wrong — never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+CASES = [
+    # (name, method, path, json body or raw bytes, expected status, words the message must contain)
+    ("not json", "POST", "/v1/tasks", b"{nope", 422, "json"),
+    ("body not an object", "POST", "/v1/tasks", [1, 2], 422, "body"),
+    ("missing task", "POST", "/v1/tasks", {"args": []}, 422, "body.task"),
+    ("unknown field", "POST", "/v1/tasks", {"task": "stalk.echo", "retries": 3}, 422, "body.retries"),
+    ("args not a list", "POST", "/v1/tasks", {"task": "stalk.echo", "args": "x"}, 422, "body.args"),
+    ("kwargs not an object", "POST", "/v1/tasks", {"task": "stalk.echo", "kwargs": [1]}, 422, "body.kwargs"),
+    ("priority too high", "POST", "/v1/tasks", {"task": "stalk.echo", "priority": 10}, 422, "less than or equal to 9"),
+    ("negative countdown", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": -1}, 422, "countdown"),
+    ("countdown and eta", "POST", "/v1/tasks",
+     {"task": "stalk.echo", "countdown": 1, "eta": "2030-01-01T00:00:00Z"}, 422, "either countdown or eta"),
+    ("eta without zone", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "2030-01-01T00:00:00"}, 422, "time zone"),
+    ("eta beyond visibility timeout", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "2099-01-01T00:00:00Z"},
+     400, "visibility timeout"),
+    ("countdown beyond visibility timeout", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 86400},
+     400, "beyond the limit"),
+    ("unregistered task", "POST", "/v1/tasks", {"task": "myapp.nothing"}, 404, "not registered"),
+    ("celery internal task", "POST", "/v1/tasks", {"task": "celery.chord_unlock"}, 404, "not registered"),
+    ("unknown queue", "POST", "/v1/tasks", {"task": "stalk.echo", "queue": "nowhere"}, 400, "does not exist"),
+    ("empty task name", "POST", "/v1/tasks", {"task": ""}, 422, "body.task"),
+    ("empty batch", "POST", "/v1/tasks/batch", {"tasks": []}, 422, "body.tasks"),
+    ("batch with a bad task", "POST", "/v1/tasks/batch", {"tasks": [{"task": "stalk.echo"}, {"task": "nope"}]},
+     404, "tasks[1]"),
+    ("batch over the limit", "POST", "/v1/tasks/batch", {"tasks": [{"task": "stalk.echo"}] * 1001}, 413, "at most 1000"),
+    ("bad status filter", "GET", "/v1/tasks?status=DONE", None, 422, "status"),
+    ("limit too large", "GET", "/v1/tasks?limit=100000", None, 422, "limit"),
+    ("bad time filter", "GET", "/v1/tasks?created_after=yesterday", None, 422, "created_after"),
+    ("bad cursor", "GET", "/v1/tasks?cursor=%%%", None, 400, "cursor"),
+    ("unknown task id", "GET", "/v1/tasks/does-not-exist", None, 404, "no task"),
+    ("retry unknown task", "POST", "/v1/tasks/does-not-exist/retry", None, 404, "no task"),
+    ("cancel unknown task", "POST", "/v1/tasks/does-not-exist/cancel", None, 404, "no task"),
+    ("cancel with bad flag", "POST", "/v1/tasks/x/cancel?terminate=maybe", None, 422, "terminate"),
+    ("unknown route", "GET", "/v1/nothing", None, 404, "not found"),
+    ("wrong method", "DELETE", "/v1/tasks", None, 405, "not allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "words"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_4xx(stack, method, path, body, status, words):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else \
+        {"json": body} if body is not None else {}
+    response = stack.client.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert words.lower() in response.json()["detail"].lower()
+
+
+def test_oversized_body_is_413_before_it_is_read(stack):
+    huge = b'{"task": "stalk.echo", "args": ["' + b"x" * 2_000_000 + b'"]}'
+    response = stack.client.post("/v1/tasks", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
+
+
+def test_retrying_or_cancelling_in_the_wrong_state_is_409(stack):
+    task_id = stack.submit("stalk.echo")
+    stack.wait_for(task_id)
+    retry = stack.client.post(f"/v1/tasks/{task_id}/retry")
+    assert retry.status_code == 409 and "only FAILURE or REVOKED" in retry.json()["detail"]
+    cancel = stack.client.post(f"/v1/tasks/{task_id}/cancel")
+    assert cancel.status_code == 409 and "already finished" in cancel.json()["detail"]
+
+
+def test_openapi_document_describes_every_route(stack):
+    spec = stack.client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("summary"), f"{method.upper()} {path} has no summary"
+            ok = [c for c in operation["responses"] if c.startswith("2")]
+            assert ok, f"{method.upper()} {path} documents no success response"
+            for code in ok:
+                content = operation["responses"][code].get("content", {})
+                if path not in ("/metrics",):
+                    assert "application/json" in content, f"{method.upper()} {path} {code} has no JSON schema"
+    assert spec["components"]["schemas"]["TaskCreate"]["examples"]

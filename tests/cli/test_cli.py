@@ -1,0 +1,114 @@
+"""The ``stalk`` command against a real API server process: output people read, errors in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.fixtures.servers import free_port, wait_until
+from tests.fixtures.stack import running_stack
+
+
+@pytest.fixture(scope="module")
+def served(redis_server, postgres_server, tmp_path_factory):
+    """A stack with one worker, plus the API served by ``stalk api`` on a free port."""
+    with running_stack(redis_server, postgres_server, tmp_path_factory.mktemp("cli")) as stack:
+        stack.start_worker("default")
+        port = free_port()
+        env = {**stack.env, "STALK_API_TOKENS": "cli-token"}
+        api = subprocess.Popen([sys.executable, "-m", "stalk_workers", "api", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=30, what="stalk api")
+        stack.env = {**env, "STALK_API_URL": url, "STALK_API_TOKEN": "cli-token", "COLUMNS": "200"}
+        yield stack
+        api.terminate()
+        api.wait(10)
+
+
+def stalk(env: dict, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stalk_workers", *args], env=env, capture_output=True, text=True,
+                          input=input, timeout=120)
+
+
+def test_submit_wait_prints_the_result(served):
+    done = stalk(served.env, "submit", "stalk.echo", "--arg", "42", "--kwarg", "name=ada", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "SUCCESS" in done.stdout and '"name": "ada"' in done.stdout and "42" in done.stdout
+
+
+def test_submit_then_status_and_tasks(served):
+    submitted = stalk(served.env, "submit", "stalk.health_check")
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+    served.wait_for(task_id)
+    status = stalk(served.env, "status", task_id)
+    assert status.returncode == 0 and "SUCCESS" in status.stdout and "stalk.health_check" in status.stdout
+    listing = stalk(served.env, "tasks", "--status", "SUCCESS")
+    assert task_id in listing.stdout
+
+
+def test_a_failing_task_with_wait_exits_non_zero(served):
+    done = stalk({**served.env}, "submit", "stalk.sleep", "--arg", '"not a number"', "--wait", "--timeout", "60")
+    assert done.returncode == 3
+    assert "FAILURE" in done.stderr and "ValueError" in done.stderr
+
+
+def test_queues_and_workers_tables(served):
+    queues = stalk(served.env, "queues")
+    assert queues.returncode == 0 and "classification" in queues.stdout and "WAITING" in queues.stdout
+    workers = stalk(served.env, "workers")
+    assert workers.returncode == 0 and "default-0@test" in workers.stdout
+
+
+def test_errors_are_one_readable_line(served):
+    cases = [
+        (("status", "no-such-id"), "404: no task"),
+        (("submit", "no.such.task"), "not registered"),
+        (("submit", "stalk.echo", "--kwarg", "novalue"), "must look like key=value"),
+        (("retry", "no-such-id"), "404"),
+    ]
+    for args, words in cases:
+        done = stalk(served.env, *args)
+        assert done.returncode != 0, args
+        assert words in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_wrong_token_and_unreachable_api(served):
+    wrong = stalk({**served.env, "STALK_API_TOKEN": "bad"}, "tasks")
+    assert wrong.returncode == 1 and "401: invalid bearer token" in wrong.stderr
+    gone = stalk({**served.env, "STALK_API_URL": f"http://127.0.0.1:{free_port()}"}, "queues")
+    assert gone.returncode == 1 and "cannot reach the API" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_purge_asks_first_and_empties_every_priority_level(served):
+    for priority in (0, 5, 9):
+        served.submit("stalk.echo", queue="classification", priority=priority)
+    refused = stalk(served.env, "purge", "classification", input="n\n")
+    assert refused.returncode == 1 and "nothing purged" in refused.stderr
+    purged = stalk(served.env, "purge", "classification", "--yes")
+    assert purged.returncode == 0 and "purged 3 task(s)" in purged.stdout
+
+
+def test_invalid_settings_are_one_line(served):
+    env = {**served.env, "STALK_VISIBILITY_TIMEOUT_SECONDS": "10"}
+    done = stalk(env, "db", "upgrade")
+    assert done.returncode == 1 and "must be larger than STALK_HARD_TIME_LIMIT_SECONDS" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_api_refuses_an_open_bind_without_tokens(served):
+    env = {k: v for k, v in served.env.items() if k != "STALK_API_TOKENS"}
+    done = stalk(env, "api", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert done.returncode == 1 and "refusing to listen on 0.0.0.0 without tokens" in done.stderr
+
+
+def test_db_upgrade_on_postgres(postgres_url):
+    env = {**os.environ, "STALK_DATABASE_URL": postgres_url}
+    done = stalk(env, "db", "upgrade")
+    assert done.returncode == 0 and "database at head" in done.stdout
