@@ -37,23 +37,22 @@ INSPECT_TIMEOUT_SECONDS = 1.0
 # How long ``stop()`` lets workers finish their running tasks before killing them.
 STOP_TIMEOUT_SECONDS = 60.0
 
-# Given the node names of running workers, return the busy ones (None: could not tell).
-BusyWorkers = Callable[[list[str]], set[str] | None]
+# Given worker node names: the number of running tasks of each worker that answered.
+ActiveTasks = Callable[[list[str]], dict[str, int]]
 
 
-def celery_busy_workers(app: Celery, *, timeout: float = INSPECT_TIMEOUT_SECONDS) -> BusyWorkers:
+def celery_active_tasks(app: Celery, *, timeout: float = INSPECT_TIMEOUT_SECONDS) -> ActiveTasks:
     """Ask workers what they run with Celery's remote control (``inspect().active()``)."""
 
-    def busy(names: list[str]) -> set[str] | None:
+    def active(names: list[str]) -> dict[str, int]:
         try:
             replies = app.control.inspect(destination=names, timeout=timeout).active() or {}
         except Exception as exc:  # noqa: BLE001 - the broker may be down; then nobody is known idle
             log.warning("cannot ask workers what they run: %s", exc)
-            return None
-        # A worker that does not answer may be busy (a solo pool answers only between tasks).
-        return {name for name in names if replies.get(name) != []}
+            return {}
+        return {name: len(tasks) for name, tasks in replies.items() if name in names}
 
-    return busy
+    return active
 
 
 @dataclass
@@ -72,14 +71,14 @@ class LocalActuator:
         *,
         app_module: str = DEFAULT_APP_MODULE,
         env: Mapping[str, str] | None = None,
-        busy_workers: BusyWorkers | None = None,
+        active_tasks: ActiveTasks | None = None,
         log_dir: Path | None = None,
         extra_args: Sequence[str] = (),
     ):
         self.queue = queue
         self._app_module = app_module
         self._env = dict(env) if env is not None else None  # None: the workers inherit ours
-        self._busy_workers = busy_workers
+        self._active_tasks = active_tasks
         self._log_dir = log_dir
         self._extra_args = tuple(extra_args)
         self._running: list[_Worker] = []  # oldest first
@@ -150,12 +149,16 @@ class LocalActuator:
         self._running.append(_Worker(name=host_format(pattern), index=index, process=process))
 
     def _pick_to_stop(self, count: int) -> list[_Worker]:
-        # Idle before busy (a busy one would finish its task first, but hold a slot meanwhile),
-        # newest before oldest (the oldest are warm and have the longest-running tasks).
-        busy = self._busy_workers([w.name for w in self._running]) if self._busy_workers else None
-        newest_first = list(reversed(self._running))
-        ranked = sorted(newest_first, key=lambda w: busy is not None and w.name in busy)
-        return ranked[:count]
+        # Idle workers first, then those that did not answer (most likely still starting; a solo
+        # pool only answers between tasks), busy ones last; newest first within each, as the
+        # ReplicaSet controller does. A busy one stopped anyway finishes its task (warm shutdown).
+        active = self._active_tasks([w.name for w in self._running]) if self._active_tasks else {}
+
+        def rank(worker: _Worker) -> int:
+            running = active.get(worker.name)
+            return 1 if running is None else (0 if running == 0 else 2)
+
+        return sorted(reversed(self._running), key=rank)[:count]
 
     def _terminate(self, worker: _Worker) -> None:
         # SIGTERM is Celery's warm shutdown: the running task finishes, nothing is lost.
@@ -201,10 +204,10 @@ class LocalAutoscaler:
         self.poll_seconds = poll_seconds
         self._reader = QueueReader(client, key_prefix=key_prefix, clock=clock)
         self._clock = clock
-        busy = celery_busy_workers(control_app) if control_app is not None else None
+        active = celery_active_tasks(control_app) if control_app is not None else None
         self.specs = {q.name: scaling_spec(q, template) for q in queues}
         self.actuators = {
-            q.name: LocalActuator(q, app_module=app_module, env=env, busy_workers=busy, log_dir=log_dir,
+            q.name: LocalActuator(q, app_module=app_module, env=env, active_tasks=active, log_dir=log_dir,
                                   extra_args=worker_args)
             for q in queues
         }

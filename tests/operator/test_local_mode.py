@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stalk_operator.local_mode import LocalActuator, LocalAutoscaler, celery_busy_workers
+from stalk_operator.local_mode import LocalActuator, LocalAutoscaler, celery_active_tasks
 from stalk_operator.policy import Behavior, ScalingSpec
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.queues import QueueSpec
@@ -72,8 +72,8 @@ def test_workers_start_for_a_backlog_and_stop_after_it_drains(broker, app, tmp_p
 
 
 def test_scale_down_stops_the_newest_idle_worker_and_lets_busy_ones_finish(broker, app, tmp_path):
-    busy_workers = celery_busy_workers(app, timeout=0.5)
-    actuator = LocalActuator(QUEUE, app_module=APP_MODULE, env=worker_env(broker), busy_workers=busy_workers,
+    active_tasks = celery_active_tasks(app, timeout=0.5)
+    actuator = LocalActuator(QUEUE, app_module=APP_MODULE, env=worker_env(broker), active_tasks=active_tasks,
                              log_dir=tmp_path, extra_args=FAST_START)
     reader = QueueReader(redis.Redis.from_url(broker))
 
@@ -90,7 +90,8 @@ def test_scale_down_stops_the_newest_idle_worker_and_lets_busy_ones_finish(broke
         wait_until(lambda: actuator.alive == 2, timeout=15, what="the stopped worker to exit")
 
         app.send_task("tests.sleep", args=[2], queue="q")
-        busy = wait_until(lambda: busy_workers(actuator.worker_names), timeout=15, what="one worker running the task")
+        busy = wait_until(lambda: {n for n, k in active_tasks(actuator.worker_names).items() if k}, timeout=15,
+                          what="one worker running the task")
         assert len(busy) == 1
         actuator.scale(1)  # the idle one goes, whichever is newer
         assert actuator.worker_names == list(busy)
