@@ -49,6 +49,16 @@ class QueueStats:
 
 
 @dataclass(frozen=True)
+class _Tail:
+    """The message at the oldest end of one list, as last read."""
+
+    raw: bytes | str  # compared first, so an unchanged tail is not parsed again
+    tag: str  # kombu's delivery tag
+    sent_at: float | None  # the API's header, when present
+    first_seen: float
+
+
+@dataclass(frozen=True)
 class _Delivered:
     """What the reader keeps about one ``unacked`` entry."""
 
@@ -73,8 +83,7 @@ class QueueReader:
         # value here if the app changes it.
         self._steps = tuple(priority_steps)
         self._delivered: dict[str, _Delivered] = {}
-        # Per list key: the delivery tag at its oldest end and when this reader first saw it there.
-        self._tail_seen: dict[str, tuple[str, float]] = {}
+        self._tails: dict[str, _Tail] = {}  # per list key
 
     def read(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         """Stats for each queue: one pipelined round trip, plus one HMGET for newly delivered tags."""
@@ -110,7 +119,7 @@ class QueueReader:
                     age = self._age(key, tail, now)
                     oldest = age if oldest is None else max(oldest, age)
                 else:
-                    self._tail_seen.pop(key, None)
+                    self._tails.pop(key, None)
             stats[queue] = QueueStats(waiting=waiting, in_flight=in_flight[queue], scheduled=scheduled[queue],
                                       oldest_wait_seconds=oldest if waiting else None)
         return stats
@@ -134,20 +143,26 @@ class QueueReader:
 
     def _age(self, key: str, raw: bytes | str, now: float) -> float:
         """Age of the message at the oldest end of one list: its sent-at header, or first sight."""
-        try:
-            message = json.loads(raw)
-            headers = message.get("headers") or {}
-            tag = str((message.get("properties") or {}).get("delivery_tag") or hash(raw))
-        except (ValueError, AttributeError):
-            headers, tag = {}, str(hash(raw))
-        sent_at = headers.get(SENT_AT_HEADER)
-        if isinstance(sent_at, int | float):
-            return max(0.0, now - float(sent_at))
-        seen_tag, first_seen = self._tail_seen.get(key, (None, now))
-        if seen_tag != tag:
-            first_seen = now
-            self._tail_seen[key] = (tag, now)
-        return now - first_seen
+        tail = self._tails.get(key)
+        if tail is None or tail.raw != raw:
+            tag, sent_at = _tag_and_sent_at(raw)
+            # The same delivery tag may come back changed (kombu marks a restored message redelivered).
+            first_seen = tail.first_seen if tail is not None and tail.tag == tag else now
+            tail = self._tails[key] = _Tail(raw=raw, tag=tag, sent_at=sent_at, first_seen=first_seen)
+        if tail.sent_at is not None:
+            return max(0.0, now - tail.sent_at)
+        return now - tail.first_seen
+
+
+def _tag_and_sent_at(raw: bytes | str) -> tuple[str, float | None]:
+    """kombu's delivery tag and the API's sent-at header of one waiting message."""
+    try:
+        message = json.loads(raw)
+        tag = (message.get("properties") or {}).get("delivery_tag")
+        sent_at = (message.get("headers") or {}).get(SENT_AT_HEADER)
+    except (ValueError, AttributeError):
+        tag, sent_at = None, None
+    return str(tag or hash(raw)), float(sent_at) if isinstance(sent_at, int | float) else None
 
 
 def _parse_unacked(raw: bytes | str) -> tuple[str | None, float | None]:
