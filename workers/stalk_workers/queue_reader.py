@@ -36,7 +36,8 @@ from kombu.utils.encoding import bytes_to_str
 SENT_AT_HEADER = "stalk_sent_at"
 # Where an ``unacked`` entry that cannot be parsed is attributed: no queue, and not fetched again.
 NOT_A_QUEUE = ""
-# Fetch new unacked entries in chunks, so a huge backlog of reserved tasks is not one giant reply.
+# Fetch new unacked entries in chunks (pipelined: still one round trip), so thousands of newly
+# reserved tasks are not one giant command and reply.
 HMGET_CHUNK = 1000
 
 
@@ -86,7 +87,7 @@ class QueueReader:
         self._tails: dict[str, _Tail] = {}  # per list key
 
     def read(self, queues: Sequence[str]) -> dict[str, QueueStats]:
-        """Stats for each queue: one pipelined round trip, plus one HMGET for newly delivered tags."""
+        """Stats for each queue: one pipelined round trip, plus one for newly delivered tags (if any)."""
         lists = {queue: [self._list_key(queue, step) for step in self._steps] for queue in queues}
         with self._client.pipeline(transaction=False) as pipe:
             for keys in lists.values():
@@ -135,11 +136,15 @@ class QueueReader:
             del self._delivered[tag]  # acked, or restored to its list
         new = [tag for tag, score in current.items()
                if (known := self._delivered.get(tag)) is None or known.score != score or known.queue is None]
-        for start in range(0, len(new), HMGET_CHUNK):
-            chunk = new[start:start + HMGET_CHUNK]
-            for tag, raw in zip(chunk, self._client.hmget(self._prefix + Channel.unacked_key, chunk), strict=True):
-                queue, eta = _parse_unacked(raw) if raw is not None else (None, None)
-                self._delivered[tag] = _Delivered(score=current[tag], queue=queue, eta=eta)
+        if not new:
+            return
+        with self._client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(new), HMGET_CHUNK):
+                pipe.hmget(self._prefix + Channel.unacked_key, new[start:start + HMGET_CHUNK])
+            values = [value for chunk in pipe.execute() for value in chunk]
+        for tag, raw in zip(new, values, strict=True):
+            queue, eta = _parse_unacked(raw) if raw is not None else (None, None)
+            self._delivered[tag] = _Delivered(score=current[tag], queue=queue, eta=eta)
 
     def _age(self, key: str, raw: bytes | str, now: float) -> float:
         """Age of the message at the oldest end of one list: its sent-at header, or first sight."""
