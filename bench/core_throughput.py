@@ -64,13 +64,15 @@ class Plan:
     drain_tasks: int
     concurrency: int
     warmup: int
+    # Each scenario runs this many times, interleaved with its baseline; the median run is reported.
+    rounds: int
     client: str = "raw"
 
 
 FULL = Plan(delay_tasks=5000, single_requests=5000, single_connections=64, batch_requests=20, batch_size=1000,
-            batch_connections=2, drain_tasks=5000, concurrency=4, warmup=200)
+            batch_connections=2, drain_tasks=3000, concurrency=4, warmup=200, rounds=3)
 QUICK = Plan(delay_tasks=1000, single_requests=1000, single_connections=32, batch_requests=4, batch_size=1000,
-             batch_connections=2, drain_tasks=1000, concurrency=4, warmup=50)
+             batch_connections=2, drain_tasks=1000, concurrency=4, warmup=50, rounds=1)
 
 
 class BenchError(RuntimeError):
@@ -198,7 +200,7 @@ class Bench:
         data.mkdir()
         self.processes.start("redis", [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                        "--dir", str(data), "--save", "", "--appendonly", "no",
-                                       "--databases", "64"], env=dict(os.environ), cwd=data)
+                                       "--databases", "256"], env=dict(os.environ), cwd=data)
         wait_for(lambda: self.redis(0).ping(), deadline=STARTUP_DEADLINE, what="redis-server",
                  processes=self.processes, name="redis")
         version = self.redis(0).info("server")["redis_version"]
@@ -521,6 +523,19 @@ class _HttpxPost:
         await self.client.aclose()
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median rate (its latencies and memory belong to it), with the range of all rates."""
+    ordered = sorted(runs, key=lambda run: run["rate"])
+    return {**ordered[(len(ordered) - 1) // 2], "min_rate": ordered[0]["rate"], "max_rate": ordered[-1]["rate"],
+            "rounds": len(ordered)}
+
+
+def rate(result: dict) -> str:
+    if result["rounds"] == 1:
+        return f"{result['rate']:,.0f}"
+    return f"{result['rate']:,.0f} ({result['min_rate']:,.0f}-{result['max_rate']:,.0f})"
+
+
 def percentiles(latencies: list[float]) -> dict:
     ordered = sorted(latencies)
     if not ordered:
@@ -565,14 +580,14 @@ def table(plan: Plan, r: dict) -> list[list[str]]:
     if "delay" in r:
         delay, single, batch = r["delay"], r["single"], r["batch"]
         rows += [
-            ["submit: `delay()` loop, 1 process (baseline)", f"{delay['rate']:,.0f}", "1.00x", "", "",
+            ["submit: `delay()` loop, 1 process (baseline)", rate(delay), "1.00x", "", "",
              f"p50 {delay['p50_ms']:.2f} / p99 {delay['p99_ms']:.2f} ms per call"],
             [f"submit: `POST /v1/tasks`, {plan.single_connections} connections ({plan.client} client)",
-             f"{single['rate']:,.0f}", f"{single['rate'] / delay['rate']:.2f}x", f">= {TARGET_SINGLE:g}x",
+             rate(single), f"{single['rate'] / delay['rate']:.2f}x", f">= {TARGET_SINGLE:g}x",
              verdict(single["rate"] / delay["rate"], TARGET_SINGLE),
              f"p50 {single['p50_ms']:.1f} / p99 {single['p99_ms']:.1f} ms per request"],
             [f"submit: `POST /v1/tasks/batch`, {plan.batch_size:,} tasks/request, {plan.batch_connections} connections",
-             f"{batch['rate']:,.0f}", f"{batch['rate'] / delay['rate']:.2f}x", f">= {TARGET_BATCH:g}x",
+             rate(batch), f"{batch['rate'] / delay['rate']:.2f}x", f">= {TARGET_BATCH:g}x",
              verdict(batch["rate"] / delay["rate"], TARGET_BATCH),
              f"p50 {batch['p50_ms']:.0f} / p99 {batch['p99_ms']:.0f} ms per request"],
         ]
@@ -582,20 +597,20 @@ def table(plan: Plan, r: dict) -> list[list[str]]:
         def cpu(result: dict) -> str:
             return f"{result['worker_cpu_seconds'] * 1000 / result['tasks']:.2f} ms worker CPU/task"
 
-        rows.append([f"drain: bare Celery worker, prefork x{c} (baseline)", f"{bare['rate']:,.0f}", "1.00x", "", "",
+        rows.append([f"drain: bare Celery worker, prefork x{c} (baseline)", rate(bare), "1.00x", "", "",
                      cpu(bare)])
         stalk = r["drain-stalk"]
-        rows.append([f"drain: stalk worker, prefork x{c}, records on (SQLite)", f"{stalk['rate']:,.0f}",
+        rows.append([f"drain: stalk worker, prefork x{c}, records on (SQLite)", rate(stalk),
                      f"{stalk['rate'] / bare['rate']:.2f}x", f">= {TARGET_DRAIN:g}x",
                      verdict(stalk["rate"] / bare["rate"], TARGET_DRAIN), cpu(stalk)])
         if "drain-stalk-norecords" in r:
             norec = r["drain-stalk-norecords"]
-            rows.append([f"drain: stalk worker, prefork x{c}, records off (diagnostic)", f"{norec['rate']:,.0f}",
+            rows.append([f"drain: stalk worker, prefork x{c}, records off (diagnostic)", rate(norec),
                          f"{norec['rate'] / bare['rate']:.2f}x", "", "", cpu(norec)])
     return rows
 
 
-HEADER = ["scenario", "tasks/s", "ratio", "target", "result", "detail"]
+HEADER = ["scenario", "tasks/s (range)", "ratio", "target", "result", "detail"]
 
 
 def render_text(rows: list[list[str]]) -> str:
@@ -670,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="HTTP load generator: raw asyncio HTTP/1.1 (default, cheap) or httpx (heavier)")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
                         help=f"write the results into {DOC.relative_to(ROOT)} (default: on for a full run)")
+    parser.add_argument("--rounds", type=int, help="runs of each scenario, median reported (default 3; --quick 1)")
     parser.add_argument("--only", choices=["submit", "drain"], help="run one half (not recorded unless --record)")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the records-off stalk worker run")
     parser.add_argument("--note", default="", help="a machine note for the record (e.g. other load on the machine)")
@@ -677,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
-    plan = Plan(**{**asdict(plan), "concurrency": args.concurrency or plan.concurrency, "client": args.client})
+    plan = Plan(**{**asdict(plan), "concurrency": args.concurrency or plan.concurrency, "client": args.client,
+                       "rounds": args.rounds or plan.rounds})
     record = (not args.quick and not args.only) if args.record is None else args.record
 
     def say(message: str) -> None:
@@ -708,10 +725,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "drain") and not args.no_diagnostics:
             steps.append(("drain-stalk-norecords", "drain: stalk worker, records off",
                           lambda: bench.drain("stalk-norecords")))
-        for key, label, step in steps:
-            t = time.perf_counter()
-            results[key] = step()
-            say(f"  {label}: {results[key]['rate']:,.0f} tasks/s ({time.perf_counter() - t:.0f} s)")
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(1, plan.rounds + 1):
+            for key, label, step in steps:
+                t = time.perf_counter()
+                runs.setdefault(key, []).append(step())
+                say(f"  round {round_}/{plan.rounds} {label}: {runs[key][-1]['rate']:,.0f} tasks/s "
+                    f"({time.perf_counter() - t:.0f} s)")
+        results = {key: median_run(values) for key, values in runs.items()}
     except KeyboardInterrupt:
         say("interrupted; stopping everything")
         return 130
