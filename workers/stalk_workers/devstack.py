@@ -103,7 +103,7 @@ class DevStack:
 
         queues = load_queue_table(self.settings.queues_file)
         try:
-            from stalk_operator.local_mode import LocalActuator, LocalAutoscaler
+            from stalk_operator.local_mode import LocalAutoscaler
         except ImportError:
             LocalAutoscaler = None  # noqa: N806
         if LocalAutoscaler is None:
@@ -112,9 +112,12 @@ class DevStack:
                             log=f"worker-{q.name}.log")
             self.say(f"workers: one per queue ({', '.join(q.name for q in queues)})")
             return
-        actuator = LocalActuator(env=self.env, log_dir=self.run_dir)
-        self.autoscaler = LocalAutoscaler(queues=queues, client=redis.Redis.from_url(broker), actuator=actuator,
-                                          key_prefix=self.settings.broker_key_prefix, say=self.say)
+        from stalk_workers.app import create_app
+
+        # Busy workers are found with Celery's remote control on the same broker.
+        control = create_app(self.settings.model_copy(update={"broker_url": broker, "record_tasks": False}))
+        self.autoscaler = LocalAutoscaler(queues, redis.Redis.from_url(broker), key_prefix=self.settings.broker_key_prefix,
+                                          control_app=control, env=self.env, log_dir=self.run_dir)
         self._stop_event = threading.Event()
         threading.Thread(target=self.autoscaler.run, args=(self._stop_event,), daemon=True,
                          name="autoscaler").start()

@@ -21,7 +21,16 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Option(help="Logs, the SQLite file and Redis data.")] = Path(".run"),
     ) -> None:
         """Run everything on this machine: Redis, the API on 127.0.0.1, and autoscaled workers per queue."""
+        import logging
+
+        from rich.logging import RichHandler
+
         from stalk_workers.devstack import DevStack, DevStackError
+
+        # The autoscaler says what it does ("summarization: 1 -> 3 workers (...)"): show it.
+        handler = RichHandler(console=console, show_path=False, show_level=False, markup=False)
+        logging.getLogger("stalk.local").addHandler(handler)
+        logging.getLogger("stalk.local").setLevel(logging.INFO)
 
         stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port,
                          say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
