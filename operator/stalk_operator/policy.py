@@ -237,36 +237,39 @@ def _forget_old(history: History, now: float, spec: ScalingSpec) -> None:
 
 def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, replicas: int,
              recommended: int, history: History, now: float) -> str:
-    load = obs.waiting + obs.in_flight
     work = f"{obs.waiting} waiting, {obs.in_flight} in flight"
     if reason == STAY_AT_ZERO:
         return f"{work}: not above activationTasks {spec.activation_tasks}, staying at 0"
     if reason == SCALE_UP_FOR_WAIT:
-        return (f"{work}, oldest waited {obs.oldest_wait_seconds:.0f}s > maxWaitSeconds "
-                f"{spec.max_wait_seconds:g}: {current} -> {replicas} replicas")
+        return (f"{work}, the oldest waited {obs.oldest_wait_seconds:.0f}s > maxWaitSeconds "
+                f"{spec.max_wait_seconds:g}s: {_replicas(recommended)}")
     if reason == STABILIZING_SCALE_DOWN:
-        return (f"{work} needs {recommended} replicas; keeping {replicas} for the "
+        return (f"{work} needs {_replicas(recommended)}; keeping {replicas} for the "
                 f"{spec.scale_down.stabilization_seconds:g}s scale-down window")
     if reason == STABILIZING_SCALE_UP:
-        return (f"{work} needs {recommended} replicas; {replicas} until the "
+        return (f"{work} needs {_replicas(recommended)}; {replicas} until the "
                 f"{spec.scale_up.stabilization_seconds:g}s scale-up window agrees")
     if reason == WAITING_FOR_IDLE:
         idle = now - history.idle_since if history.idle_since is not None else 0.0
         return f"no work for {idle:.0f}s of idleSecondsBeforeZero {spec.idle_seconds_before_zero:g}s; keeping 1"
     if reason == SCALE_DOWN_IDLE:
         idle = now - history.idle_since if history.idle_since is not None else 0.0
-        return f"no work for {idle:.0f}s: {current} -> 0 replicas"
+        return f"no work for {idle:.0f}s (idleSecondsBeforeZero {spec.idle_seconds_before_zero:g}s)"
     if reason == KEEPING_BUSY_WORKERS:
         busy = f", {obs.busy_replicas} replicas busy" if obs.busy_replicas else ""
-        return (f"{work}{busy} needs {recommended} replicas; keeping {replicas} so no busy worker is "
+        return (f"{work}{busy} needs {_replicas(recommended)}; keeping {replicas} so no busy worker is "
                 f"stopped")
     if reason == SCALE_STEP_LIMITED:
-        return f"{work} needs {recommended} replicas; {current} -> {replicas} (max step per decision)"
+        step = spec.scale_up.max_step if replicas > current else spec.scale_down.max_step
+        return f"{work} needs {_replicas(recommended)}; at most {step} added or removed per decision"
     if reason == AT_MAX_REPLICAS:
-        return f"{work} needs {recommended} replicas; limited to maxReplicas {spec.max_replicas}"
+        return f"{work} needs {_replicas(recommended)}; limited to maxReplicas {spec.max_replicas}"
     if reason == AT_MIN_REPLICAS:
-        return f"{work} needs {recommended} replicas; kept at minReplicas {spec.min_replicas}"
+        return f"{work} needs {_replicas(recommended)}; kept at minReplicas {spec.min_replicas}"
     if reason == STEADY:
-        return f"{work}: {current} replicas carry {load} tasks at {spec.tasks_per_replica} per replica"
-    per = spec.tasks_per_replica
-    return f"{work} at {per} per replica: {current} -> {replicas} replicas"
+        return f"{work} fits {_replicas(current)} at {spec.tasks_per_replica} per replica"
+    return f"{work} at {spec.tasks_per_replica} per replica needs {_replicas(recommended)}"
+
+
+def _replicas(n: int) -> str:
+    return f"{n} replica" if n == 1 else f"{n} replicas"

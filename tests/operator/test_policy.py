@@ -113,7 +113,7 @@ def test_rule(spec, history, observation, replicas, reason):
 
 def test_message_says_why_with_numbers():
     decision = decide(obs(waiting=37, current=1), replace(SPEC, tasks_per_replica=4), History(), NOW)
-    assert decision.message == "37 waiting, 0 in flight at 4 per replica: 1 -> 10 replicas"
+    assert decision.message == "37 waiting, 0 in flight at 4 per replica needs 10 replicas"
 
 
 def test_a_spec_without_tasks_per_replica_is_refused():
