@@ -1,7 +1,10 @@
 """Policy simulation: stalk's policy against an HPA + KEDA model, on synthetic traces.
 
-Run: ``python bench/policy_sim.py [--seed N]``. Pure Python and deterministic for a seed; it calls
-the operator's own ``policy.decide``, so what is measured is the policy that ships.
+Run: ``python bench/policy_sim.py [--seed N] [--trace recorded.csv ...] [--csv DIR]``. Pure Python
+and deterministic for a seed; it calls the operator's own ``policy.decide``, so what is measured is
+the policy that ships. A recorded trace is a CSV with a header and the columns ``arrival`` and
+``duration`` (seconds) and optionally ``priority`` (0-9). ``--csv`` writes each run's per-second
+replicas, waiting and in-flight counts (``<trace>-<model>.csv``) for plotting.
 
 One worker Deployment consumes one Celery queue, simulated second by second:
 - tasks arrive (Poisson, rate per trace), a share of them with a priority that kombu files in a
@@ -27,12 +30,17 @@ variance.
 from __future__ import annotations
 
 import argparse
+import bisect
+import csv
 import math
 import random
 import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from kombu.transport.redis import PRIORITY_STEPS
 
 from stalk_operator.policy import History, Observation, ScalingSpec, decide
 
@@ -50,7 +58,7 @@ TAIL_SECONDS = 900  # after the last arrival, so both models drain and scale in
 class Task:
     arrival: float
     duration: float
-    priority_step: int  # 0 (the base list) or 6
+    priority_step: int  # kombu's list: 0 (the base list), 3, 6 or 9
     ready_at: float = 0.0  # when it is (again) in the list
     start: float | None = None
 
@@ -70,13 +78,14 @@ class Result:
     p95_wait: float = 0.0
     busy_stops: int = 0
     killed_tasks: int = 0
+    series: list[tuple[int, int, int, int]] = field(default_factory=list)  # (second, replicas, waiting, in flight)
 
 
 class Cluster:
     """One worker Deployment and the Redis lists it consumes, advanced one second at a time."""
 
     def __init__(self, *, grace_seconds: float, idle_first: bool, rng: random.Random):
-        self.lists: dict[int, deque[Task]] = {0: deque(), 6: deque()}
+        self.lists: dict[int, deque[Task]] = {step: deque() for step in PRIORITY_STEPS}
         self.returning: list[Task] = []  # killed mid-run: back in the list after the visibility timeout
         self.pods: list[Replica] = []
         self.grace = grace_seconds
@@ -210,6 +219,7 @@ def simulate(tasks: list[Task], make_controller: Callable[[], object], *, grace:
     controller = make_controller()
     end = int(max(t.arrival for t in tasks)) + TAIL_SECONDS
     pending = deque(sorted(tasks, key=lambda t: t.arrival))
+    series = []
     for now in range(end):
         while pending and pending[0].arrival < now + 1:
             task = pending.popleft()
@@ -218,9 +228,10 @@ def simulate(tasks: list[Task], make_controller: Callable[[], object], *, grace:
         cluster.step(now)
         if now % controller.interval == 0:
             controller.act(cluster, now)
+        series.append((now, cluster.replicas, cluster.waiting(), cluster.in_flight()))
     waits = sorted((t.start if t.start is not None else end) - t.arrival for t in tasks)
     return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=waits[int(0.95 * (len(waits) - 1))],
-                  busy_stops=cluster.busy_stops, killed_tasks=cluster.killed_tasks)
+                  busy_stops=cluster.busy_stops, killed_tasks=cluster.killed_tasks, series=series)
 
 
 # --- traces: (arrival rate per second as a function of time, duration in seconds) -------------
@@ -248,6 +259,13 @@ def _poisson(mean: float, rng: random.Random) -> int:
     return count
 
 
+def recorded_trace(path: Path) -> list[Task]:
+    with path.open(newline="") as f:
+        return [Task(arrival=float(row["arrival"]), duration=float(row["duration"]),
+                     priority_step=_step(int(row.get("priority") or 0)))
+                for row in csv.DictReader(f)]
+
+
 def traces(rng: random.Random) -> dict[str, list[Task]]:
     hour = 3600
     return {
@@ -264,7 +282,10 @@ def traces(rng: random.Random) -> dict[str, list[Task]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--trace", type=Path, action="append", default=[], help="a recorded trace (CSV)")
+    parser.add_argument("--csv", type=Path, help="write per-second series here")
     args = parser.parse_args(argv)
+    all_traces = traces(random.Random(args.seed)) | {path.stem: recorded_trace(path) for path in args.trace}
 
     spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=TARGET_PER_REPLICA)
     print(f"{CONCURRENCY} slots per replica, {TARGET_PER_REPLICA} tasks per replica target, max {MAX_REPLICAS} "
@@ -274,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'killed':>6} {'KEDA':>5}")
     print(header)
     print("-" * len(header))
-    for name, tasks in traces(random.Random(args.seed)).items():
+    for name, tasks in all_traces.items():
         stalk = simulate(_fresh(tasks), lambda: StalkController(spec), grace=math.inf, idle_first=True, seed=args.seed)
         # (a): the same policy told nothing about busy replicas; only pod-deletion-cost protects them.
         blind = simulate(_fresh(tasks), lambda: StalkController(spec, knows_busy=False), grace=math.inf,
@@ -285,9 +306,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{_ratio(stalk.worker_seconds, keda.worker_seconds):>6} | {stalk.p95_wait:>13.1f}s "
               f"{keda.p95_wait:>6.1f}s {_ratio(stalk.p95_wait, keda.p95_wait):>6} | {stalk.busy_stops:>10} "
               f"{blind.busy_stops:>4} {keda.busy_stops:>5} | {stalk.killed_tasks:>6} {keda.killed_tasks:>5}")
+        if args.csv:
+            _write_series(args.csv, name, {"stalk": stalk, "keda": keda})
     print("ratio = stalk / KEDA (below 1: stalk uses less / waits less); busy stops: pods sent SIGTERM while "
           "running a task, (a) = stalk without Observation.busy_replicas; killed: tasks cut off by the grace period")
     return 0
+
+
+def _write_series(directory: Path, trace: str, results: dict[str, Result]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for model, result in results.items():
+        with (directory / f"{trace}-{model}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["second", "replicas", "waiting", "in_flight"])
+            writer.writerows(result.series)
+
+
+def _step(priority: int) -> int:
+    # kombu's Channel.priority(): the highest step not above the priority.
+    return PRIORITY_STEPS[bisect.bisect(PRIORITY_STEPS, priority) - 1]
 
 
 def _fresh(tasks: list[Task]) -> list[Task]:
