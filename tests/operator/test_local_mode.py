@@ -124,3 +124,21 @@ def test_keeps_workers_while_redis_cannot_be_read_and_recovers(tmp_path, caplog)
     finally:
         scaler.stop()
         server.stop()
+
+
+def test_from_settings_takes_the_queue_table_and_broker(broker, tmp_path):
+    table = tmp_path / "queues.yaml"
+    table.write_text("default: {maxReplicas: 2}\nreports: {minReplicas: 1, tasksPerReplica: 3}\n")
+    settings = Settings(broker_url=broker, broker_key_prefix="team-a:", queues_file=table)
+    create_app(settings).send_task("tests.sleep", queue="default")  # under the key prefix
+    scaler = LocalAutoscaler.from_settings(settings, app_module=APP_MODULE, env=worker_env(broker), log_dir=tmp_path,
+                                           worker_args=FAST_START)
+    assert sorted(scaler.actuators) == ["default", "reports"]
+    assert (scaler.specs["reports"].min_replicas, scaler.specs["reports"].tasks_per_replica) == (1, 3)
+    assert scaler.specs["default"].max_replicas == 2
+    try:
+        decisions = scaler.tick()
+        assert {name: (d.replicas, d.reason) for name, d in decisions.items()} == {
+            "default": (1, "ScaleUpForBacklog"), "reports": (1, "AtMinReplicas")}
+    finally:
+        scaler.stop()
