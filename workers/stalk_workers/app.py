@@ -88,6 +88,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         from stalk_workers import recording
 
         recording.connect(app)
+    from stalk_workers import metrics
+
+    metrics.connect(app)
     return app
 
 
