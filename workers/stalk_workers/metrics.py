@@ -122,16 +122,14 @@ def _use_directory() -> str:
     return path
 
 
-def _create_metrics() -> _Metrics:
-    from prometheus_client import Counter, Gauge, Histogram, values
+def create_metrics(registry=None) -> _Metrics:
+    """The worker's metric objects; ``registry`` only for tests that list them (workers use files)."""
+    from prometheus_client import Counter, Gauge, Histogram
 
-    # prometheus_client picks multiprocess mode when it is first imported, from the variable
-    # set just above (it may have been imported earlier, e.g. by a task module): pick it now.
-    values.ValueClass = values.MultiProcessValue()
     labels = ("task", "queue")
 
     def counter(name: str, text: str) -> Counter:
-        return Counter(PREFIX + name, text, labels, registry=None)
+        return Counter(PREFIX + name, text, labels, registry=registry)
 
     return _Metrics(
         received=counter("tasks_received_total", "Tasks the worker took from the broker."),
@@ -141,21 +139,26 @@ def _create_metrics() -> _Metrics:
         retried=counter("tasks_retried_total", "Task runs that ended in a retry."),
         revoked=counter("tasks_revoked_total", "Tasks revoked (cancelled, terminated or expired)."),
         runtime=Histogram(PREFIX + "task_runtime_seconds", "Time a task ran, from start to end (any outcome).",
-                          labels, buckets=RUNTIME_BUCKETS, registry=None),
+                          labels, buckets=RUNTIME_BUCKETS, registry=registry),
         # livesum: the sum over the processes that are alive, so a recycled child's count goes away.
         in_flight=Gauge(PREFIX + "tasks_in_flight", "Tasks running now.", labels, multiprocess_mode="livesum",
-                        registry=None),
+                        registry=registry),
         up=Gauge(PREFIX + "up", "1 while the worker consumes its queues.", ("worker", "queue"),
-                 multiprocess_mode="livemax", registry=None),
+                 multiprocess_mode="livemax", registry=registry),
         concurrency=Gauge(PREFIX + "concurrency", "Pool processes or threads of the worker.", ("worker",),
-                          multiprocess_mode="livemax", registry=None),
+                          multiprocess_mode="livemax", registry=registry),
     )
 
 
 def _on_worker_init(sender=None, **_) -> None:
     try:
         _state.directory = _use_directory()
-        _state.metrics = _create_metrics()
+        from prometheus_client import values
+
+        # prometheus_client picks multiprocess mode when it is first imported, from the variable
+        # set just above (it may have been imported earlier, e.g. by a task module): pick it now.
+        values.ValueClass = values.MultiProcessValue()
+        _state.metrics = create_metrics()
     except Exception:  # noqa: BLE001 - metrics must never stop a worker
         log.exception("stalk: worker metrics are off: cannot set up %s", _state.directory)
         _state.metrics = None
