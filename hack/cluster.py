@@ -274,6 +274,10 @@ def component_args(state, bin_dir, ports):
             f"{bin_dir}/kube-apiserver",
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses a loopback advertise address ("may not be
+            # in the loopback range"); nothing runs inside the cluster that would need
+            # the `kubernetes` Service's endpoints, so skip them.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={ports['kube-apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
@@ -288,8 +292,10 @@ def component_args(state, bin_dir, ports):
             f"--service-account-key-file={pki}/sa.pub",
             f"--service-account-signing-key-file={pki}/sa.key",
             "--allow-privileged=true",
-            # Small watch caches: a test cluster holds few objects, and two cores are shared.
-            "--default-watch-cache-size=50",
+            # Watch caches size themselves (they start small and grow with the number
+            # of objects); --default-watch-cache-size is a deprecated no-op, so there
+            # is nothing to shrink. Events are write-mostly: no cache for them.
+            "--watch-cache-sizes=events#0,events.events.k8s.io#0",
             "--profiling=false",
             "--v=1",
         ],
@@ -322,6 +328,10 @@ def component_args(state, bin_dir, ports):
         "kwok": [
             f"{bin_dir}/kwok",
             f"--kubeconfig={state.path('kwok.kubeconfig')}",
+            # kwokctl's default stages (made by hack/tools/build.sh from the pinned
+            # kwok module): nodes become Ready and keep a lease, pods go Running+Ready
+            # and are removed when deleted.
+            f"--config={bin_dir}/kwok-stages.yaml",
             # Only nodes we create and annotate are fake; anything else is left alone.
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
@@ -370,6 +380,8 @@ def cmd_up(args):
     state = State(args.state_dir)
     bin_dir = os.path.abspath(args.bin_dir)
     missing = [b for b in BINARIES if not os.access(os.path.join(bin_dir, b), os.X_OK)]
+    if not os.path.isfile(os.path.join(bin_dir, "kwok-stages.yaml")):
+        missing.append("kwok-stages.yaml")
     if missing:
         raise ClusterError(f"missing binaries in {bin_dir}: {', '.join(missing)} "
                            "(build them with `make cluster-bins`)")
@@ -448,17 +460,16 @@ def cmd_up(args):
 def stop(state, remove=True, grace=10.0):
     info = state.load()
     pids = (info or {}).get("pids", {})
+    # One at a time, clients before servers: an API server whose etcd is already
+    # gone hangs in its graceful shutdown instead of exiting.
     for name in reversed(COMPONENTS):
         pid = pids.get(name)
-        if pid and alive(pid, state.root):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for name in reversed(COMPONENTS):
-        pid = pids.get(name)
-        if not pid:
+        if not pid or not alive(pid, state.root):
             continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         while alive(pid, state.root) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         if alive(pid, state.root):
             log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
             os.kill(pid, signal.SIGKILL)

@@ -53,6 +53,15 @@ kwok)
     ldflags="-X sigs.k8s.io/kwok/pkg/consts.Version=${version#v}"
     pkgs="sigs.k8s.io/kwok/cmd/kwok"
     bins="kwok"
+    # kwok alone ships no behaviour: it needs "stages" (how nodes and pods change
+    # status). These are the defaults kwokctl applies, taken from the same pinned
+    # module and shipped next to the binary as kwok-stages.yaml (kwok --config).
+    stages="kustomize/stage/node/fast/node-initialize.yaml
+            kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+            kustomize/stage/pod/fast/pod-ready.yaml
+            kustomize/stage/pod/fast/pod-complete.yaml
+            kustomize/stage/pod/fast/pod-delete.yaml"
+    extra_files="kwok-stages.yaml"
     ;;
 helm)
     version=$HELM_VERSION
@@ -74,7 +83,9 @@ skaffold)
 esac
 ldflags="-s -w $ldflags"
 
-hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "$ldflags"; } |
+stages=${stages:-}
+extra_files=${extra_files:-}
+hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "$ldflags" $stages; } |
         sha256sum | cut -c1-12)
 cache_root=${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin
 cache=$cache_root/$group-$version-$hash
@@ -105,6 +116,10 @@ else
     for b in $bins; do
         [ -x "$tmp/$b" ] || { echo "build.sh: go build did not produce $b" >&2; exit 1; }
     done
+    if [ -n "$stages" ]; then
+        src=$(cd "$here/$group" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+        for f in $stages; do echo "---"; cat "$src/$f"; done > "$tmp/kwok-stages.yaml"
+    fi
     echo "build.sh: built $group $version in $(( $(date +%s) - start ))s"
     if [ -e "$tmp/build-time.txt" ]; then
         grep -E 'Elapsed|Maximum resident' "$tmp/build-time.txt" | sed 's/^\s*/build.sh:   /'
@@ -114,6 +129,6 @@ else
 fi
 
 mkdir -p "$outdir"
-for b in $bins; do
+for b in $bins $extra_files; do
     ln -sfn "$cache/$b" "$outdir/$b"
 done
