@@ -64,6 +64,8 @@ async def run(settings: OperatorSettings) -> None:
 def main() -> None:
     settings = OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every watch event's handler at INFO: one line per Deployment change is noise here.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(run(settings))
 
 

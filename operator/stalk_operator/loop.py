@@ -61,6 +61,7 @@ class BrokerLoop:
         )
         self.reader = QueueReader(self.client, key_prefix=self.key_prefix)
         self._inspector: CeleryInspector | None = None
+        self._failing_since: float | None = None
 
     def inspector(self, timeout: float) -> CeleryInspector:
         if self._inspector is None:  # only needed on scale-down, so built on the first one
@@ -90,9 +91,14 @@ class BrokerLoop:
             stats = await asyncio.to_thread(self.reader.read, queues)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep replicas, report
             self._ticker.metrics.broker_errors.labels(self.label).inc()
-            log.warning("cannot read %d queues from %s: %s", len(queues), self.label, exc)
+            if self._failing_since is None:  # once per outage; the error counter counts every tick
+                self._failing_since = now
+                log.warning("cannot read %d queues from %s, keeping replicas: %s", len(queues), self.label, exc)
             await self._ticker.for_each(members, lambda m: self._ticker.metrics_unavailable(m, exc, self.label, now))
             return
+        if self._failing_since is not None:
+            log.info("reading %s again after %.0fs", self.label, now - self._failing_since)
+            self._failing_since = None
         await self._ticker.for_each(members, lambda m: self._ticker.reconcile(m, stats[m.config.queue], now, self))
 
 

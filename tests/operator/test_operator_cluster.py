@@ -122,7 +122,7 @@ def test_redis_down_keeps_replicas_and_recovers(cluster, start_operator, tmp_pat
         producer = Celery("producer", broker=server.url(0), set_as_current=False)
         cluster.create(worker_deployment("workers"), taskqueue(
             "work", queue=QUEUE, broker_url=server.url(0), target="workers", maxReplicas=4, tasksPerReplica=5,
-            scaleDown={"stabilizationSeconds": 1}, idleSecondsBeforeZero=1,
+            scaleDown={"stabilizationSeconds": 3}, idleSecondsBeforeZero=2,
         ))
         op = start_operator()
         push(producer, 10)
