@@ -27,8 +27,7 @@ from celery.utils.nodenames import host_format
 
 from stalk_operator.policy import Decision, History, Observation, ScalingSpec, decide
 from stalk_workers.queue_reader import QueueReader
-from stalk_workers.queues import QueueSpec, load_queue_table
-from stalk_workers.settings import Settings
+from stalk_workers.queues import QueueSpec
 
 log = logging.getLogger("stalk.local")
 
@@ -143,7 +142,10 @@ class LocalActuator:
         if self._log_dir is not None:
             output = open(self._log_dir / f"{self.queue.name}-{index}.log", "ab")  # noqa: SIM115 - the child owns it
         try:
-            process = subprocess.Popen(command, env=self._env, stdout=output, stderr=subprocess.STDOUT if output else None)
+            # Own session: a Ctrl-C in the terminal reaches only the parent, whose stop() then gives
+            # every worker one SIGTERM (a second SIGINT would be Celery's cold shutdown).
+            process = subprocess.Popen(command, env=self._env, stdout=output,
+                                       stderr=subprocess.STDOUT if output else None, start_new_session=True)
         finally:
             if output is not None:
                 output.close()
@@ -214,20 +216,6 @@ class LocalAutoscaler:
         }
         self._histories = {q.name: History() for q in queues}
         self._reading_failed = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **options) -> LocalAutoscaler:
-        """What ``stalk dev`` runs: the queue table, broker and key prefix from ``settings``.
-
-        The workers inherit this process' environment, so they read the same ``STALK_*`` settings.
-        """
-        transport_options = {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
-        # Remote control needs only the broker, not stalk's app (which would connect recording).
-        control = Celery("stalk-local", broker=settings.broker_url, set_as_current=False)
-        control.conf.broker_transport_options = transport_options
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
-        options.setdefault("control_app", control)
-        return cls(load_queue_table(settings.queues_file), client, key_prefix=settings.broker_key_prefix, **options)
 
     def tick(self) -> dict[str, Decision]:
         """One measurement and one decision per queue; replicas stay as they are if Redis is down."""

@@ -13,7 +13,7 @@ import redis
 from stalk_operator.local_mode import LocalActuator, LocalAutoscaler, celery_active_tasks
 from stalk_operator.policy import Behavior, ScalingSpec
 from stalk_workers.queue_reader import QueueReader
-from stalk_workers.queues import QueueSpec
+from stalk_workers.queues import QueueSpec, load_queue_table
 from stalk_workers.settings import Settings
 from tests.fixtures.servers import RedisServer, free_port, wait_until
 from tests.workers.celery_app import create_app
@@ -126,14 +126,12 @@ def test_keeps_workers_while_redis_cannot_be_read_and_recovers(tmp_path, caplog)
         server.stop()
 
 
-def test_from_settings_takes_the_queue_table_and_broker(broker, tmp_path):
+def test_takes_limits_from_the_queue_table_and_reads_under_the_key_prefix(broker, tmp_path):
     table = tmp_path / "queues.yaml"
     table.write_text("default: {maxReplicas: 2}\nreports: {minReplicas: 1, tasksPerReplica: 3}\n")
-    settings = Settings(broker_url=broker, broker_key_prefix="team-a:", queues_file=table)
-    create_app(settings).send_task("tests.sleep", queue="default")  # under the key prefix
-    scaler = LocalAutoscaler.from_settings(settings, app_module=APP_MODULE, env=worker_env(broker), log_dir=tmp_path,
-                                           worker_args=FAST_START)
-    assert sorted(scaler.actuators) == ["default", "reports"]
+    create_app(Settings(broker_url=broker, broker_key_prefix="team-a:")).send_task("tests.sleep", queue="default")
+    scaler = LocalAutoscaler(load_queue_table(table), redis.Redis.from_url(broker), key_prefix="team-a:",
+                             app_module=APP_MODULE, env=worker_env(broker), log_dir=tmp_path, worker_args=FAST_START)
     assert (scaler.specs["reports"].min_replicas, scaler.specs["reports"].tasks_per_replica) == (1, 3)
     assert scaler.specs["default"].max_replicas == 2
     try:
