@@ -1,0 +1,92 @@
+"""Chart tests: the real helm (built from Go modules, see docs/control-plane.md) and, for the
+`cluster` tests, the real API server from tests/fixtures/kube.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "stalk"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+HELM = REPO / ".cluster" / "bin" / "helm"
+HELM_PLUGINS = REPO / ".cluster" / "helm-plugins"
+# Minimal, schema-less CRDs of the Prometheus Operator kinds the chart renders (see fixtures/).
+MONITORING_CRDS = Path(__file__).parent / "fixtures" / "monitoring-crds.yaml"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cluster: needs the Kubernetes test control plane (make cluster-bins)")
+
+
+def _build(cmd: list[str], say) -> str | None:
+    if shutil.which("go") is None:
+        return f"no Go toolchain to run {' '.join(cmd)}"
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        say(line)
+    return None if proc.returncode == 0 else f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # A cold build of helm takes minutes, longer than a test's timeout: do it before the tests start.
+    if not any(str(item.path).startswith(str(Path(__file__).parent)) for item in items):
+        return
+    writer = config.get_terminal_writer()
+    say = lambda line: writer.line(f"[chart binaries] {line}")  # noqa: E731
+    if not os.access(HELM, os.X_OK):
+        _build([str(REPO / "hack" / "tools" / "build.sh"), "helm", str(HELM.parent)], say)
+    if not (HELM_PLUGINS / "unittest" / "plugin.yaml").exists():
+        _build([str(REPO / "hack" / "tools" / "helm-unittest" / "build.sh"), str(HELM_PLUGINS / "unittest")], say)
+
+
+@dataclass
+class Helm:
+    """The built helm; output is text. Runs with its own empty config/cache dirs."""
+
+    binary: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.strip()}")
+        return proc
+
+    def template(self, *args: str, values: list[Path] = (), sets: dict[str, str] | None = None,
+                 api_versions: list[str] = (), release: str = "stalk", namespace: str = "stalk") -> list[dict]:
+        """Render the chart and return its objects (hooks and tests included)."""
+        cmd = ["template", release, str(CHART), "--namespace", namespace]
+        for f in values:
+            cmd += ["-f", str(f)]
+        for key, value in (sets or {}).items():
+            cmd += ["--set", f"{key}={value}"]
+        for api in api_versions:
+            cmd += ["--api-versions", api]
+        out = self.run(*cmd, *args).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory) -> Iterator[Helm]:
+    if not os.access(HELM, os.X_OK):
+        if os.environ.get("STALK_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"helm missing in {HELM.parent} (make chart-bins)", pytrace=False)
+        pytest.skip(f"helm missing in {HELM.parent} and it could not be built (make chart-bins)")
+    home = tmp_path_factory.mktemp("helm-home")
+    env = dict(os.environ, HELM_CONFIG_HOME=str(home / "config"), HELM_CACHE_HOME=str(home / "cache"),
+               HELM_DATA_HOME=str(home / "data"), HELM_PLUGINS=str(HELM_PLUGINS))
+    env.pop("KUBECONFIG", None)
+    yield Helm(binary=HELM, env=env)
+
+
+def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
+    """Objects of one kind, by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
