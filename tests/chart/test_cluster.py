@@ -1,0 +1,173 @@
+"""The chart against the real API server (tests/fixtures/kube.py): strict server-side dry-run of
+every scenario, then one release's whole life: install, roll out on kwok nodes, TaskQueues,
+an upgrade that changes the queue list without resetting the operator's replicas, uninstall.
+
+kwok plays the kubelet: pods become Running and Ready, no container runs. So the stalk
+processes, probes and the `helm test` pod do not execute here; everything the API server,
+the controllers and helm decide does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, MONITORING_CRDS, SCENARIOS
+from tests.fixtures.kube import poll
+
+pytestmark = pytest.mark.cluster
+
+SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
+CRD = CHART / "crds" / "taskqueues.stalk.dev.yaml"
+# Any image: kwok never pulls it.
+IMAGE = ["--set", "image.repository=registry.invalid/stalk", "--set", "image.tag=test"]
+RELEASE = "stalk"
+
+
+@pytest.fixture(scope="module")
+def crds(kube_cluster):
+    """The TaskQueue CRD (as the chart ships it) and the schema-less monitoring CRDs, established."""
+    for path in (CRD, MONITORING_CRDS):
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    names = ["taskqueues.stalk.dev", "servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com",
+             "prometheusrules.monitoring.coreos.com"]
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return kube_cluster
+
+
+@pytest.fixture
+def helm_kube(helm, kube_cluster):
+    """helm pointed at the test cluster."""
+    helm.env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
+    return helm
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
+def test_every_rendered_object_is_accepted_by_the_api_server_with_strict_field_validation(
+        crds, helm_kube, kube_namespace, scenario):
+    manifest = helm_kube.run("template", RELEASE, str(CHART), "--namespace", kube_namespace, "-f", str(scenario),
+                             "--api-versions", "monitoring.coreos.com/v1").stdout
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
+    proc = crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", namespace=kube_namespace,
+                        input=manifest, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # strict validation turns unknown fields into errors; no warnings either
+    accepted = proc.stdout.count("(server dry run)")
+    assert accepted == sum(1 for doc in yaml.safe_load_all(manifest) if doc), proc.stdout
+    if scenario.name.startswith("02-"):
+        assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+
+
+def test_a_misspelt_field_is_rejected_by_the_api_server(crds, kube_namespace):
+    # The check above is only as good as the server's strictness: prove it bites.
+    bad = {"apiVersion": "stalk.dev/v1alpha1", "kind": "TaskQueue", "metadata": {"name": "x"},
+           "spec": {"queue": "q", "broker": {"url": "redis://r:6379/0"}, "maxReplicas": 2, "minReplica": 1,
+                    "scaleTargetRef": {"kind": "Deployment", "name": "x"}}}
+    proc = crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", namespace=kube_namespace,
+                        input=json.dumps(bad), check=False)
+    assert proc.returncode != 0 and 'unknown field "spec.minReplica"' in proc.stderr
+
+
+def _json(kube, *args, namespace):
+    return json.loads(kube.kubectl(*args, "-o", "json", namespace=namespace).stdout)
+
+
+def _worker_deployments(kube, namespace) -> dict[str, dict]:
+    items = _json(kube, "get", "deployments", "-l", "app.kubernetes.io/component=worker", namespace=namespace)["items"]
+    return {d["metadata"]["labels"]["stalk.dev/queue"]: d for d in items}
+
+
+def _rolled_out(kube, namespace) -> bool:
+    for d in _json(kube, "get", "deployments", namespace=namespace)["items"]:
+        spec, status = d["spec"], d.get("status", {})
+        if status.get("observedGeneration", 0) < d["metadata"]["generation"]:
+            return False
+        if status.get("updatedReplicas", 0) != spec["replicas"] or status.get("availableReplicas", 0) != spec["replicas"]:
+            return False
+        if status.get("replicas", 0) != spec["replicas"]:  # old ReplicaSets' pods gone
+            return False
+    return True
+
+
+def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_the_crd(crds, helm_kube, kube_namespace):
+    ns, kube = kube_namespace, crds
+    # No storage provisioner in the test cluster: the StatefulSets use emptyDir.
+    base = ["--namespace", ns, *IMAGE, "--set", "redis.persistence.enabled=false",
+            "--set", "postgresql.persistence.enabled=false", "--wait", "--timeout", "180s"]
+
+    # --- install: every Deployment and StatefulSet rolls out on the kwok nodes
+    out = helm_kube.run("install", RELEASE, str(CHART), *base).stdout
+    assert "STATUS: deployed" in out
+    notes = out[out.index("NOTES:"):]
+    for line in (f"kubectl -n {ns} get taskqueues", f"kubectl -n {ns} port-forward svc/stalk-api 8000:8000",
+                 "stalk submit stalk.health_check --wait", f"helm test stalk -n {ns}"):
+        assert line in notes
+    poll(lambda: _rolled_out(kube, ns), timeout=120, what="every Deployment rolled out")
+    deployments = {d["metadata"]["name"] for d in _json(kube, "get", "deployments", namespace=ns)["items"]}
+    assert deployments == {"stalk-api", "stalk-operator", "stalk-worker-default", "stalk-worker-classification",
+                           "stalk-worker-summarization", "stalk-worker-notifications"}
+    statefulsets = _json(kube, "get", "statefulsets", namespace=ns)["items"]
+    assert sorted((s["metadata"]["name"], s["status"].get("readyReplicas")) for s in statefulsets) == [
+        ("stalk-postgresql", 1), ("stalk-redis", 1)]
+
+    # --- kubectl get taskqueues: one per queue, with the CRD's columns
+    table = kube.kubectl("get", "taskqueues", namespace=ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX", "AGE"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert {name: row[1] for name, row in rows.items()} == {
+        "stalk-worker-classification": "classification", "stalk-worker-default": "default",
+        "stalk-worker-notifications": "notifications", "stalk-worker-summarization": "summarization"}
+    assert rows["stalk-worker-default"][-3:-1] == ["1", "10"]  # MIN, MAX
+    # The generated broker Secret holds the URL each TaskQueue points at.
+    secret = _json(kube, "get", "secret", "stalk-redis", namespace=ns)
+    assert set(secret["data"]) == {"password", "broker-url", "result-backend-url"}
+
+    # --- the operator's choice (simulated through the scale subresource, as the operator does it)
+    kube.kubectl("scale", "deployment/stalk-worker-classification", "--replicas=3", namespace=ns)
+    kube.kubectl("scale", "deployment/stalk-worker-default", "--replicas=2", namespace=ns)
+    poll(lambda: _rolled_out(kube, ns), timeout=120, what="the scaled workers rolled out")
+
+    # --- upgrade: notifications goes, reports comes, and a setting changes every pod template
+    upgrade = ["--set", "queues.notifications=null", "--set", "queues.reports.maxReplicas=3",
+               "--set", "queues.reports.routes[0]=*.report*", "--set", "config.logLevel=warning"]
+    password = secret["data"]["password"]
+    helm_kube.run("upgrade", RELEASE, str(CHART), *base, *upgrade)
+    poll(lambda: _rolled_out(kube, ns), timeout=120, what="every Deployment rolled out after the upgrade")
+    workers = _worker_deployments(kube, ns)
+    assert sorted(workers) == ["classification", "default", "reports", "summarization"]
+    assert workers["classification"]["spec"]["replicas"] == 3, "helm upgrade reset the operator's replicas"
+    assert workers["default"]["spec"]["replicas"] == 2, "helm upgrade reset the operator's replicas"
+    assert workers["reports"]["spec"]["replicas"] == 1  # a new Deployment starts at one until the operator acts
+    assert "warning" in workers["classification"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    queues = {t["spec"]["queue"]: t for t in _json(kube, "get", "taskqueues", namespace=ns)["items"]}
+    assert sorted(queues) == ["classification", "default", "reports", "summarization"]
+    assert queues["reports"]["spec"]["scaleTargetRef"]["name"] == "stalk-worker-reports"
+    assert queues["reports"]["spec"]["maxReplicas"] == 3
+    # Generated passwords survive upgrades (lookup), or every client would lose Redis.
+    assert _json(kube, "get", "secret", "stalk-redis", namespace=ns)["data"]["password"] == password
+    queue_table = _json(kube, "get", "configmap", "stalk-config", namespace=ns)["data"]["queues.yaml"]
+    assert sorted(yaml.safe_load(queue_table)) == ["classification", "default", "reports", "summarization"]
+
+    # --- uninstall: nothing of the release is left in the namespace or the cluster; the CRD stays
+    helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
+    namespaced = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout.split()
+    # What Kubernetes itself puts in every namespace, and what the namespace's own controllers leave.
+    expected = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
+    skip = {"events", "events.events.k8s.io"}
+
+    def leftovers():
+        items = _json(kube, "get", ",".join(r for r in namespaced if r not in skip), namespace=ns)["items"]
+        return [(i["kind"], i["metadata"]["name"]) for i in items if (i["kind"], i["metadata"]["name"]) not in expected]
+
+    def nothing_left():
+        left = leftovers()
+        assert not left, f"left behind: {left}"
+        return True
+
+    poll(nothing_left, timeout=120, what="the release's objects to be gone")
+    cluster_scoped = _json(kube, "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                           namespace=None)["items"]
+    assert [i for i in cluster_scoped if ns in i["metadata"]["name"]] == []
+    kube.kubectl("get", "crd", "taskqueues.stalk.dev")
