@@ -160,9 +160,33 @@ Takes (dict "ctx" $ "name" secretName "key" key "length" 32).
 {{- end -}}
 {{- end -}}
 
-{{/* stalk.configChecksum: sha256 of the shared settings and the queue table; pods carry it so a change rolls them. */}}
+{{/* stalk.configMap: the ConfigMap of settings shared by every stalk process (envFrom) and the queue table (STALK_QUEUES_FILE). */}}
+{{- define "stalk.configMap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "stalk.componentName" (dict "ctx" . "component" "config") }}
+  labels:
+    {{- include "stalk.labels" (dict "ctx" . "component" "config") | nindent 4 }}
+data:
+  STALK_QUEUES_FILE: /etc/stalk/queues/queues.yaml
+  STALK_TASK_MODULES: {{ .Values.config.taskModules | quote }}
+  STALK_BROKER_KEY_PREFIX: {{ .Values.config.brokerKeyPrefix | quote }}
+  STALK_SOFT_TIME_LIMIT_SECONDS: {{ .Values.config.softTimeLimitSeconds | quote }}
+  STALK_HARD_TIME_LIMIT_SECONDS: {{ .Values.config.hardTimeLimitSeconds | quote }}
+  STALK_VISIBILITY_TIMEOUT_SECONDS: {{ .Values.config.visibilityTimeoutSeconds | quote }}
+  STALK_RECORD_TASKS: {{ .Values.config.recordTasks | quote }}
+  {{- if .Values.beat.enabled }}
+  STALK_BEAT_SCHEDULE: {{ .Values.beat.schedule | toJson | quote }}
+  {{- end }}
+  # The queue table, in the shape of workers/stalk_workers/queues.py (chart-only keys are ignored there).
+  queues.yaml: |
+    {{- toYaml .Values.queues | nindent 4 }}
+{{- end -}}
+
+{{/* stalk.configChecksum: sha256 of stalk.configMap; pods carry it so a change of settings or queues rolls them. */}}
 {{- define "stalk.configChecksum" -}}
-{{- list (include (print .Template.BasePath "/config.yaml") .) | toJson | sha256sum -}}
+{{- include "stalk.configMap" . | sha256sum -}}
 {{- end -}}
 
 {{/* stalk.env: the environment of every stalk container: the shared ConfigMap and the Redis and database URLs from their Secrets. */}}
