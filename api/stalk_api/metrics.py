@@ -42,10 +42,21 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = route_template(scope)
             self.metrics.requests.labels(scope["method"], template, str(status["code"])).inc()
             self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """``/v1/tasks/{task_id}`` for ``/v1/tasks/3f2…``: bounded label values, whatever the ids.
+
+    FastAPI (0.16x) keeps an included router's prefix outside the matched route, so the template is
+    rebuilt from the request path and its path parameters rather than read from the route.
+    """
+    if scope.get("route") is None:
+        return "unmatched"
+    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    return "/".join(f"{{{names[part]}}}" if part in names else part for part in scope["path"].split("/"))
 
 
 class BodySizeLimit:

@@ -168,16 +168,11 @@ def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[TaskRecord]
 
 def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None, flush=True) -> TaskRecord:
     body = prepared.body
-    record = TaskRecord(
-        task_id=str(uuid.uuid4()), task_name=body.task, queue=prepared.queue, status="PENDING",
-        args=body.args, kwargs=body.kwargs, priority=body.priority, eta=prepared.eta,
-        idempotency_key=idempotency_key, retry_of=retry_of, retries=0, dead_lettered=False, source="api",
-        created_at=store.utcnow(), updated_at=store.utcnow(),
+    return store.add_pending(
+        session, task_id=str(uuid.uuid4()), task_name=body.task, queue=prepared.queue, args=body.args,
+        kwargs=body.kwargs, priority=body.priority, eta=prepared.eta, idempotency_key=idempotency_key,
+        retry_of=retry_of, flush=flush,
     )
-    session.add(record)
-    if flush:
-        session.flush()
-    return record
 
 
 def _replay(session: Session, key: str, body: TaskCreate) -> TaskRecord | None:

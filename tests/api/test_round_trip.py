@@ -117,3 +117,13 @@ def test_task_types_list_only_what_may_be_submitted(stack):
     assert not any(n.startswith("celery.") for n in names)
     response = stack.client.post("/v1/tasks", json={"task": "celery.backend_cleanup"})
     assert response.status_code == 404
+
+
+def test_metrics_count_requests_by_route_template_and_submissions(stack):
+    task_id = stack.submit("stalk.echo", args=["metrics"])
+    stack.client.get(f"/v1/tasks/{task_id}")
+    text = stack.client.get("/metrics").text
+    assert 'stalk_api_requests_total{method="GET",route="/v1/tasks/{task_id}",status="200"}' in text
+    assert task_id not in text, "ids must not become label values"
+    assert 'stalk_api_tasks_submitted_total{queue="default",task="stalk.echo"}' in text
+    assert "stalk_api_request_duration_seconds_bucket" in text

@@ -55,8 +55,12 @@ def add_pending(
     eta: datetime | None = None,
     idempotency_key: str | None = None,
     retry_of: str | None = None,
+    flush: bool = True,
 ) -> TaskRecord:
-    """Stage a PENDING record in ``session``; the caller commits once the task is published."""
+    """Stage a PENDING record in ``session``; the caller commits once the task is published.
+
+    ``flush=False`` lets a batch send all its rows in one flush.
+    """
     now = utcnow()
     record = TaskRecord(
         task_id=task_id, task_name=task_name, queue=queue, status=PENDING, args=args, kwargs=kwargs,
@@ -64,7 +68,8 @@ def add_pending(
         dead_lettered=False, source="api", created_at=now, updated_at=now,
     )
     session.add(record)
-    session.flush()
+    if flush:
+        session.flush()
     return record
 
 
