@@ -138,6 +138,10 @@ def test_history_survives_a_restart_through_json():
 
 # --- properties ---------------------------------------------------------------------------------
 
+# Enough examples to catch the mutations tried while writing these (dropping the scale-down
+# window, the busy floor or the clamp), few enough for a small CI machine.
+PROPERTY = settings(max_examples=200, deadline=None)
+
 specs = st.builds(
     lambda lo, span, per, activation, max_wait, up, down, up_step, down_step, idle: ScalingSpec(
         min_replicas=lo, max_replicas=max(lo + span, 1), tasks_per_replica=per, activation_tasks=activation,
@@ -165,14 +169,14 @@ def run(spec, start_replicas, tick_list):
     return trace
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), ticks)
 def test_never_outside_min_and_max(spec, start, tick_list):
     for _, _, decision in run(spec, start, tick_list):
         assert spec.min_replicas <= decision.replicas <= spec.max_replicas
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), ticks)
 def test_never_scales_below_what_in_flight_work_needs(spec, start, tick_list):
     for _, o, decision in run(spec, start, tick_list):
@@ -181,7 +185,7 @@ def test_never_scales_below_what_in_flight_work_needs(spec, start, tick_list):
             assert decision.replicas >= min(needed, spec.max_replicas), decision.message
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), ticks)
 def test_no_scale_down_before_the_window_passed(spec, start, tick_list):
     trace = run(spec, start, tick_list)
@@ -196,7 +200,7 @@ def test_no_scale_down_before_the_window_passed(spec, start, tick_list):
                     assert load <= capacity + 1e-6, (t - t_asked, decision.message)
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100), st.none() | st.floats(0, 300),
        st.floats(0.5, 20), st.integers(5, 60))
 def test_no_flapping_under_a_steady_load(spec, start, waiting, in_flight, oldest, dt, n):
@@ -205,7 +209,7 @@ def test_no_flapping_under_a_steady_load(spec, start, waiting, in_flight, oldest
     assert not (any(s > 0 for s in steps) and any(s < 0 for s in steps)), [d.replicas for _, _, d in trace]
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), st.integers(1, 300), st.integers(0, 100))
 def test_scales_up_at_once_without_a_window_or_step(spec, current, waiting, in_flight):
     spec = replace(spec, scale_up=Behavior(0), activation_tasks=0)
@@ -215,7 +219,7 @@ def test_scales_up_at_once_without_a_window_or_step(spec, current, waiting, in_f
         assert decision.replicas >= min(needed, spec.max_replicas), decision.message
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(specs, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100), st.integers(0, 20),
        st.lists(st.tuples(st.floats(0, 400), st.integers(0, 30)), max_size=5), st.none() | st.floats(0, 400))
 def test_never_stops_a_busy_replica_when_the_busy_ones_are_known(spec, current, waiting, in_flight, busy, earlier,
