@@ -25,13 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from stalk_api.config import ApiSettings
 from stalk_api.schemas import TaskCreate
+from stalk_workers.queue_reader import SENT_AT_HEADER, QueueReader
 from stalk_workers.records import store
 from stalk_workers.records.models import TaskRecord
 
 log = logging.getLogger(__name__)
 
-# The message header the queue reader uses to tell how long a task has been waiting.
-SENT_AT_HEADER = "stalk_sent_at"
 
 _reader_lock = threading.Lock()
 
@@ -72,9 +71,7 @@ class Gateway:
         return [q.name for q in self.celery.conf.stalk_queues]
 
     @cached_property
-    def _reader(self):
-        from stalk_workers.queue_reader import QueueReader
-
+    def _reader(self) -> QueueReader:
         client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
         return QueueReader(client, key_prefix=self.settings.broker_key_prefix)
 
