@@ -97,6 +97,7 @@ def test_scales_up_with_the_queue_and_down_to_zero(cluster, start_operator, cele
     assert "0 -> 3 replicas" in scaled_up[0].message
     assert op.metric("stalk_taskqueue_depth", namespace=cluster.ns, taskqueue="work", queue=QUEUE) == 12
     assert op.metric("stalk_operator_scale_events_total", direction="up") == 1
+    assert op.http_status("/healthz") == 200 and op.http_status("/readyz") == 200
 
     # The queue drains (nothing runs on kwok pods, so the test empties it as workers would).
     redis.Redis.from_url(redis_urls[0]).flushdb()
@@ -112,6 +113,24 @@ def test_target_missing_is_reported(cluster, start_operator, redis_urls):
     cond = poll(lambda: (c := cluster.condition("orphan", "Ready")).get("reason") == "TargetNotFound" and c,
                 timeout=30, what="Ready=False TargetNotFound")
     assert cond["status"] == "False" and "nowhere" in cond["message"]
+
+
+def test_statefulset_with_the_broker_url_in_a_secret(cluster, start_operator, celery_client, redis_urls):
+    cluster.core.create_namespaced_secret(cluster.ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="redis"), string_data={"url": redis_urls[0]}))
+    sts = worker_deployment("workers")
+    sts["kind"] = "StatefulSet"
+    sts["spec"].update(serviceName="workers", podManagementPolicy="Parallel")
+    cluster.apps.create_namespaced_stateful_set(cluster.ns, sts)
+    tq = taskqueue("work", queue=QUEUE, broker_url="", target="workers", maxReplicas=4, tasksPerReplica=5)
+    tq["spec"]["broker"] = {"secretKeyRef": {"name": "redis", "key": "url"}}
+    tq["spec"]["scaleTargetRef"]["kind"] = "StatefulSet"
+    cluster.create(tq=tq)
+    start_operator()
+    push(celery_client, 8)
+    poll(lambda: cluster.apps.read_namespaced_stateful_set("workers", cluster.ns).spec.replicas == 2, timeout=30,
+         what="the StatefulSet scaled to 2 through its scale subresource")
+    poll(lambda: cluster.tq_status("work").get("readyReplicas") == 2, timeout=60, what="2 ready replicas in status")
 
 
 def test_redis_down_keeps_replicas_and_recovers(cluster, start_operator, tmp_path):
@@ -219,6 +238,8 @@ def test_scale_down_removes_idle_pods_and_keeps_busy_ones(cluster, start_operato
         redis.Redis.from_url(redis_urls[0]).delete(QUEUE)
         workers.append(start_worker(pods[2], redis_urls, tmp_path))
 
+        poll(lambda: cluster.tq_status("work").get("inFlight") == 2, timeout=30,
+             what="the two reserved tasks counted in flight (kombu's unacked hash)")
         poll(lambda: cluster.replicas("workers") == 2, timeout=60, what="scaled down to the 2 busy workers")
         poll(lambda: len(cluster.pods("workers")) == 2, timeout=30, what="one pod removed")
         remaining = sorted(p.metadata.name for p in cluster.pods("workers"))
