@@ -26,23 +26,23 @@ cluster-build-deps:
 		echo "cluster: installing Debian's time package for build measurements" && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; } || true
 
-cluster-bins: cluster-build-deps
+cluster-bins: cluster-build-deps ## Build (or reuse cached) etcd, kube-*, kubectl, kwok into .cluster/bin
 	@$(CLUSTER_HACK)/tools/build.sh kube $(CLUSTER_BIN)
 	@$(CLUSTER_HACK)/tools/build.sh etcd $(CLUSTER_BIN)
 	@$(CLUSTER_HACK)/tools/build.sh kwok $(CLUSTER_BIN)
 
-tools-bins: cluster-build-deps
+tools-bins: cluster-build-deps ## Build (or reuse cached) helm and skaffold into .cluster/bin
 	@$(CLUSTER_HACK)/tools/build.sh helm $(CLUSTER_BIN)
 	@$(CLUSTER_HACK)/tools/build.sh skaffold $(CLUSTER_BIN)
 
-tools-modules:
+tools-modules: ## Regenerate hack/tools/*/go.mod from hack/tools/versions.env
 	GOTOOLCHAIN=local $(CLUSTER_PYTHON) $(CLUSTER_HACK)/tools/gen-modules.py
 
-cluster-up: cluster-bins
+cluster-up: cluster-bins ## Start a Kubernetes test control plane in CLUSTER_DIR (default .cluster)
 	@$(CLUSTER_PYTHON) $(CLUSTER_HACK)/cluster.py up --state-dir $(CLUSTER_DIR) --bin-dir $(CLUSTER_BIN) --nodes $(CLUSTER_NODES)
 
-cluster-down:
+cluster-down: ## Stop the cluster in CLUSTER_DIR and remove its state
 	@$(CLUSTER_PYTHON) $(CLUSTER_HACK)/cluster.py down --state-dir $(CLUSTER_DIR)
 
-cluster-status:
+cluster-status: ## Show the processes of the cluster in CLUSTER_DIR
 	@$(CLUSTER_PYTHON) $(CLUSTER_HACK)/cluster.py status --state-dir $(CLUSTER_DIR)

@@ -201,7 +201,7 @@ def start(state, name, argv):
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=state.root)
     out.close()
-    return proc.pid
+    return proc
 
 
 def alive(pid, state_root):
@@ -229,16 +229,16 @@ def log_tail(state, name, lines=15):
         return "(no log)"
 
 
-def wait_for(what, check, deadline, state, pids):
+def wait_for(what, check, deadline, state, procs):
     """Poll check() until it returns a true value or the deadline passes.
 
     Fails at once, with the component's log tail, if a component exited.
     """
     last_error = None
     while True:
-        for name, pid in pids.items():
-            if not alive(pid, state.root):
-                raise ClusterError(f"{name} exited while waiting for {what}; "
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise ClusterError(f"{name} exited (status {proc.returncode}) while waiting for {what}; "
                                    f"last lines of {state.logs}/{name}.log:\n{log_tail(state, name)}")
         try:
             result = check()
@@ -407,11 +407,12 @@ def cmd_up(args):
         write_kubeconfig(state.path(f"{user}.kubeconfig"), server, state.pki, user)
 
     argv = component_args(state, bin_dir, ports)
-    pids = {}
-    info = {"server": server, "ports": ports, "pids": pids, "bin_dir": bin_dir}
+    procs = {}  # name -> Popen, for this run; `down` works from the saved pids
+    info = {"server": server, "ports": ports, "pids": {}, "bin_dir": bin_dir}
 
     def record(name):
-        pids[name] = start(state, name, argv[name])
+        procs[name] = start(state, name, argv[name])
+        info["pids"][name] = procs[name].pid
         # Saved after every start so `down` can clean up even if `up` dies midway.
         state.save(info)
 
@@ -421,12 +422,12 @@ def cmd_up(args):
         record("etcd")
         wait_for("etcd", lambda: json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{ports['etcd']}/health", timeout=2).read())["health"] == "true",
-            deadline, state, pids)
+            deadline, state, procs)
         log(f"etcd ready on 127.0.0.1:{ports['etcd']}")
 
         record("kube-apiserver")
         wait_for("kube-apiserver /readyz", lambda: api.request("GET", "/readyz") == "ok",
-                 deadline, state, pids)
+                 deadline, state, procs)
         log(f"kube-apiserver ready at {server}")
 
         for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
@@ -440,21 +441,34 @@ def cmd_up(args):
                     raise ClusterError(f"creating node kwok-node-{i}: HTTP {e.code} {e.read()[:300]!r}")
         wait_for(f"{args.nodes} nodes Ready",
                  lambda: sum(node_ready(n) for n in api.request("GET", "/api/v1/nodes")["items"])
-                 >= args.nodes, deadline, state, pids)
+                 >= args.nodes, deadline, state, procs)
         log(f"{args.nodes} kwok nodes Ready")
 
         # Pods can only be admitted once the controller-manager created the
         # namespace's default ServiceAccount; tests create pods right away.
         wait_for("default ServiceAccount",
                  lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default"),
-                 deadline, state, pids)
+                 deadline, state, procs)
     except BaseException:
         log(f"start failed; stopping what was started (logs in {state.logs})")
-        stop(state, remove=False)
+        # Signal our children directly: one may not have exec'd yet, and then its
+        # command line does not name the state dir that stop() checks for.
+        for name in reversed(list(procs)):
+            terminate(name, procs[name])
         raise
 
     log(f"ready in {time.monotonic() - t0:.1f}s; logs in {state.logs}")
     print(f"export KUBECONFIG={state.kubeconfig}")
+
+
+def terminate(name, proc, grace=10.0):
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        log(f"{name} (pid {proc.pid}) ignored SIGTERM for {grace:.0f}s; killing it")
+        proc.kill()
+        proc.wait()
 
 
 def stop(state, remove=True, grace=10.0):

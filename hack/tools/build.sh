@@ -24,13 +24,14 @@ export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 # Release dates from the module proxy make the stamped build date reproducible.
-release_time() { go mod download -json "$1" | sed -n 's/.*"Time": "\(.*\)".*/\1/p'; }
+release_time() { go list -m -json "$1" | sed -n 's/.*"Time": "\(.*\)".*/\1/p'; }
 
 case "$group" in
 kube)
     version=$KUBE_VERSION
     minor=$(echo "$version" | cut -d. -f2)
     date=$(cd "$here/kube" && release_time "k8s.io/kubernetes@$version")
+    [ -n "$date" ] || { echo "build.sh: cannot read the release date of k8s.io/kubernetes@$version" >&2; exit 1; }
     ldflags=""
     # kube-* binaries report component-base's version, kubectl's client side client-go's.
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -102,17 +103,22 @@ if [ -e "$cache/.complete" ]; then
     echo "build.sh: $group $version cached in $cache"
 else
     echo "build.sh: building $group $version ($bins) into $cache"
-    echo "build.sh: a cold build downloads modules and compiles for many minutes; go build prints nothing until it is done"
+    echo "build.sh: a cold build compiles for many minutes (kube: ~12 min on 2 cores); progress every minute"
     tmp=$cache.tmp
     rm -rf "$tmp" && mkdir -p "$tmp"
     timer=()
     [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$tmp/build-time.txt")
     start=$(date +%s)
+    # go build is silent until it finishes; say every minute that it still works.
+    (while sleep 60; do echo "build.sh: still building $group $version ($(( $(date +%s) - start ))s so far)"; done) &
+    ticker=$!
+    trap 'kill $ticker 2>/dev/null || true' EXIT
     # One go build for all of a group's binaries, so shared packages compile once.
     # shellcheck disable=SC2086
     (cd "$here/$group" && "${timer[@]}" go build -trimpath -ldflags "$ldflags" -o "$tmp/" $pkgs)
-    [ "$group" = etcd ] && mv "$tmp/v3" "$tmp/etcd" 2>/dev/null || true
-    [ "$group" = etcd ] && [ -e "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
+    if [ "$group" = etcd ]; then
+        mv "$tmp/server" "$tmp/etcd"
+    fi
     for b in $bins; do
         [ -x "$tmp/$b" ] || { echo "build.sh: go build did not produce $b" >&2; exit 1; }
     done
@@ -120,6 +126,7 @@ else
         src=$(cd "$here/$group" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
         for f in $stages; do echo "---"; cat "$src/$f"; done > "$tmp/kwok-stages.yaml"
     fi
+    kill $ticker 2>/dev/null || true
     echo "build.sh: built $group $version in $(( $(date +%s) - start ))s"
     if [ -e "$tmp/build-time.txt" ]; then
         grep -E 'Elapsed|Maximum resident' "$tmp/build-time.txt" | sed 's/^\s*/build.sh:   /'
