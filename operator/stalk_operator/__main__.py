@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import kopf
 from aiohttp import web
@@ -17,6 +18,8 @@ from stalk_operator.metrics import OperatorMetrics, health_app
 from stalk_operator.state import Registry, TargetCache
 
 log = logging.getLogger("stalk_operator")
+
+HEARTBEAT_TIMEOUT_SECONDS = 60.0
 
 
 async def run(settings: OperatorSettings) -> None:
@@ -40,7 +43,11 @@ async def run(settings: OperatorSettings) -> None:
     if elector:
         background.append(asyncio.create_task(elector.run(), name="lease"))
 
-    app = health_app(metrics, alive=lambda: not background[0].done(), ready=kopf_ready.is_set)
+    def alive() -> bool:
+        # The supervisor beats every second; a minute of silence means the event loop is stuck.
+        return not background[0].done() and time.monotonic() - ticker.heartbeat < HEARTBEAT_TIMEOUT_SECONDS
+
+    app = health_app(metrics, alive=alive, ready=kopf_ready.is_set)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
