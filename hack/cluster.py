@@ -502,7 +502,7 @@ def cmd_down(args):
     if not os.path.exists(state.info):
         log(f"no cluster in {state.root}")
     stop(state)
-    log(f"stopped; removed {state.root}")
+    log(f"stopped; removed the state in {state.root}")
 
 
 def cmd_status(args):
