@@ -39,6 +39,17 @@ RUN groupadd --system --gid 10001 stalk \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stalk \
  && pip uninstall --yes --no-cache-dir pip setuptools wheel
 COPY --from=build /opt/stalk /opt/stalk
+# skaffold dev only (skaffold.yaml sets DEV_RELOAD=true): the app user may receive synced sources,
+# and every `stalk ...` command restarts when a synced Python file changes. Off in release images.
+ARG DEV_RELOAD=false
+RUN if [ "$DEV_RELOAD" = "true" ]; then \
+      site=/opt/stalk/lib/python3.11/site-packages \
+      && chown -R 10001:10001 "$site/stalk_api" "$site/stalk_workers" "$site/stalk_operator" \
+      && mv /opt/stalk/bin/stalk /opt/stalk/bin/stalk-app \
+      && printf '#!/bin/sh\nexec watchfiles --filter python "stalk-app $*" %s/stalk_api %s/stalk_workers %s/stalk_operator\n' \
+           "$site" "$site" "$site" > /opt/stalk/bin/stalk \
+      && chmod 0755 /opt/stalk/bin/stalk; \
+    fi
 # PYTHONDONTWRITEBYTECODE: the root file system is read-only (bytecode was compiled at build time).
 # STALK_API_HOST 0.0.0.0: the API then insists on STALK_API_TOKENS(_FILE), which the chart provides.
 # STALK_DATABASE_URL: an evaluation default in /tmp; deployments set PostgreSQL.
