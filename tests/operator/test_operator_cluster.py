@@ -115,6 +115,19 @@ def test_target_missing_is_reported(cluster, start_operator, redis_urls):
     assert cond["status"] == "False" and "nowhere" in cond["message"]
 
 
+def test_paused_taskqueue_measures_but_does_not_scale(cluster, start_operator, celery_client, redis_urls):
+    cluster.create(worker_deployment("workers", replicas=1), taskqueue(
+        "work", queue=QUEUE, broker_url=redis_urls[0], target="workers", maxReplicas=4, paused=True))
+    op = start_operator()
+    push(celery_client, 30)
+    cond = poll(lambda: (c := cluster.condition("work", "ScalingLimited")).get("reason") == "Paused" and c,
+                timeout=30, what="ScalingLimited=True, reason Paused")
+    assert cond["status"] == "True" and cluster.tq_status("work")["depth"] == 30
+    ticks = op.ticks()
+    poll(lambda: op.ticks() >= ticks + 3, timeout=30, what="three more ticks")
+    assert cluster.replicas("workers") == 1 and not cluster.events("work", "ScaledUp")
+
+
 def test_statefulset_with_the_broker_url_in_a_secret(cluster, start_operator, celery_client, redis_urls):
     cluster.core.create_namespaced_secret(cluster.ns, client.V1Secret(
         metadata=client.V1ObjectMeta(name="redis"), string_data={"url": redis_urls[0]}))
