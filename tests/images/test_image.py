@@ -154,3 +154,32 @@ def test_operator_starts_against_the_cluster_and_reports_healthy(image, run, kub
                timeout=60, what=f"the operator's /readyz (log: {log})")
     assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
     assert "stalk_operator_is_leader" in httpx.get(f"{base}/metrics", timeout=5).text
+
+
+def test_dev_image_restarts_a_command_when_skaffold_syncs_a_python_file(image, run, services):
+    """The runtime stage's DEV_RELOAD step (skaffold.yaml sets it) wraps `stalk` in watchfiles."""
+    if os.geteuid() != 0:
+        pytest.skip("the DEV_RELOAD step chowns the packages to the image user, which needs root")
+    (step,) = [r for r in image.dockerfile.runtime.all("RUN") if "DEV_RELOAD" in r]
+    bin_dir = image.venv / "bin"
+    try:
+        result = subprocess.run(["bash", "-eu", "-c", image.path(step)], env={**os.environ, "DEV_RELOAD": "true"},
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        synced = next((image.venv / "lib").glob("python3.*/site-packages/stalk_api/routes/health.py"))
+        assert synced.stat().st_uid == 10001, "the image user may overwrite synced files"
+
+        port = str(free_port())
+        proc, log = run("stalk", "api", STALK_API_PORT=port, STALK_API_TOKENS=TOKEN, **services)
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: proc.poll() is None and httpx.get(healthz, timeout=2).status_code == 200, timeout=60,
+                   what=f"the API under the reload wrapper (log: {log})")
+        starts = log_of(log).count("Application startup complete")
+        synced.write_text(synced.read_text() + "\n# synced by skaffold\n")
+        wait_until(lambda: log_of(log).count("Application startup complete") > starts
+                   and httpx.get(healthz, timeout=2).status_code == 200, timeout=60,
+                   what=f"the API to restart after the file changed (log: {log})")
+    finally:
+        # Leave the module's image as the release build made it.
+        if (bin_dir / "stalk-app").exists():
+            (bin_dir / "stalk-app").replace(bin_dir / "stalk")
