@@ -213,12 +213,16 @@ class Ticker:
     # ---- one TaskQueue -------------------------------------------------------------------
     async def reconcile(self, state: TaskQueueState, stats: QueueStats, now: float, broker: BrokerLoop) -> None:
         cfg = state.config
-        labels = (cfg.namespace, cfg.name, cfg.queue)
+        series = state.series
+        if series is None or series.labels != (cfg.namespace, cfg.name, cfg.queue):
+            if series is not None:  # the queue name changed: drop the old series
+                self.metrics.forget(*series.labels)
+            series = state.series = self.metrics.for_taskqueue(cfg.namespace, cfg.name, cfg.queue)
         oldest = int(stats.oldest_wait_seconds or 0)
-        self.metrics.depth.labels(*labels).set(stats.waiting)
-        self.metrics.in_flight.labels(*labels).set(stats.in_flight)
-        self.metrics.scheduled.labels(*labels).set(stats.scheduled)
-        self.metrics.oldest_wait.labels(*labels).set(stats.oldest_wait_seconds or 0)
+        series.depth.set(stats.waiting)
+        series.in_flight.set(stats.in_flight)
+        series.scheduled.set(stats.scheduled)
+        series.oldest_wait.set(stats.oldest_wait_seconds or 0)
 
         conditions = state.status.get("conditions", [])
         if st.condition_status(conditions, st.METRICS_AVAILABLE) == "False":
@@ -247,8 +251,8 @@ class Ticker:
         if decision.replicas != target.replicas and not cfg.scaling.paused:
             if await self._scale(state, target, decision, broker, now):
                 replicas = decision.replicas
-        self.metrics.desired.labels(*labels).set(decision.replicas)
-        self.metrics.current.labels(*labels).set(replicas)
+        series.desired.set(decision.replicas)
+        series.current.set(replicas)
 
         conditions = st.set_condition(conditions, st.READY, True, "Scaling",
                                       f"scaling {cfg.target.kind} {cfg.target.name}", now=now, generation=cfg.generation)

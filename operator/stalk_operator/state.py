@@ -28,6 +28,8 @@ class TaskQueueState:
     target_checked_at: float = float("-inf")
     target_missing: bool = False
     last_scale_time: str | None = None
+    # This TaskQueue's Prometheus series, looked up once (set by the tick loop).
+    series: Any = None
     # The status on the object as the watch last delivered it: what a new leader resumes from.
     seen_status: dict[str, Any] = field(default_factory=dict)
 

@@ -41,13 +41,13 @@ def set_condition(
             out.append(dict(cond))
             continue
         found = True
-        same = cond.get("status") == value
+        same = cond.get("status") == value and "lastTransitionTime" in cond
         out.append({
             "type": type_,
             "status": value,
             "reason": reason,
             "message": message,
-            "lastTransitionTime": cond.get("lastTransitionTime", utc_iso(now)) if same else utc_iso(now),
+            "lastTransitionTime": cond["lastTransitionTime"] if same else utc_iso(now),
             "observedGeneration": generation,
         })
     if not found:
