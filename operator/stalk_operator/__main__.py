@@ -62,7 +62,7 @@ async def run(settings: OperatorSettings) -> None:
             ready_flag=kopf_ready,
         )
     finally:
-        for task in reversed(background):  # stop the ticker first, then give the lease up
+        for task in background:  # the ticker stops first, then the lease is given up
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
