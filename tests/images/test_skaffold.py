@@ -180,26 +180,30 @@ def test_local_profile_never_pushes():
 
 # --- skaffold itself ----------------------------------------------------------------------------
 
-def test_skaffold_reads_and_renders_it():
+def test_skaffold_reads_and_renders_it(tmp_path):
     binary = skaffold_binary()
     if binary is None:
         pytest.skip("no skaffold binary: `make tools-bins` builds it from Go modules")
     helm = BIN_DIR / "helm"
-    env = {"PATH": f"{helm.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(REPO / ".cluster"),
+    env = {"PATH": f"{helm.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
            "SKAFFOLD_UPDATE_CHECK": "false", "SKAFFOLD_COLLECT_METRICS": "false"}
     diagnose = subprocess.run([str(binary), "diagnose", "--yaml-only", "--filename", str(SKAFFOLD_YAML)],
                               capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert diagnose.returncode == 0, diagnose.stderr
     assert "apiVersion: skaffold/" in diagnose.stdout
 
-    for profile in ([], ["--profile", "local"]):
+    for profile, pull_policy in (([], "IfNotPresent"), (["--profile", "local"], "Never")):
+        out = tmp_path / f"rendered{len(profile)}.yaml"
         render = subprocess.run(
             [str(binary), "render", "--offline=true", "--digest-source=none", "--images", "stalk=stalk:dev",
-             "--filename", str(SKAFFOLD_YAML), *profile],
+             "--filename", str(SKAFFOLD_YAML), "--output", str(out), *profile],
             capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-        assert render.returncode == 0, render.stderr
-        objects = [o for o in yaml.safe_load_all(render.stdout) if o]
-        images = {c["image"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")
-                  for c in o["spec"]["template"]["spec"]["containers"] if "stalk" in c["image"]}
-        assert images == {"stalk:dev"}, images
+        assert render.returncode == 0, render.stdout + render.stderr
+        objects = [o for o in yaml.safe_load_all(out.read_text()) if o]
+        containers = [c for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")
+                      for c in o["spec"]["template"]["spec"]["containers"] if c["image"].startswith("stalk")]
+        assert containers and {c["image"] for c in containers} == {"stalk:dev"}
+        assert {c["imagePullPolicy"] for c in containers} == {pull_policy}
+        # Synced files must be writable in the dev pods.
+        assert {c["securityContext"]["readOnlyRootFilesystem"] for c in containers} == {False}
         assert any(o["kind"] == "Service" and o["metadata"]["name"] == "stalk-api" for o in objects)
