@@ -144,6 +144,19 @@ def make_pki(pki):
     issue("controller-manager", "/CN=system:kube-controller-manager", client)
     issue("scheduler", "/CN=system:kube-scheduler", client)
     issue("kwok", "/O=system:masters/CN=kwok", client)
+    # The aggregation layer ("front proxy") has its own CA, as in kubeadm: the API
+    # server presents front-proxy-client when proxying to aggregated API servers,
+    # and the controller-manager and scheduler read this CA to trust such requests
+    # (without it they log "missing content for CA bundle" forever).
+    openssl("req", "-x509", *ec, "-keyout", "front-proxy-ca.key", "-out", "front-proxy-ca.crt",
+            "-days", "3650", "-subj", "/CN=stalk-test-front-proxy-ca", cwd=pki)
+    with open(os.path.join(pki, "front-proxy-client.ext"), "w") as f:
+        f.write(client)
+    openssl("req", "-new", *ec, "-keyout", "front-proxy-client.key", "-out", "front-proxy-client.csr",
+            "-subj", "/CN=front-proxy-client", cwd=pki)
+    openssl("x509", "-req", "-in", "front-proxy-client.csr", "-CA", "front-proxy-ca.crt",
+            "-CAkey", "front-proxy-ca.key", "-CAcreateserial", "-days", "3650",
+            "-extfile", "front-proxy-client.ext", "-out", "front-proxy-client.crt", cwd=pki)
     # The API server verifies service-account tokens with sa.pub; the
     # controller-manager and the API server's TokenRequest sign them with sa.key.
     openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
@@ -282,6 +295,13 @@ def component_args(state, bin_dir, ports):
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
             f"--client-ca-file={pki}/ca.crt",
+            f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+            f"--proxy-client-key-file={pki}/front-proxy-client.key",
             "--authorization-mode=Node,RBAC",
             # The default plugin set (NamespaceLifecycle, LimitRanger, ServiceAccount,
             # DefaultTolerationSeconds, ResourceQuota, Priority, webhooks, ...) plus
