@@ -228,6 +228,12 @@ def test_leader_election_one_acts_and_a_standby_takes_over(cluster, start_operat
     push(celery_client, 10)
     poll(lambda: cluster.replicas("workers") == 4, timeout=30, what="the new leader scaling to 4")
 
+    # A leader stopped the ordinary way gives the lease up: the next standby need not wait it out.
+    third = start_operator()
+    assert not third.is_leader()
+    standby.stop(signal.SIGTERM)
+    poll(third.is_leader, timeout=5, interval=0.2, what="the third operator leading at once after a release")
+
 
 def test_scale_down_removes_idle_pods_and_keeps_busy_ones(cluster, start_operator, celery_client, redis_urls, tmp_path):
     """Real Celery workers named after the kwok pods; the ones running long tasks must survive."""
