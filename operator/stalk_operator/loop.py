@@ -155,6 +155,19 @@ class Ticker:
         self.metrics.taskqueues.set(len(self.registry))
 
         now = self.clock()
+        # Two TaskQueues scaling one workload would fight over its replicas: neither may act.
+        by_target: dict[tuple[str, str, str], list[TaskQueueState]] = {}
+        for state in self.registry:
+            cfg = state.config
+            by_target.setdefault((cfg.namespace, cfg.target.kind, cfg.target.name), []).append(state)
+        for sharing in by_target.values():
+            for state in sharing:
+                others = sorted(s.config.name for s in sharing if s is not state)
+                state.target_conflict = (
+                    f"{state.config.target.kind} {state.config.target.name} is also scaled by TaskQueue "
+                    f"{', '.join(others)}; only one TaskQueue may scale a workload" if others else None
+                )
+
         groups: dict[BrokerKey, list[TaskQueueState]] = {}
         for state in self.registry:
             url = await self.resolve_broker(state, now)
@@ -233,6 +246,13 @@ class Ticker:
             "depth": stats.waiting, "inFlight": stats.in_flight, "scheduled": stats.scheduled,
             "oldestWaitSeconds": oldest, "observedGeneration": cfg.generation,
         }
+
+        if state.target_conflict:
+            conditions = st.set_condition(conditions, st.READY, False, "TargetConflict", state.target_conflict,
+                                          now=now, generation=cfg.generation)
+            await self.write_status(state, {**measured, "conditions": conditions,
+                                            "lastDecision": f"TargetConflict: {state.target_conflict}"}, now)
+            return
 
         target = await self._target(state, now)
         if target is None:

@@ -27,6 +27,8 @@ class TaskQueueState:
     broker_problem: str | None = None
     target_checked_at: float = float("-inf")
     target_missing: bool = False
+    # Set when another TaskQueue names the same workload (then neither scales it).
+    target_conflict: str | None = None
     last_scale_time: str | None = None
     # This TaskQueue's Prometheus series, looked up once (set by the tick loop).
     series: Any = None

@@ -168,3 +168,17 @@ def test_missing_target_is_reported(redis_urls):
     tick(ticker)
     cond = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == st.READY)
     assert (cond["status"], cond["reason"]) == ("False", "TargetNotFound") and "nowhere" in cond["message"]
+
+
+def test_two_taskqueues_on_one_workload_both_refuse_to_scale(redis_urls, producer):
+    kube = RecordingKube(replicas={"workers": 0})
+    ticker, registry = make_ticker(kube)
+    registry.upsert(parse_taskqueue(body("q-a", redis_urls[0])), None)
+    registry.upsert(parse_taskqueue(body("q-b", redis_urls[0])), None)
+    for _ in range(20):
+        producer.send_task("demo.send", queue="q-a")
+    tick(ticker)
+    assert kube.scales == []
+    for name, other in (("q-a", "q-b"), ("q-b", "q-a")):
+        cond = next(c for c in registry.get(("ns", name)).status["conditions"] if c["type"] == st.READY)
+        assert (cond["status"], cond["reason"]) == ("False", "TargetConflict") and other in cond["message"]
