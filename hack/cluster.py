@@ -470,9 +470,10 @@ def cmd_up(args):
                  lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default"),
                  deadline, state, procs)
     except BaseException:
-        log(f"start failed; stopping what was started (logs in {state.logs})")
+        log(f"start failed; stopped what was started. Logs: {state.logs}; "
+            f"`python3 hack/cluster.py down --state-dir {state.root}` removes the state")
         # Signal our children directly: one may not have exec'd yet, and then its
-        # command line does not name the state dir that stop() checks for.
+        # command line does not name the state dir that stop_and_remove() checks for.
         for name in reversed(list(procs)):
             terminate(name, procs[name])
         raise
@@ -491,7 +492,7 @@ def terminate(name, proc, grace=10.0):
         proc.wait()
 
 
-def stop(state, remove=True, grace=10.0):
+def stop_and_remove(state, grace=10.0):
     info = state.load()
     pids = (info or {}).get("pids", {})
     # One at a time, clients before servers: an API server whose etcd is already
@@ -507,7 +508,7 @@ def stop(state, remove=True, grace=10.0):
         if alive(pid, state.root):
             log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
             os.kill(pid, signal.SIGKILL)
-    if remove and os.path.isdir(state.root):
+    if os.path.isdir(state.root):
         # bin/ only holds links to the build cache; keep it so the next `up` needs no build.
         for entry in os.listdir(state.root):
             if entry != "bin":
@@ -520,8 +521,9 @@ def stop(state, remove=True, grace=10.0):
 def cmd_down(args):
     state = State(args.state_dir)
     if not os.path.exists(state.info):
-        log(f"no cluster in {state.root}")
-    stop(state)
+        log(f"no cluster in {state.root}; nothing to stop")
+        return
+    stop_and_remove(state)
     log(f"stopped; removed the state in {state.root}")
 
 
