@@ -151,23 +151,59 @@ def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_
     assert sorted(yaml.safe_load(queue_table)) == ["classification", "default", "reports", "summarization"]
 
     # --- uninstall: nothing of the release is left in the namespace or the cluster; the CRD stays
+    _uninstall_leaves_only_the_crd(helm_kube, kube, ns)
+
+
+def _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str]] = frozenset()):
     helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
     namespaced = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout.split()
-    # What Kubernetes itself puts in every namespace, and what the namespace's own controllers leave.
-    expected = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
+    # What Kubernetes itself puts in every namespace, and what the test created itself.
+    expected = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt"), *keep}
     skip = {"events", "events.events.k8s.io"}
 
-    def leftovers():
-        items = _json(kube, "get", ",".join(r for r in namespaced if r not in skip), namespace=ns)["items"]
-        return [(i["kind"], i["metadata"]["name"]) for i in items if (i["kind"], i["metadata"]["name"]) not in expected]
-
     def nothing_left():
-        left = leftovers()
+        items = _json(kube, "get", ",".join(r for r in namespaced if r not in skip), namespace=ns)["items"]
+        left = [(i["kind"], i["metadata"]["name"]) for i in items if (i["kind"], i["metadata"]["name"]) not in expected]
         assert not left, f"left behind: {left}"
         return True
 
     poll(nothing_left, timeout=120, what="the release's objects to be gone")
-    cluster_scoped = _json(kube, "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
-                           namespace=None)["items"]
-    assert [i for i in cluster_scoped if ns in i["metadata"]["name"]] == []
+    cluster_scoped = _json(kube, "get", "clusterroles,clusterrolebindings", namespace=None)["items"]
+    assert [i["metadata"]["name"] for i in cluster_scoped if i["metadata"]["name"].startswith(f"{ns}-")] == []
     kube.kubectl("get", "crd", "taskqueues.stalk.dev")
+
+
+EXTERNAL_SECRET = {
+    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stalk-external"},
+    "stringData": {"broker-url": "redis://:pw@redis.example:6379/0", "result-backend-url": "redis://:pw@redis.example:6379/1",
+                   "database-url": "postgresql+psycopg://stalk:pw@db.example:5432/stalk", "api-tokens": "t0ken\n"},
+}
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if not s.name.startswith("01-")],
+                         ids=[i for i in SCENARIO_IDS if not i.startswith("01-")])
+def test_each_scenario_installs_rolls_out_and_uninstalls_cleanly(crds, helm_kube, kube_namespace, scenario):
+    ns, kube = kube_namespace, crds
+    keep = set()
+    if scenario.name.startswith("03-"):  # the Secret an external-services user creates first
+        kube.kubectl("apply", "-f", "-", namespace=ns, input=json.dumps(EXTERNAL_SECRET))
+        keep.add(("Secret", "stalk-external"))
+    out = helm_kube.run("install", RELEASE, str(CHART), "--namespace", ns, "-f", str(scenario), *IMAGE,
+                        "--set", "redis.persistence.enabled=false", "--set", "postgresql.persistence.enabled=false",
+                        "--wait", "--timeout", "180s").stdout
+    assert "STATUS: deployed" in out
+    poll(lambda: _rolled_out(kube, ns), timeout=120, what="every Deployment rolled out")
+    manifest = [d for d in yaml.safe_load_all(helm_kube.run("get", "manifest", RELEASE, "--namespace", ns).stdout) if d]
+    expected_queues = sorted(d["spec"]["queue"] for d in manifest if d["kind"] == "TaskQueue")
+    live_queues = sorted(t["spec"]["queue"] for t in _json(kube, "get", "taskqueues", namespace=ns)["items"])
+    assert live_queues == expected_queues
+    kinds = {d["kind"] for d in manifest}
+    if scenario.name.startswith("02-"):  # the monitoring CRDs are served, so the chart created its objects
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Ingress", "HorizontalPodAutoscaler"} <= kinds
+        assert live_queues == ["default", "gpu_jobs.v2"]
+    if scenario.name.startswith("04-"):
+        assert live_queues == [] and "ClusterRole" in kinds
+        workers = _worker_deployments(kube, ns)
+        assert {q: d["spec"]["replicas"] for q, d in workers.items()} == {
+            "default": 1, "classification": 1, "summarization": 1, "notifications": 1}
+    _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep)

@@ -127,7 +127,7 @@ def test_a_queue_overrides_the_worker_pod_shape(rendered):
     deployment = by_kind(rendered["02-everything-on"], "Deployment")["stalk-worker-gpu-jobs-v2"]
     spec = deployment["spec"]["template"]["spec"]
     assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
-    assert spec["nodeSelector"] == {"stalk.dev/pool": "gpu"}
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert {"name": "STALK_TASK_MODULES", "value": "myapp.embeddings"} in spec["containers"][0]["env"]
     assert deployment["spec"]["template"]["metadata"]["annotations"]["stalk.dev/team"] == "ml"
