@@ -33,10 +33,11 @@ def total(samples, name: str) -> float:
 def test_counts_match_what_ran_across_recycled_prefork_children(stack_factory):
     port = free_port()
     with stack_factory() as stack:
-        stack.start_worker("default", concurrency=2, env={
+        stack.start_worker("default,notifications", concurrency=2, name="metrics", env={
             **FAST_RETRIES, "STALK_WORKER_METRICS_PORT": str(port), "STALK_WORKER_MAX_TASKS_PER_CHILD": "2"})
         ids = [stack.submit("stalk.health_check") for _ in range(5)]
-        ids += [stack.submit("stalk.echo", args=[1]), stack.submit("stalk.fail")]
+        ids += [stack.submit("stalk.echo", args=[1]), stack.submit("stalk.fail"),
+                stack.submit("stalk.echo", args=[2], queue="notifications")]
         for task_id in ids:
             stack.wait_for(task_id, timeout=60)
 
@@ -44,25 +45,28 @@ def test_counts_match_what_ran_across_recycled_prefork_children(stack_factory):
             # SUCCESS is recorded by task_success, just before task_postrun ends the runtime.
             samples = scrape(port)
             done = value(samples, "stalk_worker_task_runtime_seconds_count", task="stalk.fail", queue="default")
-            return samples if done == 2 and total(samples, "stalk_worker_task_runtime_seconds_count") == 8 else None
+            return samples if done == 2 and total(samples, "stalk_worker_task_runtime_seconds_count") == 9 else None
 
-        s = wait_until(settled, timeout=30, what="the runtime histogram to count all eight runs")
+        s = wait_until(settled, timeout=30, what="the runtime histogram to count all nine runs")
         hc = {"task": "stalk.health_check", "queue": "default"}
         fail = {"task": "stalk.fail", "queue": "default"}
         assert value(s, "stalk_worker_tasks_received_total", **hc) == 5
         assert value(s, "stalk_worker_tasks_started_total", **hc) == 5
         assert value(s, "stalk_worker_tasks_succeeded_total", **hc) == 5
         assert value(s, "stalk_worker_tasks_succeeded_total", task="stalk.echo", queue="default") == 1
+        # The queue label is the queue the task was delivered from.
+        assert value(s, "stalk_worker_tasks_succeeded_total", task="stalk.echo", queue="notifications") == 1
         # stalk.fail runs twice (one retry, re-published and received again), then fails for good.
         assert value(s, "stalk_worker_tasks_received_total", **fail) == 2
         assert value(s, "stalk_worker_tasks_started_total", **fail) == 2
         assert value(s, "stalk_worker_tasks_retried_total", **fail) == 1
         assert value(s, "stalk_worker_tasks_failed_total", **fail) == 1
         assert total(s, "stalk_worker_tasks_failed_total") == 1
-        assert total(s, "stalk_worker_tasks_succeeded_total") == 6
+        assert total(s, "stalk_worker_tasks_succeeded_total") == 7
         assert total(s, "stalk_worker_tasks_in_flight") == 0
-        assert value(s, "stalk_worker_up", worker="default-0@test", queue="default") == 1
-        assert value(s, "stalk_worker_concurrency", worker="default-0@test") == 2
+        assert value(s, "stalk_worker_up", worker="metrics@test", queue="default") == 1
+        assert value(s, "stalk_worker_up", worker="metrics@test", queue="notifications") == 1
+        assert value(s, "stalk_worker_concurrency", worker="metrics@test") == 2
         assert not [name for name, _ in s if name.startswith("celery_")], "celery-exporter's names are not used"
 
         # A running task shows in flight; terminating it counts a revocation and the killed

@@ -33,11 +33,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery import Celery, signals
 from pydantic import Field
 
 from stalk_workers.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +65,16 @@ class MetricsSettings(Settings):
 
 @dataclass
 class _Metrics:
-    received: object
-    started: object
-    succeeded: object
-    failed: object
-    retried: object
-    revoked: object
-    runtime: object
-    in_flight: object
-    up: object
-    concurrency: object
+    received: Counter
+    started: Counter
+    succeeded: Counter
+    failed: Counter
+    retried: Counter
+    revoked: Counter
+    runtime: Histogram
+    in_flight: Gauge
+    up: Gauge
+    concurrency: Gauge
 
 
 class _State:
@@ -249,14 +253,15 @@ def _on_worker_shutdown(**_) -> None:
 
 # --- task signals (prefork: received/revoked in the main process, the rest in the children) --
 
-def _queue_of(request, task=None) -> str:
+def _queue_of(request, task_id: str | None = None, *, final: bool = False) -> str:
+    """The queue a task came from: its delivery info, else what the main process saw on receipt."""
     delivery = getattr(request, "delivery_info", None) or {}
-    queue = delivery.get("routing_key")
-    if queue:
-        return queue
-    task_id = getattr(request, "id", None)
+    if delivery.get("routing_key"):
+        return delivery["routing_key"]
+    task_id = task_id or getattr(request, "id", None)
     with _state.lock:
-        return _state.queues.get(task_id) or "unknown"
+        queue = _state.queues.pop(task_id, None) if final else _state.queues.get(task_id)
+    return queue or "unknown"
 
 
 def _guarded(handler):
@@ -308,9 +313,7 @@ def _on_success(m: _Metrics, sender=None, **_) -> None:
 def _on_failure(m: _Metrics, sender=None, task_id=None, **_) -> None:
     # Fired only when Celery gives up (a retry raises Retry instead): in the child for an
     # exception, in the main process for a hard time limit or a lost child.
-    request = sender.request
-    queue = _queue_of(request) if getattr(request, "delivery_info", None) else _remembered_queue(task_id)
-    m.failed.labels(sender.name, queue).inc()
+    m.failed.labels(sender.name, _queue_of(sender.request, task_id, final=True)).inc()
 
 
 @_guarded
@@ -321,11 +324,4 @@ def _on_retry(m: _Metrics, sender=None, request=None, **_) -> None:
 @_guarded
 def _on_revoked(m: _Metrics, sender=None, request=None, **_) -> None:
     name = getattr(sender, "name", None) or getattr(request, "task", None) or "unknown"
-    queue = _queue_of(request) if getattr(request, "delivery_info", None) else _remembered_queue(
-        getattr(request, "id", None))
-    m.revoked.labels(name, queue).inc()
-
-
-def _remembered_queue(task_id: str | None) -> str:
-    with _state.lock:
-        return _state.queues.pop(task_id, None) or "unknown"
+    m.revoked.labels(name, _queue_of(request, final=True)).inc()
