@@ -34,7 +34,7 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --python python3
 	@touch $@
 
-system-deps: ## Install the Debian packages the tests need (redis-server, postgresql), if missing
+system-deps: ## Install the Debian packages the tests need (redis-server, postgresql, prometheus), if missing
 	@hack/system-deps.sh
 
 bench: venv system-deps ## Run the benchmarks (prints ratios against baselines measured in the same run)
@@ -47,3 +47,4 @@ clean: ## Remove the virtualenv, local state and caches (not the cached Kubernet
 	rm -rf $(VENV) $(TOOLS) .run .pytest_cache .hypothesis
 
 -include hack/cluster.mk
+-include charts/stalk.mk

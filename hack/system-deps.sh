@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real: Redis and PostgreSQL servers.
+# Installs the Debian packages the test suite runs for real: Redis and PostgreSQL servers, and
+# Prometheus (a real server for the dashboard test, promtool for the alert rules).
 # Only what is missing is installed; `apt-get update` runs once, and only when needed.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v runuser >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -23,3 +25,4 @@ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts the packaged servers as services; the tests start their own on free ports.
 (service redis-server stop || true) >/dev/null 2>&1
 (service postgresql stop || true) >/dev/null 2>&1
+(service prometheus stop || true) >/dev/null 2>&1

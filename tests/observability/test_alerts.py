@@ -24,7 +24,7 @@ PENDING = {"stalk_taskqueue_max_replicas"}
 def promtool(*args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is not installed: run hack/install-prometheus.sh (Debian's prometheus package)")
+        pytest.fail("promtool is not installed: run `make system-deps` (Debian's prometheus package)")
     return subprocess.run([binary, *args], capture_output=True, text=True, cwd=FILES, timeout=60)
 
 

@@ -170,7 +170,7 @@ def prometheus_config(namespace: str, api: int, worker: int, operator: int) -> d
 def test_every_panel_query_returns_data_from_a_real_prometheus(kube_cluster, kube_namespace, redis_server, tmp_path):
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.fail("prometheus is not installed: run hack/install-prometheus.sh (Debian's prometheus package)")
+        pytest.fail("prometheus is not installed: run `make system-deps` (Debian's prometheus package)")
     ns = kube_namespace
     broker, backend = fresh_redis_pair(redis_server)
     api_port, worker_port, operator_port, prom_port = (free_port() for _ in range(4))

@@ -68,7 +68,9 @@ class DevStack:
         if "STALK_DATABASE_URL" not in os.environ:
             database = f"sqlite:///{(self.run_dir / 'stalk.db').resolve()}"
         self.env = {**os.environ, "STALK_BROKER_URL": broker, "STALK_RESULT_BACKEND": backend,
-                    "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1"}
+                    "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1",
+                    # Many local workers would compete for one metrics port; the API has /metrics.
+                    "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0")}
         from stalk_workers.records import db
 
         db.upgrade(database)
