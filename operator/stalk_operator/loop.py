@@ -236,6 +236,8 @@ class Ticker:
         series.in_flight.set(stats.in_flight)
         series.scheduled.set(stats.scheduled)
         series.oldest_wait.set(stats.oldest_wait_seconds or 0)
+        series.min_replicas.set(cfg.scaling.min_replicas)
+        series.max_replicas.set(cfg.scaling.max_replicas)
 
         conditions = state.status.get("conditions", [])
         if st.condition_status(conditions, st.METRICS_AVAILABLE) == "False":

@@ -20,6 +20,8 @@ class TaskQueueSeries:
     oldest_wait: Gauge
     desired: Gauge
     current: Gauge
+    min_replicas: Gauge
+    max_replicas: Gauge
 
 
 class OperatorMetrics:
@@ -37,6 +39,11 @@ class OperatorMetrics:
                              registry=r)
         self.current = Gauge("stalk_taskqueue_current_replicas", "Replicas the scale target has.", _TQ_LABELS,
                              registry=r)
+        # The limits, so that alerts can tell "at the maximum" from "scaling".
+        self.min_replicas = Gauge("stalk_taskqueue_min_replicas", "spec.minReplicas of the TaskQueue.", _TQ_LABELS,
+                                  registry=r)
+        self.max_replicas = Gauge("stalk_taskqueue_max_replicas", "spec.maxReplicas of the TaskQueue.", _TQ_LABELS,
+                                  registry=r)
         self.scale_events = Counter("stalk_operator_scale_events_total", "Scale patches applied, by direction.",
                                     ("direction",), registry=r)
         self.tick_duration = Histogram(
@@ -59,11 +66,13 @@ class OperatorMetrics:
             depth=self.depth.labels(*labels), in_flight=self.in_flight.labels(*labels),
             scheduled=self.scheduled.labels(*labels), oldest_wait=self.oldest_wait.labels(*labels),
             desired=self.desired.labels(*labels), current=self.current.labels(*labels),
+            min_replicas=self.min_replicas.labels(*labels), max_replicas=self.max_replicas.labels(*labels),
         )
 
     def forget(self, namespace: str, name: str, queue: str) -> None:
         """Drop the series of a TaskQueue that was deleted."""
-        for gauge in (self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.desired, self.current):
+        for gauge in (self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.desired, self.current,
+                      self.min_replicas, self.max_replicas):
             try:
                 gauge.remove(namespace, name, queue)
             except KeyError:

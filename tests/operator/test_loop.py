@@ -103,6 +103,11 @@ def test_backlog_scales_up_with_an_event_and_status(redis_urls, producer):
     assert written["depth"] == 11 and written["replicas"] == 3 and written["desiredReplicas"] == 3
     assert st.condition_status(written["conditions"], st.READY) == "True"
     assert "policyHistory" in written and written["lastScaleTime"] == st.utc_iso(NOW)
+    samples = {(m.name, s.labels.get("taskqueue")): s.value
+               for m in ticker.metrics.registry.collect() for s in m.samples}
+    assert samples[("stalk_taskqueue_depth", "emails")] == 11
+    assert samples[("stalk_taskqueue_desired_replicas", "emails")] == 3
+    assert samples[("stalk_taskqueue_max_replicas", "emails")] == 5
 
 
 def test_status_is_written_only_when_a_shown_value_changes(redis_urls, producer):
