@@ -20,6 +20,17 @@ HELM = REPO / ".cluster" / "bin" / "helm"
 HELM_PLUGINS = REPO / ".cluster" / "helm-plugins"
 # Minimal, schema-less CRDs of the Prometheus Operator kinds the chart renders (see fixtures/).
 MONITORING_CRDS = Path(__file__).parent / "fixtures" / "monitoring-crds.yaml"
+CRD = CHART / "crds" / "taskqueues.stalk.dev.yaml"
+RELEASE = "stalk"
+# Any image: kwok never pulls it.
+IMAGE = ["--set", "image.repository=registry.invalid/stalk", "--set", "image.tag=test"]
+# The Secret a user of ci/03-external-services-values.yaml creates before installing.
+EXTERNAL_SECRET = {
+    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stalk-external"},
+    "stringData": {"broker-url": "redis://:pw@redis.example:6379/0", "result-backend-url": "redis://:pw@redis.example:6379/1",
+                   "database-url": "postgresql+psycopg://stalk:pw@db.example:5432/stalk", "api-tokens": "t0ken\n"},
+}
+
 
 
 def pytest_configure(config):
@@ -90,3 +101,21 @@ def helm(tmp_path_factory) -> Iterator[Helm]:
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
     """Objects of one kind, by name."""
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+@pytest.fixture(scope="session")
+def crds(kube_cluster):
+    """The TaskQueue CRD (as the chart ships it) and the schema-less monitoring CRDs, established."""
+    for path in (CRD, MONITORING_CRDS):
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    names = ["taskqueues.stalk.dev", "servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com",
+             "prometheusrules.monitoring.coreos.com"]
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return kube_cluster
+
+
+@pytest.fixture
+def helm_kube(helm, kube_cluster):
+    """helm pointed at the test cluster."""
+    helm.env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
+    return helm

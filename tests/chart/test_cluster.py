@@ -14,34 +14,12 @@ import json
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, MONITORING_CRDS, SCENARIOS
+from tests.chart.conftest import CHART, EXTERNAL_SECRET, IMAGE, RELEASE, SCENARIOS
 from tests.fixtures.kube import poll
 
 pytestmark = pytest.mark.cluster
 
 SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
-CRD = CHART / "crds" / "taskqueues.stalk.dev.yaml"
-# Any image: kwok never pulls it.
-IMAGE = ["--set", "image.repository=registry.invalid/stalk", "--set", "image.tag=test"]
-RELEASE = "stalk"
-
-
-@pytest.fixture(scope="module")
-def crds(kube_cluster):
-    """The TaskQueue CRD (as the chart ships it) and the schema-less monitoring CRDs, established."""
-    for path in (CRD, MONITORING_CRDS):
-        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    names = ["taskqueues.stalk.dev", "servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com",
-             "prometheusrules.monitoring.coreos.com"]
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
-    return kube_cluster
-
-
-@pytest.fixture
-def helm_kube(helm, kube_cluster):
-    """helm pointed at the test cluster."""
-    helm.env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
-    return helm
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
@@ -173,11 +151,6 @@ def _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str
     kube.kubectl("get", "crd", "taskqueues.stalk.dev")
 
 
-EXTERNAL_SECRET = {
-    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stalk-external"},
-    "stringData": {"broker-url": "redis://:pw@redis.example:6379/0", "result-backend-url": "redis://:pw@redis.example:6379/1",
-                   "database-url": "postgresql+psycopg://stalk:pw@db.example:5432/stalk", "api-tokens": "t0ken\n"},
-}
 
 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if not s.name.startswith("01-")],

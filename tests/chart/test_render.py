@@ -161,7 +161,11 @@ def test_the_chart_default_queues_are_the_builtin_queue_table(tmp_path):
 
 def test_the_operator_is_namespaced_by_default_and_cluster_wide_when_asked(rendered):
     default, wide = rendered["01-defaults"], rendered["04-cluster-wide"]
-    assert by_kind(default, "ClusterRole") == {} and by_kind(default, "ClusterRoleBinding") == {}
+    # Namespaced: cluster-wide only what kopf reads to observe namespaces and CRDs.
+    discovery = by_kind(default, "ClusterRole")
+    assert list(discovery) == ["stalk-stalk-operator-discovery"]
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} and r["resources"] in (["namespaces"], ["customresourcedefinitions"])
+               for r in discovery["stalk-stalk-operator-discovery"]["rules"])
     role = by_kind(default, "Role")["stalk-operator"]
     secrets = next(r for r in role["rules"] if r["resources"] == ["secrets"])
     assert secrets == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["stalk-redis"]}

@@ -97,6 +97,17 @@ stalk.dev/queue: {{ .queue | quote }}
 {{- end -}}
 {{- end -}}
 
+{{/* stalk.operator.discoveryRules: the read-only cluster-scoped rules kopf needs to observe namespaces and CRDs. */}}
+{{- define "stalk.operator.discoveryRules" -}}
+# kopf observes namespaces (for its watch set) and CRDs (to notice the TaskQueue CRD), read-only.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end -}}
+
 {{/* stalk.redis.host: the built-in Redis Service's DNS name in the release namespace. */}}
 {{- define "stalk.redis.host" -}}
 {{- printf "%s.%s.svc" (include "stalk.componentName" (dict "ctx" . "component" "redis")) .Release.Namespace -}}
