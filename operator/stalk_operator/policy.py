@@ -27,6 +27,9 @@ TOLERANCE = 0.1
 # comes from the load, not from the current replicas, so it does not compound tick after tick
 # while new workers are still starting.
 MAX_WAIT_SCALE_FACTOR = 2.0
+# A gap between two decisions longer than this (and than both windows) means the decider was away:
+# an operator restart, a Redis outage, a pause. Several missed 1 s ticks, not one slow tick.
+AWAY_SECONDS = 10.0
 
 # Reasons, in CamelCase for Events and the status' lastDecision.
 PAUSED = "Paused"
@@ -91,9 +94,12 @@ class History:
 
     recommendations: list[tuple[float, int]] = field(default_factory=list)
     idle_since: float | None = None
+    # When decide() last ran for this queue; None before the first decision.
+    last_decision_at: float | None = None
 
     def to_dict(self) -> dict:
-        return {"recommendations": [[t, r] for t, r in self.recommendations], "idleSince": self.idle_since}
+        return {"recommendations": [[t, r] for t, r in self.recommendations], "idleSince": self.idle_since,
+                "lastDecisionAt": self.last_decision_at}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> History:
@@ -101,6 +107,7 @@ class History:
         return cls(
             recommendations=[(float(t), int(r)) for t, r in data.get("recommendations", [])],
             idle_since=None if data.get("idleSince") is None else float(data["idleSince"]),
+            last_decision_at=None if data.get("lastDecisionAt") is None else float(data["lastDecisionAt"]),
         )
 
 
@@ -127,10 +134,13 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
         # Paused: the replicas are left to people.
         return Decision(current, PAUSED, f"scaling is paused; keeping {current} replicas")
 
+    away = _was_away(history, now, spec)
+    history.last_decision_at = now
     _forget_old(history, now, spec)
-    if not history.recommendations:
-        # A fresh history (new queue, or an operator that lost or outlived its status) counts the
+    if away and not history.recommendations:
+        # A fresh history (new queue, or a decider that lost or outlived its status) counts the
         # current replicas as a first recommendation: nobody is scaled away before one window.
+        # Not so when the windows are merely shorter than the poll interval: then there is none.
         history.recommendations.append((now, current))
     recommended, reason = recommend(obs, spec)
     replicas = stabilize(recommended, current, history, now, spec)
@@ -228,6 +238,13 @@ def ceil_div(a: int, b: int) -> int:
 def _waited_too_long(obs: Observation, spec: ScalingSpec) -> bool:
     return (spec.max_wait_seconds is not None and obs.waiting > 0 and obs.oldest_wait_seconds is not None
             and obs.oldest_wait_seconds > spec.max_wait_seconds)
+
+
+def _was_away(history: History, now: float, spec: ScalingSpec) -> bool:
+    if history.last_decision_at is None:
+        return True
+    keep = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
+    return now - history.last_decision_at > max(keep, AWAY_SECONDS)
 
 
 def _forget_old(history: History, now: float, spec: ScalingSpec) -> None:

@@ -115,6 +115,25 @@ def test_rule(spec, history, observation, replicas, reason):
     assert decision.limited == (reason in (AT_MAX_REPLICAS, AT_MIN_REPLICAS, SCALE_STEP_LIMITED))
 
 
+def test_a_window_shorter_than_the_poll_interval_still_scales_down():
+    # Regression: every tick used to find its history expired and held the current replicas anew.
+    spec, history = replace(SPEC, scale_down=Behavior(1)), History()
+    replicas = decide(obs(waiting=50, current=1), spec, history, NOW).replicas
+    assert replicas == 5
+    for tick in range(1, 5):
+        replicas = decide(obs(waiting=0, in_flight=10, current=replicas), spec, history, NOW + tick).replicas
+    assert replicas == 1
+
+
+def test_after_a_long_gap_the_current_replicas_are_held_for_one_window():
+    spec, history = SPEC, History()
+    decide(obs(waiting=50, current=1), spec, history, NOW)
+    # The decider was away for ten minutes (an outage): one quiet tick must not scale down.
+    assert decide(obs(waiting=0, in_flight=10, current=5), spec, history, NOW + 600).replicas == 5
+    assert decide(obs(waiting=0, in_flight=10, current=5), spec, history, NOW + 630).replicas == 5
+    assert decide(obs(waiting=0, in_flight=10, current=5), spec, history, NOW + 661).replicas == 1
+
+
 def test_message_says_why_with_numbers():
     decision = decide(obs(waiting=37, current=1), replace(SPEC, tasks_per_replica=4), History(), NOW)
     assert decision.message == "37 waiting, 0 in flight at 4 per replica needs 10 replicas"
