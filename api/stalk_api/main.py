@@ -45,7 +45,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
         engine.dispose()
-        celery.pool.force_close_all()
+        # Not celery.pool.force_close_all(): kombu keeps producer pools in a process-wide registry
+        # keyed by broker URL, so a later app on the same URL would get a closed pool.
 
     app = FastAPI(
         title="stalk task API",
