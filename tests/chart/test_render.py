@@ -335,3 +335,15 @@ def test_values_that_contradict_each_other_fail_with_one_line_saying_why(helm, s
     proc = helm.run(*cmd, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_the_packaged_chart_carries_the_crd_and_the_test_hook_but_not_the_unit_tests(helm, tmp_path):
+    import tarfile
+
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("stalk-*.tgz")
+    names = set(tarfile.open(package).getnames())
+    assert "stalk/crds/taskqueues.stalk.dev.yaml" in names
+    assert "stalk/templates/tests/health-check.yaml" in names
+    assert "stalk/values.schema.json" in names and "stalk/README.md" in names
+    assert not [n for n in names if n.startswith(("stalk/tests/", "stalk/ci/"))]
