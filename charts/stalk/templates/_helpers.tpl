@@ -183,9 +183,9 @@ data:
   STALK_QUEUES_FILE: /etc/stalk/queues/queues.yaml
   STALK_TASK_MODULES: {{ .Values.config.taskModules | quote }}
   STALK_BROKER_KEY_PREFIX: {{ .Values.config.brokerKeyPrefix | quote }}
-  STALK_SOFT_TIME_LIMIT_SECONDS: {{ .Values.config.softTimeLimitSeconds | quote }}
-  STALK_HARD_TIME_LIMIT_SECONDS: {{ .Values.config.hardTimeLimitSeconds | quote }}
-  STALK_VISIBILITY_TIMEOUT_SECONDS: {{ .Values.config.visibilityTimeoutSeconds | quote }}
+  STALK_SOFT_TIME_LIMIT_SECONDS: {{ .Values.config.softTimeLimitSeconds | int64 | quote }}
+  STALK_HARD_TIME_LIMIT_SECONDS: {{ .Values.config.hardTimeLimitSeconds | int64 | quote }}
+  STALK_VISIBILITY_TIMEOUT_SECONDS: {{ .Values.config.visibilityTimeoutSeconds | int64 | quote }}
   STALK_RECORD_TASKS: {{ .Values.config.recordTasks | quote }}
   {{- if .Values.beat.enabled }}
   STALK_BEAT_SCHEDULE: {{ .Values.beat.schedule | toJson | quote }}
