@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ from stalk_operator.busy import CeleryInspector, active_tasks_by_pod, deletion_c
 from stalk_operator.config import OperatorSettings
 from stalk_operator.kube import KubeApi
 from stalk_operator.metrics import OperatorMetrics
-from stalk_operator.policy import Decision, Observation, decide
+from stalk_operator.policy import Decision, History, Observation, decide
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
 from stalk_workers.queue_reader import QueueReader, QueueStats
 
@@ -35,7 +36,20 @@ SUPERVISE_INTERVAL_SECONDS = 1.0
 # A Redis read that takes longer than this counts as a failed read, not a stalled tick.
 REDIS_TIMEOUT_SECONDS = 2.0
 
+# While a scale-down waits for busy workers, ask them again at most this often (each ask waits
+# for replies); just before the scale itself, ask afresh unless the answer is this recent.
+BUSY_RECHECK_SECONDS = 5.0
+BUSY_FRESH_SECONDS = 1.0
+
 BrokerKey = tuple[str, str]  # (url, key prefix)
+
+
+@dataclass(frozen=True)
+class BusyPods:
+    """A target's pods: their deletion-cost annotations, and tasks running on each (None: no answer)."""
+
+    costs: dict[str, str | None]
+    running: dict[str, int | None]
 
 
 def broker_label(url: str) -> str:
@@ -268,7 +282,15 @@ class Ticker:
             waiting=stats.waiting, in_flight=stats.in_flight,
             oldest_wait_seconds=stats.oldest_wait_seconds, current_replicas=target.replicas,
         )
+        history_before = History.from_dict(state.history.to_dict())
         decision = decide(observation, cfg.scaling, state.history, now)
+        if decision.replicas < target.replicas and cfg.drain and not cfg.scaling.paused:
+            busy = await self._busy_pods(state, broker, now, max_age=BUSY_RECHECK_SECONDS)
+            busy_replicas = sum(1 for running in busy.running.values() if running) if busy else 0
+            if busy_replicas > decision.replicas:
+                # Busy workers are not scaled away: decide this tick again, knowing how many are busy.
+                state.history = history_before
+                decision = decide(replace(observation, busy_replicas=busy_replicas), cfg.scaling, state.history, now)
         replicas = target.replicas
         if decision.replicas != target.replicas and not cfg.scaling.paused:
             if await self._scale(state, target, decision, broker, now):
@@ -351,22 +373,34 @@ class Ticker:
         )
         return True
 
-    async def _protect_busy_pods(self, state: TaskQueueState, broker: BrokerLoop) -> None:
-        """Give busy worker pods a high deletion cost and idle ones a low one, just before a scale-down."""
+    async def _busy_pods(self, state: TaskQueueState, broker: BrokerLoop, now: float,
+                         max_age: float) -> BusyPods | None:
+        """The target's pods and how many tasks each runs, asked of the workers at most every ``max_age`` s."""
+        if state.busy is not None and now - state.busy_checked_at <= max_age:
+            return state.busy
         cfg = state.config
         scale = await asyncio.to_thread(self.kube.read_scale, cfg.namespace, cfg.target.kind, cfg.target.name)
         if scale is None or not scale.selector:
-            return
+            return None
         pods = await asyncio.to_thread(self.kube.pod_costs, cfg.namespace, scale.selector)
         if not pods:
-            return
+            return None
         try:
             active = await asyncio.to_thread(broker.inspector(self.settings.inspect_timeout_seconds).active)
         except Exception as exc:  # noqa: BLE001 - without an answer, scale down as Kubernetes would
             log.warning("TaskQueue %s/%s: cannot ask workers what they run: %s", cfg.namespace, cfg.name, exc)
+            return None
+        state.busy, state.busy_checked_at = BusyPods(costs=pods, running=active_tasks_by_pod(active, pods)), now
+        return state.busy
+
+    async def _protect_busy_pods(self, state: TaskQueueState, broker: BrokerLoop) -> None:
+        """Give busy worker pods a high deletion cost and idle ones a low one, just before a scale-down."""
+        cfg = state.config
+        # Fresh within this tick: a task may have started on an "idle" pod since the last look.
+        busy = await self._busy_pods(state, broker, time.time(), max_age=BUSY_FRESH_SECONDS)
+        if busy is None:
             return
-        busy = active_tasks_by_pod(active, pods)
-        for pod, cost in deletion_costs(busy, pods).items():
+        for pod, cost in deletion_costs(busy.running, busy.costs).items():
             await asyncio.to_thread(self.kube.set_pod_cost, cfg.namespace, pod, cost)
 
     async def _event(self, state: TaskQueueState, type_: str, reason: str, message: str) -> None:

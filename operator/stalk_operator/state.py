@@ -34,6 +34,9 @@ class TaskQueueState:
     series: Any = None
     # The status on the object as the watch last delivered it: what a new leader resumes from.
     seen_status: dict[str, Any] = field(default_factory=dict)
+    # The target's pods as last inspected before a scale-down (see TickLoop._busy_pods).
+    busy: Any = None
+    busy_checked_at: float = float("-inf")
 
     def resume_from_seen(self) -> None:
         """Take over status and history from the object, as another leader left them."""

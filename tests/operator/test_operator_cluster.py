@@ -270,3 +270,31 @@ def test_scale_down_removes_idle_pods_and_keeps_busy_ones(cluster, start_operato
     finally:
         stop_workers(workers)
 
+
+
+def test_busy_workers_hold_a_scale_down_even_when_their_load_asks_for_fewer(
+        cluster, start_operator, celery_client, redis_urls, tmp_path):
+    """Two long tasks at 10 tasks per replica ask for one replica; both busy pods must stay."""
+    cluster.create(worker_deployment("busy", replicas=3), taskqueue(
+        "busy", queue=QUEUE, broker_url=redis_urls[0], target="busy", maxReplicas=3, tasksPerReplica=10,
+        scaleDown={"stabilizationSeconds": 15},
+    ))
+    poll(lambda: cluster.ready("busy") == 3, timeout=60, what="3 worker pods Ready")
+    pods = sorted(p.metadata.name for p in cluster.pods("busy"))
+    workers = []
+    try:
+        push(celery_client, 2, seconds=120)
+        for pod in pods[:2]:
+            workers.append(start_worker(pod, redis_urls, tmp_path))
+            poll(lambda: redis.Redis.from_url(redis_urls[0]).llen(QUEUE) <= 2 - len(workers), timeout=60,
+                 what=f"worker {pod} taking a task")
+        workers.append(start_worker(pods[2], redis_urls, tmp_path))
+        start_operator()
+
+        poll(lambda: cluster.replicas("busy") == 2, timeout=90, what="scaled down to the 2 busy workers")
+        poll(lambda: len(cluster.pods("busy")) == 2, timeout=30, what="the idle pod removed")
+        assert sorted(p.metadata.name for p in cluster.pods("busy")) == pods[:2]
+        assert "KeepingBusyWorkers" in cluster.tq_status("busy")["lastDecision"]
+        assert all(w.poll() is None for w in workers[:2]), "a busy worker was stopped"
+    finally:
+        stop_workers(workers)
