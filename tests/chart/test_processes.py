@@ -2,8 +2,8 @@
 
 kwok never runs a container, so this is where the chart meets the code: the API container's
 command with its rendered environment (after the migration init container), a worker from the
-rendered worker Deployment, the worker's liveness probe command, and finally the `helm test`
-pod's own shell line, which must submit stalk.health_check through the API and see SUCCESS.
+rendered worker Deployment, the worker's liveness probe command, beat with the rendered
+schedule, and finally the `helm test` pod's own shell line, which must submit stalk.health_check through the API and see SUCCESS.
 Only what a cluster would provide is substituted: Secret values (a real local Redis, a SQLite
 file), mounted file paths, ports, and the pod's HOSTNAME.
 """
@@ -61,7 +61,8 @@ def processes():
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="the chart's probe and test commands run through sh")
 def test_the_rendered_api_worker_probe_and_helm_test_commands_work_together(helm, redis_urls, tmp_path, processes):
-    objects = helm.template()
+    objects = helm.template(sets={"beat.enabled": "true", "beat.schedule.heartbeat.task": "stalk.health_check",
+                                  "beat.schedule.heartbeat.seconds": "1"})
     config = by_kind(objects, "ConfigMap")["stalk-config"]["data"]
     queues_file = tmp_path / "queues.yaml"
     queues_file.write_text(config["queues.yaml"])
@@ -109,6 +110,19 @@ def test_the_rendered_api_worker_probe_and_helm_test_commands_work_together(helm
         assert processes[1].poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
         return subprocess.run(probe, env=run_env(env), capture_output=True, timeout=30, cwd=tmp_path).returncode == 0
     poll(alive, timeout=90, interval=1, what="the worker's liveness probe to pass")
+
+    # Beat, with the schedule the chart puts in STALK_BEAT_SCHEDULE: it sends the health check every second.
+    beat = by_kind(objects, "Deployment")["stalk-beat"]["spec"]["template"]["spec"]["containers"][0]
+    args = [a.replace("/tmp/", f"{tmp_path}/") for a in beat["args"]]  # /tmp is an emptyDir in the pod
+    env = container_env(beat, config, secrets, mounts)
+    with (tmp_path / "beat.log").open("w") as log:
+        processes.append(subprocess.Popen([*beat["command"], *args], env=run_env(env), cwd=tmp_path,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def beat_sent():
+        assert processes[2].poll() is None, (tmp_path / "beat.log").read_text()[-3000:]
+        return "Sending due task heartbeat (stalk.health_check)" in (tmp_path / "beat.log").read_text()
+    poll(beat_sent, timeout=60, interval=0.5, what="beat to send the scheduled health check")
 
     # `helm test`: the hook pod's own command line, with the token file at its mounted path.
     pod = by_kind(objects, "Pod")["stalk-test-health-check"]["spec"]
