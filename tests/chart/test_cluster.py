@@ -23,15 +23,19 @@ SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
-def test_every_rendered_object_is_accepted_by_the_api_server_with_strict_field_validation(
+def test_every_rendered_object_is_accepted_by_the_api_server_with_strict_validation_and_restricted_pod_security(
         crds, helm_kube, kube_namespace, scenario):
     manifest = helm_kube.run("template", RELEASE, str(CHART), "--namespace", kube_namespace, "-f", str(scenario),
                              "--api-versions", "monitoring.coreos.com/v1").stdout
     kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
+    # Pod Security Admission at the "restricted" level warns about every non-compliant pod template.
+    crds.kubectl("label", "namespace", kube_namespace, "pod-security.kubernetes.io/warn=restricted",
+                 "pod-security.kubernetes.io/enforce=restricted")
     proc = crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", namespace=kube_namespace,
                         input=manifest, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", proc.stderr  # strict validation turns unknown fields into errors; no warnings either
+    # Strict validation turns unknown fields into errors; no warnings either (Pod Security "restricted" included).
+    assert proc.stderr == "", proc.stderr
     accepted = proc.stdout.count("(server dry run)")
     assert accepted == sum(1 for doc in yaml.safe_load_all(manifest) if doc), proc.stdout
     if scenario.name.startswith("02-"):
