@@ -22,15 +22,19 @@ pytestmark = pytest.mark.cluster
 SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
 
 
+def restrict_pod_security(kube, namespace: str) -> None:
+    """Pod Security Admission at the "restricted" level: it rejects non-compliant pods and warns about templates."""
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted",
+                 "pod-security.kubernetes.io/enforce=restricted")
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
 def test_every_rendered_object_is_accepted_by_the_api_server_with_strict_validation_and_restricted_pod_security(
         crds, helm_kube, kube_namespace, scenario):
     manifest = helm_kube.run("template", RELEASE, str(CHART), "--namespace", kube_namespace, "-f", str(scenario),
                              "--api-versions", "monitoring.coreos.com/v1").stdout
     kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
-    # Pod Security Admission at the "restricted" level warns about every non-compliant pod template.
-    crds.kubectl("label", "namespace", kube_namespace, "pod-security.kubernetes.io/warn=restricted",
-                 "pod-security.kubernetes.io/enforce=restricted")
+    restrict_pod_security(crds, kube_namespace)
     proc = crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", namespace=kube_namespace,
                         input=manifest, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +79,7 @@ def _rolled_out(kube, namespace) -> bool:
 
 def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_the_crd(crds, helm_kube, kube_namespace):
     ns, kube = kube_namespace, crds
+    restrict_pod_security(kube, ns)
     # No storage provisioner in the test cluster: the StatefulSets use emptyDir.
     base = ["--namespace", ns, *IMAGE, "--set", "redis.persistence.enabled=false",
             "--set", "postgresql.persistence.enabled=false", "--wait", "--timeout", "180s"]
@@ -161,6 +166,7 @@ def _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str
                          ids=[i for i in SCENARIO_IDS if not i.startswith("01-")])
 def test_each_scenario_installs_rolls_out_and_uninstalls_cleanly(crds, helm_kube, kube_namespace, scenario):
     ns, kube = kube_namespace, crds
+    restrict_pod_security(kube, ns)
     keep = set()
     if scenario.name.startswith("03-"):  # the Secret an external-services user creates first
         kube.kubectl("apply", "-f", "-", namespace=ns, input=json.dumps(EXTERNAL_SECRET))
