@@ -189,4 +189,15 @@ def test_each_scenario_installs_rolls_out_and_uninstalls_cleanly(crds, helm_kube
         workers = _worker_deployments(kube, ns)
         assert {q: d["spec"]["replicas"] for q, d in workers.items()} == {
             "default": 1, "classification": 1, "summarization": 1, "notifications": 1}
+    if scenario.name.startswith("03-"):  # rotating a user-managed Secret, then upgrading, restarts its readers
+        def api_checksum():
+            d = _json(kube, "get", "deployment", "stalk-api", namespace=ns)
+            return d["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
+        before = api_checksum()
+        rotated = json.loads(json.dumps(EXTERNAL_SECRET))
+        rotated["stringData"]["api-tokens"] = "rotated-token\n"
+        kube.kubectl("apply", "-f", "-", namespace=ns, input=json.dumps(rotated))
+        helm_kube.run("upgrade", RELEASE, str(CHART), "--namespace", ns, "-f", str(scenario), *IMAGE,
+                      "--wait", "--timeout", "180s")
+        assert api_checksum() != before
     _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep)

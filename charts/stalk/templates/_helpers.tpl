@@ -200,6 +200,26 @@ data:
 {{- include "stalk.configMap" . | sha256sum -}}
 {{- end -}}
 
+{{/*
+stalk.secretsChecksum: sha256 of the data of the user-managed Secrets stalk reads at start (API tokens,
+external Redis and database URLs), looked up in the cluster; empty when the chart manages them all.
+Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Generated Secrets never change.)
+*/}}
+{{- define "stalk.secretsChecksum" -}}
+{{- $names := list -}}
+{{- with .Values.api.tokens.existingSecret }}{{ $names = append $names . }}{{ end -}}
+{{- if not .Values.redis.enabled }}{{ $names = append $names .Values.externalRedis.existingSecret }}{{ end -}}
+{{- if not .Values.postgresql.enabled }}{{ $names = append $names .Values.externalDatabase.existingSecret }}{{ end -}}
+{{- if $names -}}
+{{- $data := dict -}}
+{{- range $name := $names | uniq -}}
+{{- $secret := lookup "v1" "Secret" $.Release.Namespace $name -}}
+{{- $_ := set $data $name (($secret | default dict).data | default dict) -}}
+{{- end -}}
+{{- $data | toJson | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
 {{/* stalk.env: the environment of every stalk container: the shared ConfigMap and the Redis and database URLs from their Secrets. */}}
 {{- define "stalk.env" -}}
 - name: STALK_BROKER_URL
