@@ -9,6 +9,7 @@ the controllers and helm decide does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -80,9 +81,28 @@ def _rolled_out(kube, namespace) -> bool:
 def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_the_crd(crds, helm_kube, kube_namespace):
     ns, kube = kube_namespace, crds
     restrict_pod_security(kube, ns)
-    # No storage provisioner in the test cluster: the StatefulSets use emptyDir.
-    base = ["--namespace", ns, *IMAGE, "--set", "redis.persistence.enabled=false",
-            "--set", "postgresql.persistence.enabled=false", "--wait", "--timeout", "180s"]
+    # The test cluster has no storage provisioner: the claims of the StatefulSets (persistence is on by
+    # default) bind to volumes made here for them, as an administrator would.
+    volumes = [static_volume(ns, "data-stalk-redis-0", "1Gi"), static_volume(ns, "data-stalk-postgresql-0", "2Gi")]
+    kube.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
+    try:
+        _lifecycle(helm_kube, kube, ns)
+    finally:
+        kube.kubectl("delete", "pv", *[v["metadata"]["name"] for v in volumes], "--wait=false", check=False)
+
+
+def static_volume(namespace: str, claim: str, size: str) -> dict:
+    """A PersistentVolume reserved (claimRef) for one claim of one namespace; kwok never mounts it."""
+    return {"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"stalk-test-{hashlib.sha256(f'{namespace}/{claim}'.encode()).hexdigest()[:16]}",
+                         "labels": {"stalk.test/namespace": namespace}},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{namespace}/{claim}"},
+                     "claimRef": {"namespace": namespace, "name": claim}}}
+
+
+def _lifecycle(helm_kube, kube, ns):
+    base = ["--namespace", ns, *IMAGE, "--wait", "--timeout", "180s"]
 
     # --- install: every Deployment and StatefulSet rolls out on the kwok nodes
     out = helm_kube.run("install", RELEASE, str(CHART), *base).stdout
@@ -98,6 +118,9 @@ def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_
     statefulsets = _json(kube, "get", "statefulsets", namespace=ns)["items"]
     assert sorted((s["metadata"]["name"], s["status"].get("readyReplicas")) for s in statefulsets) == [
         ("stalk-postgresql", 1), ("stalk-redis", 1)]
+    claims = _json(kube, "get", "pvc", namespace=ns)["items"]
+    assert sorted((c["metadata"]["name"], c["status"]["phase"]) for c in claims) == [
+        ("data-stalk-postgresql-0", "Bound"), ("data-stalk-redis-0", "Bound")]
 
     # --- kubectl get taskqueues: one per queue, with the CRD's columns
     table = kube.kubectl("get", "taskqueues", namespace=ns).stdout.splitlines()
@@ -137,7 +160,8 @@ def test_install_upgrade_uninstall_keeps_the_operators_replicas_and_leaves_only_
     queue_table = _json(kube, "get", "configmap", "stalk-config", namespace=ns)["data"]["queues.yaml"]
     assert sorted(yaml.safe_load(queue_table)) == ["classification", "default", "reports", "summarization"]
 
-    # --- uninstall: nothing of the release is left in the namespace or the cluster; the CRD stays
+    # --- uninstall: nothing of the release is left in the namespace (the volume claims included) or the
+    # cluster; the CRD stays
     _uninstall_leaves_only_the_crd(helm_kube, kube, ns)
 
 
