@@ -6,8 +6,8 @@
 #
 # The binaries live in a cache OUTSIDE the repository,
 #   ${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin/<group>-<version>-<hash>/
-# where <hash> covers the wrapper's go.mod/go.sum, the Go version and the
-# linker flags. A fresh clone on the same machine therefore finds them, and
+# where <hash> covers the wrapper's go.mod/go.sum, the Go version, CGO_ENABLED
+# and the linker flags. A fresh clone on the same machine therefore finds them, and
 # nothing is rebuilt until a pin changes. GOCACHE and GOMODCACHE stay at Go's
 # defaults so that even a rebuild with other flags mostly hits the build cache.
 set -euo pipefail
@@ -22,6 +22,8 @@ source "$here/versions.env"
 export GOTOOLCHAIN=local
 # Binaries only; VCS stamping would read the stalk repository, which is meaningless here.
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+# Static binaries, as the upstream releases ship them: no C compiler needed, no libc coupling.
+export CGO_ENABLED=0
 
 # Release dates from the module proxy make the stamped build date reproducible.
 release_time() { go list -m -json "$1" | sed -n 's/.*"Time": "\(.*\)".*/\1/p'; }
@@ -86,7 +88,7 @@ ldflags="-s -w $ldflags"
 
 stages=${stages:-}
 extra_files=${extra_files:-}
-hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "$ldflags" $stages; } |
+hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "CGO_ENABLED=$CGO_ENABLED $ldflags" $stages; } |
         sha256sum | cut -c1-12)
 cache_root=${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin
 cache=$cache_root/$group-$version-$hash
