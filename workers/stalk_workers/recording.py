@@ -1,14 +1,24 @@
 """Keep task records current from Celery's own signals, in the worker processes.
 
-Each worker process (prefork child included) opens its own engine lazily: a connection pool
-inherited across ``fork`` would be shared by two processes. A failure to record is logged and
-never fails the task itself: the work matters more than its bookkeeping.
+Writing every STARTED and SUCCESS as its own transaction halved a worker's throughput on SQLite
+(each of the pool's processes waits for the file's write lock, see docs/benchmarks.md). So each
+process buffers them and writes them together every ``FLUSH_SECONDS``: a fast task is written
+once, already finished. What a person acts on — RETRY, FAILURE, REVOKED — is written at once,
+with whatever is buffered. The price is up to ``FLUSH_SECONDS`` of lag; a process killed with
+SIGKILL loses what it had not written (the task itself is safe: it is acked late and redelivered).
+
+Each worker process (prefork child included) opens its own engine and flusher lazily: a
+connection pool or thread inherited across ``fork`` would be shared by two processes. A failure
+to record is logged and never fails the task: the work matters more than its bookkeeping.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import time
 import traceback as tb
 
 from celery import Celery, signals
@@ -17,29 +27,87 @@ from stalk_workers.records import db, store
 
 log = logging.getLogger(__name__)
 
-_engine = None
-_engine_pid = None
-_database_url = None
+# Lag of a STARTED/SUCCESS record; short enough that people never notice, long enough to batch.
+FLUSH_SECONDS = 0.05
+
+
+class RecordWriter:
+    """One per process: buffers changes and writes them in one transaction at a time."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._pid: int | None = None
+        self._engine = None
+        self._lock = threading.Lock()
+        self._pending: list[store.Change] = []
+        self._wake = threading.Event()
+
+    def add(self, change: store.Change, *, now: bool = False) -> None:
+        self._ensure_started()
+        with self._lock:
+            self._pending.append(change)
+        if now:
+            self.flush()
+        else:
+            self._wake.set()
+
+    def revoked(self, task_id: str) -> None:
+        self.flush()
+        self._guard(store.record_revoked, self._ensure_started(), task_id=task_id)
+
+    def flush(self) -> None:
+        engine = self._ensure_started()
+        with self._lock:
+            changes, self._pending = self._pending, []
+        if changes:
+            self._guard(store.write, engine, changes)
+
+    def _ensure_started(self):
+        if self._pid != os.getpid():  # first use in this process, or a fresh fork
+            self._pid = os.getpid()
+            self._pending = []
+            self._lock = threading.Lock()
+            self._wake = threading.Event()
+            self._engine = db.create_engine(self._url)
+            threading.Thread(target=self._run, name="stalk-records", daemon=True).start()
+        return self._engine
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            # Let the rest of a burst (the SUCCESS after a STARTED) join the same transaction.
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush_if_started(self) -> None:
+        """Write what is buffered, if this process ever recorded anything."""
+        if self._pid == os.getpid():
+            self.flush()
+
+    @staticmethod
+    def _guard(action, *args, **kwargs) -> None:
+        try:
+            action(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - recording must never fail the task
+            log.exception("stalk: could not record task state (%s)", action.__name__)
+
+
+_writer: RecordWriter | None = None
 
 
 def connect(app: Celery) -> None:
-    global _database_url
-    _database_url = app.conf.stalk_settings.database_url
-    # weak=False: the handlers are module functions, but Celery's default weak refs are fragile.
+    global _writer
+    _writer = RecordWriter(app.conf.stalk_settings.database_url)
+    # weak=False: Celery's default weak references would let these module functions be dropped.
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_retry.connect(_on_retry, weak=False)
     signals.task_success.connect(_on_success, weak=False)
     signals.task_failure.connect(_on_failure, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
-
-
-def _get_engine():
-    global _engine, _engine_pid
-    if _engine is None or _engine_pid != os.getpid():
-        _engine = db.create_engine(_database_url, pool_size=1, max_overflow=2) if not _database_url.startswith(
-            "sqlite") else db.create_engine(_database_url)
-        _engine_pid = os.getpid()
-    return _engine
+    signals.worker_process_shutdown.connect(_flush, weak=False)
+    signals.worker_shutdown.connect(_flush, weak=False)
+    atexit.register(_flush)
 
 
 def _seen(task, request=None) -> store.SeenTask:
@@ -57,34 +125,32 @@ def _seen(task, request=None) -> store.SeenTask:
     )
 
 
-def _guarded(action, *args, **kwargs) -> None:
-    try:
-        action(_get_engine(), *args, **kwargs)
-    except Exception:  # noqa: BLE001 - recording must never fail the task
-        log.exception("stalk: could not record task state (%s)", action.__name__)
-
-
 def _on_prerun(sender=None, task=None, **_):
-    _guarded(store.record_started, seen=_seen(task))
+    _writer.add(store.started(_seen(task)))
+
+
+def _on_success(sender=None, result=None, **_):
+    _writer.add(store.succeeded(_seen(sender), result=result))
 
 
 def _on_retry(sender=None, request=None, reason=None, einfo=None, **_):
     error = reason if isinstance(reason, BaseException) else RuntimeError(str(reason))
-    _guarded(store.record_retry, seen=_seen(sender, request), error=error,
-             traceback=einfo.traceback if einfo else None)
-
-
-def _on_success(sender=None, result=None, **_):
-    _guarded(store.record_success, seen=_seen(sender), result=result)
+    _writer.add(store.retried(_seen(sender, request), error=error, traceback=einfo.traceback if einfo else None),
+                now=True)
 
 
 def _on_failure(sender=None, exception=None, traceback=None, einfo=None, **_):
     # task_failure fires only when Celery gives up: a retry raises Retry instead. So every
     # failure recorded here is final, and the task is dead-lettered for a person to look at.
     text = einfo.traceback if einfo else "".join(tb.format_tb(traceback)) if traceback else None
-    _guarded(store.record_failure, seen=_seen(sender), error=exception, traceback=text, dead_lettered=True)
+    _writer.add(store.failed(_seen(sender), error=exception, traceback=text, dead_lettered=True), now=True)
 
 
 def _on_revoked(sender=None, request=None, **_):
     if request is not None:
-        _guarded(store.record_revoked, task_id=request.id)
+        _writer.revoked(request.id)
+
+
+def _flush(**_):
+    if _writer is not None:
+        _writer.flush_if_started()

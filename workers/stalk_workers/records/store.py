@@ -140,7 +140,7 @@ def mark_revoked(session: Session, *, task_id: str) -> None:
     )
 
 
-# --- the workers' side: one statement per event, no ORM session -----------------------------
+# --- the workers' side: changes, written in batches, no ORM session ---------------------------
 
 @dataclass(frozen=True)
 class SeenTask:
@@ -156,6 +156,45 @@ class SeenTask:
     priority: int | None = None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One state change of one task, as a worker saw it; ``write`` applies many at once."""
+
+    seen: SeenTask
+    values: dict
+
+
+def started(seen: SeenTask) -> Change:
+    return Change(seen, {"status": STARTED, "started_at": utcnow(), "retries": seen.retries,
+                         "worker": seen.worker, "dead_lettered": False})
+
+
+def retried(seen: SeenTask, *, error: BaseException, traceback: str | None) -> Change:
+    return Change(seen, {"status": RETRY, "retries": seen.retries + 1, **_error_fields(error, traceback)})
+
+
+def succeeded(seen: SeenTask, *, result: object) -> Change:
+    return Change(seen, {"status": SUCCESS, "result": result, "finished_at": utcnow(), "dead_lettered": False,
+                         "error_type": None, "error_message": None, "traceback": None})
+
+
+def failed(seen: SeenTask, *, error: BaseException, traceback: str | None, dead_lettered: bool) -> Change:
+    return Change(seen, {"status": FAILURE, "finished_at": utcnow(), "dead_lettered": dead_lettered,
+                         "retries": seen.retries, **_error_fields(error, traceback)})
+
+
+def write(engine: Engine, changes: list[Change]) -> None:
+    """Apply ``changes`` in one transaction, in order; one upsert per task (later values win)."""
+    merged: dict[str, Change] = {}
+    for change in changes:
+        earlier = merged.get(change.seen.task_id)
+        values = {**earlier.values, **change.values} if earlier else change.values
+        merged[change.seen.task_id] = Change(change.seen, values)
+    with engine.begin() as conn:
+        for change in merged.values():
+            _upsert(conn, change.seen, change.values)
+
+
 def _upsert(conn: Connection, seen: SeenTask, changes: dict) -> None:
     now = utcnow()
     changes = {**changes, "updated_at": now}
@@ -167,32 +206,6 @@ def _upsert(conn: Connection, seen: SeenTask, changes: dict) -> None:
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     statement = dialect.insert(TABLE).values(insert_values)
     conn.execute(statement.on_conflict_do_update(index_elements=[TABLE.c.task_id], set_=changes))
-
-
-def record_started(engine: Engine, *, seen: SeenTask) -> None:
-    now = utcnow()
-    with engine.begin() as conn:
-        _upsert(conn, seen, {"status": STARTED, "started_at": now, "retries": seen.retries,
-                             "worker": seen.worker, "dead_lettered": False})
-
-
-def record_retry(engine: Engine, *, seen: SeenTask, error: BaseException, traceback: str | None) -> None:
-    with engine.begin() as conn:
-        _upsert(conn, seen, {"status": RETRY, "retries": seen.retries + 1, **_error_fields(error, traceback)})
-
-
-def record_success(engine: Engine, *, seen: SeenTask, result: object) -> None:
-    with engine.begin() as conn:
-        _upsert(conn, seen, {"status": SUCCESS, "result": result, "finished_at": utcnow(), "dead_lettered": False,
-                             "error_type": None, "error_message": None, "traceback": None})
-
-
-def record_failure(
-    engine: Engine, *, seen: SeenTask, error: BaseException, traceback: str | None, dead_lettered: bool
-) -> None:
-    with engine.begin() as conn:
-        _upsert(conn, seen, {"status": FAILURE, "finished_at": utcnow(), "dead_lettered": dead_lettered,
-                             "retries": seen.retries, **_error_fields(error, traceback)})
 
 
 def record_revoked(engine: Engine, *, task_id: str) -> None:
