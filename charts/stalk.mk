@@ -10,8 +10,8 @@
 CHART_DIR := charts/stalk
 CHART_BIN ?= .cluster/bin
 CHART_HELM := $(CHART_BIN)/helm
-# helm finds plugins in $HELM_PLUGINS; ours lives beside the other test binaries, not in ~/.local.
-CHART_PLUGINS ?= .cluster/helm-plugins
+# helm finds plugins in $HELM_PLUGINS; ours lives with the other test binaries (cluster-down keeps bin/), not in ~/.local.
+CHART_PLUGINS ?= $(CHART_BIN)/helm-plugins
 CHART_PYTHON ?= .venv/bin/python
 CHART_SCENARIOS := $(wildcard $(CHART_DIR)/ci/*-values.yaml)
 

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "stalk"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 HELM = REPO / ".cluster" / "bin" / "helm"
-HELM_PLUGINS = REPO / ".cluster" / "helm-plugins"
+# Under bin/: `cluster.py down` keeps bin/ (links into the build cache) and removes the rest of .cluster/.
+HELM_PLUGINS = REPO / ".cluster" / "bin" / "helm-plugins"
 # Minimal, schema-less CRDs of the Prometheus Operator kinds the chart renders (see fixtures/).
 MONITORING_CRDS = Path(__file__).parent / "fixtures" / "monitoring-crds.yaml"
 CRD = CHART / "crds" / "taskqueues.stalk.dev.yaml"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the helm-unittest plugin (its `untt` binary) from the pinned wrapper module in this folder
-# and install it as a Helm plugin into PLUGINDIR (normally .cluster/helm-plugins/unittest).
+# and install it as a Helm plugin into PLUGINDIR (normally .cluster/bin/helm-plugins/unittest).
 #
 #   hack/tools/helm-unittest/build.sh PLUGINDIR
 #
