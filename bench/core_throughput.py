@@ -552,6 +552,19 @@ CHILDREN = {"delay": child_delay, "http": child_http}
 
 # --- reporting -------------------------------------------------------------------------------------
 
+def code_version() -> str:
+    """The commit measured, and whether the measured code (api/, workers/) differed from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "api", "workers")
+    return f"commit {commit}" + (" with uncommitted changes in api/ or workers/" if dirty else "")
+
+
 def machine_notes() -> dict:
     import celery
     import kombu
@@ -565,7 +578,7 @@ def machine_notes() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "cpus": os.cpu_count(), "cpu": cpu, "load": os.getloadavg(),
+        "cpus": os.cpu_count(), "cpu": cpu, "load": os.getloadavg(), "code": code_version(),
         "python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
         "sqlalchemy": sqlalchemy.__version__, "uvicorn": uvicorn.__version__, "sqlite": sqlite3.sqlite_version,
     }
@@ -772,7 +785,8 @@ def markdown_section(plan: Plan, rows, results, notes, started_at: datetime, arg
         f" --concurrency {args.concurrency}" if args.concurrency else "")
     load = lambda values: " / ".join(f"{v:.2f}" for v in values)  # noqa: E731
     lines = [
-        f"Measured {started_at:%Y-%m-%d %H:%M} UTC with `{command}` (`make bench` runs the same without flags).",
+        f"Measured {started_at:%Y-%m-%d %H:%M} UTC on {notes['code']} with `{command}` (`make bench` runs the same "
+        "without flags).",
         "",
         render_markdown(rows),
         "",
