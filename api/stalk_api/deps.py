@@ -14,7 +14,7 @@ from stalk_api.metrics import ApiMetrics
 from stalk_api.submission import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
@@ -23,7 +23,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
@@ -31,10 +31,11 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 SessionDep = Annotated[Session, Depends(get_session)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
+# The cheap dependencies are async: a sync one costs a thread-pool hop on every request.
 _bearer = HTTPBearer(auto_error=False, description="A token from STALK_API_TOKENS.")
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     tokens: frozenset[str] = request.app.state.tokens

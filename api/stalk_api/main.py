@@ -38,12 +38,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         engine = db.create_engine(settings.database_url)
         if settings.migrate_on_start:
             db.upgrade(settings.database_url)
-        celery = create_celery_app(settings.model_copy(update={"record_tasks": False}))
+        # The API reads task records, never Celery results: without a result backend, send_task
+        # does not subscribe to a result channel for every task it publishes.
+        celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
         app.state.gateway = Gateway(celery=celery, sessions=db.session_factory(engine), settings=settings)
         app.state.tokens = tokens
         if not tokens:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
+        if "committer" in vars(app.state.gateway):
+            app.state.gateway.committer.close()
         engine.dispose()
         # Not celery.pool.force_close_all(): kombu keeps producer pools in a process-wide registry
         # keyed by broker URL, so a later app on the same URL would get a closed pool.

@@ -10,9 +10,11 @@ the commit simply waits for it (PostgreSQL row lock, SQLite write lock) and then
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -69,6 +71,10 @@ class Gateway:
 
     def queue_names(self) -> list[str]:
         return [q.name for q in self.celery.conf.stalk_queues]
+
+    @cached_property
+    def committer(self) -> GroupCommitter:
+        return GroupCommitter(self)
 
     @cached_property
     def _reader(self) -> QueueReader:
@@ -137,7 +143,7 @@ def submit(
         except SQLAlchemyError as exc:
             raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
         try:
-            _publish(gateway.celery, [(record, prepared)])
+            _publish(gateway.celery, [_row(record)])
         except Exception as exc:
             session.rollback()
             raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
@@ -145,31 +151,106 @@ def submit(
         return record, False
 
 
-def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[TaskRecord]:
+@dataclass(frozen=True)
+class Submitted:
+    """A task recorded and published: what the 202 answer says about it."""
+
+    task_id: str
+    task_name: str
+    queue: str
+    created_at: datetime
+    retry_of: str | None = None
+    status: str = "PENDING"
+
+
+def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[Submitted]:
     """Record and publish many tasks: one transaction and one pipelined Redis round trip."""
     prepared = [prepare(gateway, body, where=f"tasks[{i}]: ") for i, body in enumerate(bodies)]
+    return record_and_publish(gateway, [(p, None) for p in prepared])
+
+
+def record_and_publish(gateway: Gateway, items: list[tuple[Prepared, str | None]]) -> list[Submitted]:
+    """Validated submissions (with the task each re-runs, if any) recorded and published as one unit."""
+    now = store.utcnow()
+    rows = [
+        store.pending_row(task_id=str(uuid.uuid4()), task_name=p.body.task, queue=p.queue, args=p.body.args,
+                          kwargs=p.body.kwargs, priority=p.body.priority, eta=p.eta, retry_of=retry_of, now=now)
+        for p, retry_of in items
+    ]
     with gateway.sessions() as session:
         try:
-            records = [_stage(session, p, flush=False) for p in prepared]
-            session.flush()
+            store.insert_pending(session, rows)
         except SQLAlchemyError as exc:
             raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
         try:
-            _publish(gateway.celery, list(zip(records, prepared, strict=True)))
+            _publish(gateway.celery, rows)
         except Exception as exc:
             session.rollback()
             raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
-        _commit_or_revoke(gateway.celery, session, [r.task_id for r in records])
-        return records
+        _commit_or_revoke(gateway.celery, session, [row["task_id"] for row in rows])
+    return [Submitted(task_id=r["task_id"], task_name=r["task_name"], queue=r["queue"], created_at=now,
+                      retry_of=r["retry_of"]) for r in rows]
 
 
-def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None, flush=True) -> TaskRecord:
+class GroupCommitter:
+    """Concurrent single submissions share one transaction and one Redis pipeline (group commit).
+
+    Each request hands its validated submission to one committer thread and waits for its
+    future. The thread takes everything waiting at that moment, so a lone request goes alone at
+    once, and under load one commit serves many requests instead of each holding the database's
+    write lock in turn (SQLite makes waiters sleep 1, 2, 5 ... ms).
+    """
+
+    MAX_GROUP = 500
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="stalk-group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, prepared: Prepared, retry_of: str | None = None) -> Future:
+        future: Future = Future()
+        self._waiting.put((prepared, retry_of, future))
+        return future
+
+    def close(self) -> None:
+        self._waiting.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while (first := self._waiting.get()) is not None:
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    item = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._waiting.put(None)  # stop after this group
+                    break
+                group.append(item)
+            try:
+                submitted = record_and_publish(self._gateway, [(p, retry_of) for p, retry_of, _ in group])
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+                for _, _, future in group:
+                    future.set_exception(exc)
+                continue
+            for (_, _, future), result in zip(group, submitted, strict=True):
+                future.set_result(result)
+
+
+def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None) -> TaskRecord:
     body = prepared.body
     return store.add_pending(
         session, task_id=str(uuid.uuid4()), task_name=body.task, queue=prepared.queue, args=body.args,
         kwargs=body.kwargs, priority=body.priority, eta=prepared.eta, idempotency_key=idempotency_key,
-        retry_of=retry_of, flush=flush,
+        retry_of=retry_of,
     )
+
+
+def _row(record: TaskRecord) -> dict:
+    return {c: getattr(record, c) for c in ("task_id", "task_name", "queue", "args", "kwargs", "eta", "priority")}
 
 
 def _replay(session: Session, key: str, body: TaskCreate) -> TaskRecord | None:
@@ -179,15 +260,15 @@ def _replay(session: Session, key: str, body: TaskCreate) -> TaskRecord | None:
     return existing
 
 
-def _publish(celery: Celery, items: list[tuple[TaskRecord, Prepared]]) -> None:
+def _publish(celery: Celery, rows: list[dict]) -> None:
     sent_at = time.time()
     with celery.producer_or_acquire() as producer:
         # kombu >= 5.7 buffers every publish inside batch() and sends them in one pipeline.
         with producer.batch():
-            for record, prepared in items:
+            for row in rows:
                 celery.send_task(
-                    record.task_name, args=record.args, kwargs=record.kwargs, task_id=record.task_id,
-                    queue=prepared.queue, eta=prepared.eta, priority=record.priority, producer=producer,
+                    row["task_name"], args=row["args"], kwargs=row["kwargs"], task_id=row["task_id"],
+                    queue=row["queue"], eta=row["eta"], priority=row["priority"], producer=producer,
                     headers={SENT_AT_HEADER: sent_at}, retry=False,
                 )
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from stalk_api import submission
 from stalk_api.deps import GatewayDep, MetricsDep, SessionDep
@@ -35,7 +37,7 @@ ERRORS = {
 }
 
 
-def submitted(record: TaskRecord) -> TaskSubmitted:
+def submitted(record: TaskRecord | submission.Submitted) -> TaskSubmitted:
     return TaskSubmitted(task_id=record.task_id, status=record.status, task=record.task_name, queue=record.queue,
                          created_at=store.as_utc(record.created_at), retry_of=record.retry_of)
 
@@ -57,14 +59,19 @@ def public(record: TaskRecord) -> TaskPublic:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted, responses=ERRORS,
              summary="Submit a task")
-def submit_task(
+async def submit_task(
     body: TaskCreate,
     response: Response,
     gateway: GatewayDep,
     metrics: MetricsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key, same task.")] = None,
 ) -> TaskSubmitted:
-    record, replayed = submission.submit(gateway, body, idempotency_key=idempotency_key)
+    replayed = False
+    if idempotency_key is not None:
+        record, replayed = await run_in_threadpool(submission.submit, gateway, body, idempotency_key=idempotency_key)
+    else:
+        # Without a key, submissions arriving together share one commit and one Redis pipeline.
+        record = await asyncio.wrap_future(gateway.committer.submit(submission.prepare(gateway, body)))
     response.headers["Location"] = f"/v1/tasks/{record.task_id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -43,8 +43,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 # --- the API's side ---------------------------------------------------------------------------
 
-def add_pending(
-    session: Session,
+def pending_row(
     *,
     task_id: str,
     task_name: str,
@@ -55,22 +54,29 @@ def add_pending(
     eta: datetime | None = None,
     idempotency_key: str | None = None,
     retry_of: str | None = None,
-    flush: bool = True,
-) -> TaskRecord:
-    """Stage a PENDING record in ``session``; the caller commits once the task is published.
+    now: datetime | None = None,
+) -> dict:
+    """The columns of a task the API has accepted and not yet seen run."""
+    now = now or utcnow()
+    return {
+        "task_id": task_id, "task_name": task_name, "queue": queue, "status": PENDING, "args": args,
+        "kwargs": kwargs, "priority": priority, "eta": eta, "idempotency_key": idempotency_key,
+        "retry_of": retry_of, "retries": 0, "dead_lettered": False, "source": "api", "created_at": now,
+        "updated_at": now,
+    }
 
-    ``flush=False`` lets a batch send all its rows in one flush.
-    """
-    now = utcnow()
-    record = TaskRecord(
-        task_id=task_id, task_name=task_name, queue=queue, status=PENDING, args=args, kwargs=kwargs,
-        priority=priority, eta=eta, idempotency_key=idempotency_key, retry_of=retry_of, retries=0,
-        dead_lettered=False, source="api", created_at=now, updated_at=now,
-    )
+
+def add_pending(session: Session, **columns) -> TaskRecord:
+    """Stage one PENDING record (ORM, flushed); the caller commits once the task is published."""
+    record = TaskRecord(**pending_row(**columns))
     session.add(record)
-    if flush:
-        session.flush()
+    session.flush()
     return record
+
+
+def insert_pending(session: Session, rows: list[dict]) -> None:
+    """Stage many PENDING rows in one executemany; the caller commits once they are published."""
+    session.execute(sa.insert(TABLE), rows)
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
