@@ -269,26 +269,19 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 
 {{/* stalk.imagePullSecrets: the pod's imagePullSecrets block, or nothing. */}}
 {{- define "stalk.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
+{{- with .Values.imagePullSecrets -}}
 imagePullSecrets:
 {{ toYaml . }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* stalk.scheduling: nodeSelector, tolerations and affinity of a pod, each only when set. Takes the values map that holds them. */}}
 {{- define "stalk.scheduling" -}}
-{{- with .nodeSelector }}
-nodeSelector:
-{{ toYaml . | indent 2 }}
-{{- end }}
-{{- with .tolerations }}
-tolerations:
-{{ toYaml . }}
-{{- end }}
-{{- with .affinity }}
-affinity:
-{{ toYaml . | indent 2 }}
-{{- end }}
+{{- $out := dict -}}
+{{- with .nodeSelector }}{{ $_ := set $out "nodeSelector" . }}{{ end -}}
+{{- with .tolerations }}{{ $_ := set $out "tolerations" . }}{{ end -}}
+{{- with .affinity }}{{ $_ := set $out "affinity" . }}{{ end -}}
+{{- if $out }}{{ toYaml $out }}{{ end -}}
 {{- end -}}
 
 {{/* stalk.hasMonitoring: "true" when the cluster serves monitoring.coreos.com/v1 (Prometheus Operator). */}}
