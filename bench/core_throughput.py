@@ -324,6 +324,8 @@ class Bench:
             db.upgrade(env["STALK_DATABASE_URL"])
             if kind == "stalk-norecords":
                 env["STALK_RECORD_TASKS"] = "false"
+            # Worker metrics stay on, as deployed, on a free port instead of the fixed default.
+            env["STALK_WORKER_METRICS_PORT"] = str(free_port())
             argv = [sys.executable, "-m", "stalk_workers", "worker", "-Q", QUEUE, "--concurrency", c,
                     "--pool", "prefork", "--loglevel", "warning"]
             task, queue = "stalk.echo", QUEUE
