@@ -215,6 +215,21 @@ class Harness:
             self.kubectl("apply", "--server-side", "--field-manager=stalk-bench", "-f", "-",
                          stdin=json.dumps(doc), timeout=300)
 
+    def wait_settled(self, label_selector: str, count: int, deadline: float = 900) -> float:
+        """Wait until the controller-manager has processed ``count`` Deployments; returns the seconds."""
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self.api_client)
+
+        def settled() -> bool:
+            items = apps.list_namespaced_deployment(NAMESPACE, label_selector=label_selector).items
+            return len(items) == count and all(
+                (d.status.observed_generation or 0) >= d.metadata.generation and d.status.conditions for d in items)
+
+        started = time.monotonic()
+        wait_for(settled, deadline=deadline, what="the controller-manager to settle the Deployments", interval=5)
+        return time.monotonic() - started
+
     # Redis ---------------------------------------------------------------------------------------
     def start_redis(self) -> str:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -404,11 +419,26 @@ def run_reaction(args: argparse.Namespace) -> dict[str, Any]:
             worker_deployment("workers"),
             taskqueue("work", queue=args.queue, broker_url=url, target="workers", maxReplicas=args.max_replicas),
         ])
+        if args.extra_taskqueues:
+            # Other TaskQueues on the same Redis, as in bench/operator_scale.py: a tenth hold 1-50 tasks,
+            # below activationTasks, so they stay at 0 replicas (no pods) but are read and decided every tick.
+            names = [f"{i:04d}" for i in range(args.extra_taskqueues)]
+            h.apply([worker_deployment(f"w-{n}", labels={"stalk.dev/bench": "extra"}) for n in names]
+                    + [taskqueue(f"tq-{n}", queue=f"q-{n}", broker_url=url, target=f"w-{n}", maxReplicas=2,
+                                 activationTasks=1000) for n in names])
+            settle = h.wait_settled("stalk.dev/bench=extra", args.extra_taskqueues)
+            backlog = Celery("backlog", broker=url, set_as_current=False)
+            with backlog.connection_for_write() as conn:
+                for n in names[:max(1, len(names) // 10)]:
+                    for _ in range(rng.randint(1, 50)):
+                        backlog.send_task("bench.noop", queue=f"q-{n}", connection=conn)
+            backlog.close()
+            print(f"{args.extra_taskqueues} more TaskQueues on the same Redis (settled in {settle:.0f}s)", flush=True)
         apps = client.AppsV1Api(h.api_client)
         core = client.CoreV1Api(h.api_client)
-        h.start_operator()
+        operator = h.start_operator()
         tq_labels = {"namespace": NAMESPACE, "taskqueue": "work", "queue": args.queue}
-        wait_for(lambda: h.metric("stalk_taskqueue_current_replicas", **tq_labels) == 0, deadline=60,
+        wait_for(lambda: h.metric("stalk_taskqueue_current_replicas", **tq_labels) == 0, deadline=300,
                  what="the operator's first tick of the TaskQueue", interval=0.1, alive=lambda: h.check("operator"))
 
         deployments = Watcher(apps.list_namespaced_deployment, "deployments", namespace=NAMESPACE,
@@ -422,6 +452,8 @@ def run_reaction(args: argparse.Namespace) -> dict[str, Any]:
 
         producer = Celery("producer", broker=url, set_as_current=False)
         purge = h.redis()
+        ticks_before = h.metrics()
+        cpu_before, wall_before = cpu_seconds(operator.pid), time.monotonic()
         wanted = math.ceil(args.tasks / TASKS_PER_REPLICA)
         rows = []
         try:
@@ -472,7 +504,9 @@ def run_reaction(args: argparse.Namespace) -> dict[str, Any]:
             purge.close()
             for w in (deployments, events):
                 w.stopping.set()
-        rss = proc_status(h.procs["operator"].pid)
+        rss = proc_status(operator.pid)
+        ticks_after = h.metrics()
+        cpu_share = (cpu_seconds(operator.pid) - cpu_before) / (time.monotonic() - wall_before)
         operator_log = h.tail("operator", 2000)
 
     reactions = [r["reaction_s"] for r in rows]
@@ -484,8 +518,14 @@ def run_reaction(args: argparse.Namespace) -> dict[str, Any]:
         "event_p99": percentile([r["event_s"] for r in rows], 0.99),
         "publish_ms_median": statistics.median(r["publish_ms"] for r in rows),
         "load_start": load_start, "load_end": load_average(), "started_at": started_at,
-        "operator_rss_kb": rss, "operator_warnings": [l for l in operator_log.splitlines() if " WARNING " in l or " ERROR " in l],
+        "operator_rss_kb": rss, "operator_cpu_share": cpu_share,
+        "tick_count": _delta(ticks_before, ticks_after, "stalk_operator_tick_duration_seconds_count"),
+        "tick_sum": _delta(ticks_before, ticks_after, "stalk_operator_tick_duration_seconds_sum"), "operator_warnings": [l for l in operator_log.splitlines() if " WARNING " in l or " ERROR " in l],
     }
+
+
+def _delta(before: dict, after: dict, name: str) -> float:
+    return (after.get((name, ()), 0.0) or 0.0) - (before.get((name, ()), 0.0) or 0.0)
 
 
 def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
@@ -493,6 +533,7 @@ def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ms = sorted(r * 1000 for r in result["reactions"])
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -501,6 +542,7 @@ def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
     hist.hist(ms, bins=edges, color="#2b6cb0", edgecolor="white")
     hist.set_xlabel("reaction time (ms)")
     hist.set_ylabel("bursts")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.set_title(f"{len(ms)} bursts of {tasks} tasks")
     hist.axvline(result["median"] * 1000, color="black", linewidth=1, label=f"median {result['median'] * 1000:.0f} ms")
     hist.axvline(result["p99"] * 1000, color="#c53030", linestyle="--", linewidth=1,
@@ -541,13 +583,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=30, help="tasks per burst (default 30: 3 replicas at 10 per replica)")
     parser.add_argument("--queue", default="bench")
     parser.add_argument("--max-replicas", type=int, default=10)
+    parser.add_argument("--extra-taskqueues", type=int, default=0,
+                        help="more TaskQueues (idle Deployments) on the same Redis, e.g. 999 for 1,000 in all")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--png", type=Path, help="write a histogram + CDF of the reaction times here")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs of every process)")
     args = parser.parse_args(argv)
-    if not 1 <= args.bursts <= 1000 or not 1 <= args.tasks <= 10_000:
-        parser.error("--bursts must be 1..1000 and --tasks 1..10000")
+    if not 1 <= args.bursts <= 1000 or not 1 <= args.tasks <= 10_000 or not 0 <= args.extra_taskqueues <= 5000:
+        parser.error("--bursts must be 1..1000, --tasks 1..10000 and --extra-taskqueues 0..5000")
     if math.ceil(args.tasks / TASKS_PER_REPLICA) > args.max_replicas:
         parser.error("--tasks / 10 must not exceed --max-replicas")
 
@@ -560,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {result['event_p99'] * 1000:.0f} ms")
     print(f"KEDA's default pollingInterval alone is {KEDA_POLLING_SECONDS} s: stalk's median is "
           f"{KEDA_POLLING_SECONDS / result['median']:.0f}x shorter than that one interval.")
+    ticks = result["tick_count"]
+    print(f"operator during the bursts: {ticks:.0f} ticks, mean tick "
+          f"{(result['tick_sum'] / ticks * 1000) if ticks else float('nan'):.0f} ms, "
+          f"CPU {result['operator_cpu_share']:.0%} of one core; TaskQueues: {1 + args.extra_taskqueues}")
     print(f"operator memory: {result['operator_rss_kb']}; load average at start {result['load_start']}, "
           f"at end {result['load_end']} ({os.cpu_count()} CPUs); cluster start {result['cluster_seconds']:.1f}s")
     if result["operator_warnings"]:
