@@ -7,4 +7,5 @@ from tests.fixtures.servers import (  # noqa: F401 - fixtures are found by name
     redis_urls,
 )
 from tests.fixtures.stack import stack, stack_factory  # noqa: F401
-from tests.fixtures.kube import kube_api, kube_cluster, kube_namespace  # noqa: F401 - Kubernetes test cluster
+# Kubernetes test cluster: fixtures, the `cluster` marker, binaries built before cluster tests.
+pytest_plugins = ["tests.fixtures.kube"]
