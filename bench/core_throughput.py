@@ -1,7 +1,7 @@
 """Task platform core benchmark: stalk against plain Celery, side by side, in one run on one Redis.
 
     .venv/bin/python bench/core_throughput.py            # full run (what `make bench` runs)
-    .venv/bin/python bench/core_throughput.py --quick    # a short run, ~1 minute
+    .venv/bin/python bench/core_throughput.py --quick    # a short run, a few minutes
 
 Measures
   1. submit throughput: ``POST /v1/tasks`` with many concurrent HTTP connections and
