@@ -528,7 +528,7 @@ def _delta(before: dict, after: dict, name: str) -> float:
     return (after.get((name, ()), 0.0) or 0.0) - (before.get((name, ()), 0.0) or 0.0)
 
 
-def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
+def plot(result: dict[str, Any], path: Path, tasks: int, taskqueues: int = 1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -537,7 +537,7 @@ def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
 
     ms = sorted(r * 1000 for r in result["reactions"])
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(10, 3.8))
-    width = 50  # ms per bin
+    width = max(50, math.ceil(ms[-1] / 25 / 50) * 50)  # ms per bin: 50, or wider for a long tail
     edges = list(range(0, int(max(ms[-1], 1000) // width + 2) * width, width))
     hist.hist(ms, bins=edges, color="#2b6cb0", edgecolor="white")
     hist.set_xlabel("reaction time (ms)")
@@ -557,7 +557,9 @@ def plot(result: dict[str, Any], path: Path, tasks: int) -> None:
     cdf.set_title(f"CDF (KEDA's default polling alone: {KEDA_POLLING_SECONDS} s)")
     cdf.legend(loc="lower right", fontsize=8)
     cdf.grid(alpha=0.3)
-    fig.suptitle("Burst in Redis -> scale patch on the API server (pollSeconds 1, defaults)", fontsize=10)
+    others = f", {taskqueues:,} TaskQueues on the Redis" if taskqueues > 1 else ", one TaskQueue"
+    fig.suptitle(f"Burst in Redis -> scale patch on the API server (operator defaults, pollSeconds 1{others})",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -615,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in result["operator_warnings"][:10]:
             print("  " + line)
     if args.png:
-        plot(result, args.png, args.tasks)
+        plot(result, args.png, args.tasks, 1 + args.extra_taskqueues)
         print(f"plot: {args.png}")
     if args.json:
         args.json.write_text(json.dumps({k: v for k, v in result.items() if k != "started_at"}
