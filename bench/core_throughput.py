@@ -277,35 +277,46 @@ class Bench:
         else:
             config = {"url": f"{base}/v1/tasks/batch", "requests": self.plan.batch_requests,
                       "batch": self.plan.batch_size, "connections": self.plan.batch_connections, "warmup": 2}
-        config["client"] = self.plan.client
-        # The load generator warms up first, then signals; the API's CPU is read around the timed part.
-        config["mark"] = str(run_dir / "warm")
-        load = self.processes.start(f"{self._runs:02d}-load", [sys.executable, str(Path(__file__).resolve()),
-                                                               "_child", "http", json.dumps(config),
-                                                               str(run_dir / "http.json")],
-                                    env=env, cwd=run_dir)
-        wait_for(lambda: Path(config["mark"]).exists(), deadline=300, what="the load generator's warm-up",
-                 processes=self.processes, name=f"{self._runs:02d}-load")
-        cpu_before = group_cpu_seconds(api.pid)
-        try:
-            load.wait(900)
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError("the load generator did not finish in 900s") from exc
-        cpu_after = group_cpu_seconds(api.pid)
-        self.processes.check(name)
+        result, cpu = self._load(config, env, run_dir, api, name, "load")
         memory = proc_status(api.pid)
-        out = run_dir / "http.json"
-        self.processes.stop(f"{self._runs:02d}-load")
-        if not out.exists():
-            raise BenchError(f"the load generator failed:\n{self.processes.tail(f'{self._runs:02d}-load')}")
-        result = json.loads(out.read_text())
-        result.update(api_cpu_seconds=cpu_after - cpu_before, rss_kb=memory.get("VmRSS"),
-                      hwm_kb=memory.get("VmHWM"))
+        result.update(api_cpu_seconds=cpu, rss_kb=memory.get("VmRSS"), hwm_kb=memory.get("VmHWM"))
+        if kind == "single":
+            # The HTTP stack's share: the same requests for a task that is not registered are answered
+            # 404 after routing, middlewares, dependencies and validation, before any submission work.
+            floor, floor_cpu = self._load({**config, "task": "bench.not-registered", "warmup": 0}, env, run_dir,
+                                          api, name, "load-404")
+            result["floor_cpu_per_request"] = floor_cpu / max(1, floor["requests"])
+            result["floor_statuses"] = floor["statuses"]
         self.processes.stop(name)
         result["queued"] = self.redis(broker).llen(QUEUE)
         with contextlib.closing(sqlite3.connect(run_dir / "stalk.db")) as conn:
             result["recorded"] = conn.execute("SELECT COUNT(*) FROM task_records").fetchone()[0]
         return result
+
+    def _load(self, config: dict, env: dict[str, str], run_dir: Path, api: subprocess.Popen, api_name: str,
+              role: str) -> tuple[dict, float]:
+        """Run the HTTP load generator; return its result and the API's CPU seconds over the timed part."""
+        out = run_dir / f"{role}.json"
+        # The load generator warms up first, then signals; the API's CPU is read around the timed part.
+        config = {**config, "client": self.plan.client, "mark": str(run_dir / f"{role}.warm")}
+        name = f"{self._runs:02d}-{role}"
+        load = self.processes.start(name, [sys.executable, str(Path(__file__).resolve()), "_child", "http",
+                                           json.dumps(config), str(out)], env=env, cwd=run_dir)
+        try:
+            wait_for(lambda: Path(config["mark"]).exists(), deadline=300, what="the load generator's warm-up",
+                     processes=self.processes, name=name)
+            cpu_before = group_cpu_seconds(api.pid)
+            try:
+                load.wait(900)
+            except subprocess.TimeoutExpired as exc:
+                raise BenchError("the load generator did not finish in 900s") from exc
+            cpu = group_cpu_seconds(api.pid) - cpu_before
+            self.processes.check(api_name)
+        finally:
+            self.processes.stop(name)
+        if not out.exists():
+            raise BenchError(f"the load generator failed:\n{self.processes.tail(name)}")
+        return json.loads(out.read_text()), cpu
 
     # 2. drain ----------------------------------------------------------------------------------
     def drain(self, kind: str) -> dict:
@@ -429,9 +440,10 @@ async def _http_load(config: dict) -> dict:
 
     def body(i: int) -> bytes:
         # Pre-encoded: the client should spend its CPU on HTTP, not on building JSON.
+        task = config.get("task", "stalk.echo")
         if batch:
-            return json.dumps({"tasks": [{"task": "stalk.echo", "args": [i * batch + j]} for j in range(batch)]}).encode()
-        return json.dumps({"task": "stalk.echo", "args": [i]}).encode()
+            return json.dumps({"tasks": [{"task": task, "args": [i * batch + j]} for j in range(batch)]}).encode()
+        return json.dumps({"task": task, "args": [i]}).encode()
 
     post = _RawPost(config["url"]) if config["client"] == "raw" else _HttpxPost(config["url"], connections)
 
@@ -655,6 +667,9 @@ def extras(r: dict) -> list[str]:
             f"batch {batch['api_cpu_seconds'] * 1000 / max(1, batch['tasks']):.3f} ms; `delay()` loop "
             f"{r['delay']['cpu_seconds'] * 1000 / r['delay']['tasks']:.2f} ms; the HTTP load generator (same cores) "
             f"{single['client_cpu_seconds'] * 1000 / max(1, single['requests']):.2f} ms per single request.",
+            f"HTTP stack floor: the same single requests for an unregistered task (answered 404 before any "
+            f"submission work) cost the API {single['floor_cpu_per_request'] * 1000:.2f} ms CPU each "
+            f"(statuses {single['floor_statuses']}).",
             f"HTTP statuses: single {single['statuses']}, batch {batch['statuses']}. Messages queued / records "
             f"written (warm-up included): single {single['queued']:,} / {single['recorded']:,}, batch "
             f"{batch['queued']:,} / {batch['recorded']:,}.",
