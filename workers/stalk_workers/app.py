@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None) -> Celery:
         # The API records submissions itself; a "sent" event per task would double publish cost.
         task_send_sent_event=False,
         result_expires=settings.result_expires_seconds,
-        result_extended=True,
         task_default_queue=DEFAULT_QUEUE,
         task_queues=[Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in queues],
         task_routes=celery_routes(queues),
