@@ -87,9 +87,19 @@ def status_patch(
     if "lastDecision" in urgent and _reason(previous.get("lastDecision")) == _reason(desired["lastDecision"]):
         # Same reason, new numbers in the message: that follows the measurements.
         urgent.discard("lastDecision")
+    if "conditions" in urgent and _condition_states(previous.get("conditions")) == _condition_states(
+            desired["conditions"]):
+        # Same types, statuses and reasons; only messages (live numbers) moved: that follows too.
+        urgent.discard("conditions")
     if not urgent and not (shown and measurements_due):
         return None
     return {key: _merge_value(previous.get(key), desired[key]) for key in changed}
+
+
+def _condition_states(conditions: Any) -> list[tuple[Any, Any, Any]] | None:
+    if not isinstance(conditions, list):
+        return None
+    return sorted((c.get("type"), c.get("status"), c.get("reason")) for c in conditions if isinstance(c, Mapping))
 
 
 def _reason(decision: Any) -> str | None:

@@ -28,8 +28,9 @@ def test_other_conditions_are_kept():
     assert st.condition_status(conditions, st.SCALING_LIMITED) is None
 
 
+LIMITED = {"type": "ScalingLimited", "status": "True", "reason": "AtMaxReplicas", "message": "30 waiting needs 6"}
 BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
-        "lastDecision": "Steady: 3 waiting"}
+        "lastDecision": "Steady: 3 waiting", "conditions": [LIMITED]}
 
 
 @pytest.mark.parametrize(
@@ -45,9 +46,13 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
          {"lastDecision": "StabilizingScaleDown: 0 waiting"}),
         ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, False,
          {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
+        ({**BASE, "conditions": [{**LIMITED, "message": "40 waiting needs 8"}]}, False, None),
+        ({**BASE, "conditions": [{**LIMITED, "status": "False", "reason": "DesiredWithinRange"}]}, False,
+         {"conditions": [{**LIMITED, "status": "False", "reason": "DesiredWithinRange"}]}),
     ],
     ids=["nothing-changed", "measurement-not-due", "measurement-due", "replicas-at-once",
-         "hidden-alone-never", "same-reason-new-numbers-waits", "new-reason-at-once", "hidden-rides-along"],
+         "hidden-alone-never", "same-reason-new-numbers-waits", "new-reason-at-once", "hidden-rides-along",
+         "condition-message-only-waits", "condition-status-at-once"],
 )
 def test_status_patch_writes_only_shown_changes(desired, due, expected):
     assert st.status_patch(BASE, desired, measurements_due=due) == expected
