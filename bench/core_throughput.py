@@ -785,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     notes["load_after"] = os.getloadavg()
+    # Each scenario starts fresh processes, so a commit landing mid-run is measured in part.
+    if (code_after := code_version()) != notes["code"]:
+        notes["code"] = f"{notes['code']} (changed during the run to {code_after.removeprefix('commit ')})"
     rows = table(plan, results)
     say("")
     say(render_text(rows))
