@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/operator_scale.py                 # 1,000 TaskQueues, ~5 minutes
     .venv/bin/python bench/operator_scale.py --count 100     # a smaller run
+    .venv/bin/python bench/operator_scale.py --read-cost     # only Redis: the client cost of one read of 1,000 queues
 
 Starts everything itself on loopback and stops it at the end, also on Ctrl-C or an error (the
 harness of ``bench/operator_reaction.py``): a private control plane (kwok nodes), a private
@@ -332,6 +333,76 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# One Lua script instead of 2 commands per list: every LLEN, and LINDEX -1 of the lists that are not empty.
+# A prototype for comparison only (--read-cost); the operator does not use it.
+LUA_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('LLEN', key)
+  out[2 * i - 1] = n
+  if n > 0 then out[2 * i] = redis.call('LINDEX', key, -1) else out[2 * i] = false end
+end
+return out
+"""
+
+
+def run_read_cost(args: argparse.Namespace) -> int:
+    """Client cost of one read of ``--count`` queues: QueueReader.read against a one-script prototype."""
+    import statistics
+
+    import redis
+    from celery import Celery
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+    from redis.utils import HIREDIS_AVAILABLE
+
+    from stalk_workers.queue_reader import QueueReader
+
+    rng = random.Random(args.seed)
+    with harness("stalk-bench-readcost-", keep=args.keep) as h:
+        url = h.start_redis()
+        app = Celery("producer", broker=url, set_as_current=False)
+        with app.connection_for_write() as conn:
+            for i in range(args.with_tasks):
+                for _ in range(rng.randint(1, 50)):
+                    app.send_task("bench.noop", queue=f"q-{i:04d}", connection=conn,
+                                  priority=6 if rng.random() < 0.2 else None)
+        app.close()
+        queues = [f"q-{i:04d}" for i in range(args.count)]
+        client = redis.Redis.from_url(url)
+        reader = QueueReader(client)
+        keys = [f"{q}{Channel.sep}{step}" if step else q for q in queues for step in PRIORITY_STEPS]
+        script = client.register_script(LUA_READ)
+
+        def scripted() -> None:
+            with client.pipeline(transaction=False) as pipe:
+                script(keys=keys, client=pipe)
+                pipe.zrange(Channel.unacked_index_key, 0, -1, withscores=True)
+                pipe.execute()
+
+        rows = []
+        for name, read in (("QueueReader.read: one pipeline, LLEN + LINDEX per list + ZRANGE",
+                            lambda: reader.read(queues)),
+                           ("prototype: one Lua script (EVALSHA) + ZRANGE in one pipeline", scripted)):
+            read()  # warm: connection, script cache, the reader's tail cache
+            cpu, wall = [], []
+            for _ in range(args.reads):
+                c, w = time.process_time(), time.perf_counter()
+                read()
+                cpu.append(time.process_time() - c)
+                wall.append(time.perf_counter() - w)
+            rows.append((name, statistics.median(cpu), min(cpu), max(cpu), statistics.median(wall), min(wall), max(wall)))
+        client.close()
+    print(f"client cost of reading {args.count:,} queues ({len(PRIORITY_STEPS)} lists each, {args.with_tasks} with "
+          f"tasks), {args.reads} reads each; hiredis {'installed' if HIREDIS_AVAILABLE else 'not installed'}; "
+          f"load average {load_average()}")
+    print("| read | CPU median (min-max) | wall median (min-max) |")
+    print("|---|---:|---:|")
+    for name, c50, c0, c1, w50, w0, w1 in rows:
+        print(f"| {name} | {c50 * 1000:.1f} ms ({c0 * 1000:.1f}-{c1 * 1000:.1f}) | "
+              f"{w50 * 1000:.1f} ms ({w0 * 1000:.1f}-{w1 * 1000:.1f}) |")
+    return 0
+
+
 def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     def ms(x: float) -> str:
         return f"{x * 1000:.0f} ms" if not math.isnan(x) else "n/a"
@@ -378,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds after every TaskQueue was ticked")
     parser.add_argument("--seconds", type=float, default=60.0, help="the measured window")
     parser.add_argument("--strace-seconds", type=float, default=10.0, help="each round-trip window (0: skip)")
+    parser.add_argument("--read-cost", action="store_true",
+                        help="only Redis: time QueueReader.read of --count queues against a one-script prototype")
+    parser.add_argument("--reads", type=int, default=20, help="reads per variant with --read-cost")
     parser.add_argument("--operator-env", action="append", default=[], metavar="STALK_X=VALUE",
                         help="a non-default operator setting, for diagnosis (say so when reporting)")
     parser.add_argument("--seed", type=int, default=1)
@@ -393,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.seconds <= 3600 or not 0 <= args.warmup <= 600 or not 0 <= args.strace_seconds <= 120:
         parser.error("--seconds 1..3600, --warmup 0..600, --strace-seconds 0..120")
 
+    if args.read_cost:
+        return run_read_cost(args)
     result = run_scale(args)
     print()
     print(f"Measured {result['started_at']:%Y-%m-%d %H:%M} UTC"
