@@ -39,13 +39,11 @@ Measured, over a ``--seconds`` window after a ``--warmup``:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -56,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from operator_reaction import (  # noqa: E402 - the shared harness, next to this file
-    NAMESPACE, BenchError, _Interrupted, cpu_seconds, harness, load_average, parse_metrics, proc_status,
+    BenchError, _Interrupted, cpu_seconds, harness, load_average, parse_metrics, proc_status,
     taskqueue, wait_for, worker_deployment,
 )
 
@@ -218,12 +216,10 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         names = [f"{i:04d}" for i in range(args.count)]
         scaling = names[:args.scaling]
         backlog = names[:args.with_tasks]
-        objects = []
-        for i, n in enumerate(names):
-            objects.append(worker_deployment(f"w-{n}", labels={"stalk.dev/bench": "scale"}))
-        for i, n in enumerate(names):
-            objects.append(taskqueue(f"tq-{n}", queue=f"q-{n}", broker_url=url, target=f"w-{n}", maxReplicas=2,
-                                     activationTasks=0 if i < args.scaling else 1000))
+        # Deployments first, so no TaskQueue points at a target that does not exist yet.
+        objects = [worker_deployment(f"w-{n}", labels={"stalk.dev/bench": "scale"}) for n in names]
+        objects += [taskqueue(f"tq-{n}", queue=f"q-{n}", broker_url=url, target=f"w-{n}", maxReplicas=2,
+                              activationTasks=0 if i < args.scaling else 1000) for i, n in enumerate(names)]
         t = time.monotonic()
         h.apply(objects, batch=100)
         result["apply_seconds"] = time.monotonic() - t
