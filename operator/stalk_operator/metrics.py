@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,7 +82,8 @@ class OperatorMetrics:
 
 def health_app(metrics: OperatorMetrics, *, alive: Callable[[], bool], ready: Callable[[], bool]) -> web.Application:
     async def metrics_view(_: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        # At 1,000 TaskQueues a scrape is ~58 ms of Python: in a thread, ticks interleave with it.
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
