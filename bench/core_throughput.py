@@ -566,17 +566,23 @@ CHILDREN = {"delay": child_delay, "http": child_http}
 
 # --- reporting -------------------------------------------------------------------------------------
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def code_version() -> str:
     """The commit measured, and whether the measured code (api/, workers/) differed from it."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "api", "workers")
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--", "api", "workers")
     return f"commit {commit}" + (" with uncommitted changes in api/ or workers/" if dirty else "")
+
+
+def code_fingerprint() -> str:
+    """What the measured processes run: the last commit touching api/ or workers/, and local changes."""
+    return _git("log", "-1", "--format=%h", "--", "api", "workers") + _git("diff", "HEAD", "--", "api", "workers")
 
 
 def machine_notes() -> dict:
@@ -593,6 +599,7 @@ def machine_notes() -> dict:
                 break
     return {
         "cpus": os.cpu_count(), "cpu": cpu, "load": os.getloadavg(), "code": code_version(),
+        "fingerprint": code_fingerprint(),
         "python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
         "sqlalchemy": sqlalchemy.__version__, "uvicorn": uvicorn.__version__, "sqlite": sqlite3.sqlite_version,
     }
@@ -785,9 +792,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     notes["load_after"] = os.getloadavg()
-    # Each scenario starts fresh processes, so a commit landing mid-run is measured in part.
-    if (code_after := code_version()) != notes["code"]:
-        notes["code"] = f"{notes['code']} (changed during the run to {code_after.removeprefix('commit ')})"
+    # Each scenario starts fresh processes, so a change to api/ or workers/ mid-run is measured in part.
+    if code_fingerprint() != notes["fingerprint"]:
+        notes["code"] += f" (api/ or workers/ changed during the run; now {code_version().removeprefix('commit ')})"
     rows = table(plan, results)
     say("")
     say(render_text(rows))
