@@ -230,8 +230,6 @@ def test_monitoring_objects_exist_only_when_the_cluster_serves_their_api(helm):
 
 def test_the_prometheus_rule_carries_the_alert_rules_file_unchanged(rendered):
     alerts = CHART / "files" / "alerts.yaml"
-    if not alerts.exists():
-        pytest.skip("charts/stalk/files/alerts.yaml is not there yet")
     rule = next(o for o in rendered["02-everything-on"] if o["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(alerts.read_text())["groups"]
     assert rule["metadata"]["labels"]["release"] == "prometheus"

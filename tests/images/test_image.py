@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.servers import fresh_redis_pair, free_port, wait_until
+from tests.fixtures.servers import free_port, fresh_redis_pair, unavailable, wait_until
 from tests.images.dockerfile import LocalImage, build_locally
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ def test_operator_starts_against_the_cluster_and_reports_healthy(image, run, kub
 def test_dev_image_restarts_a_command_when_skaffold_syncs_a_python_file(image, run, services):
     """The runtime stage's DEV_RELOAD step (skaffold.yaml sets it) wraps `stalk` in watchfiles."""
     if os.geteuid() != 0:
-        pytest.skip("the DEV_RELOAD step chowns the packages to the image user, which needs root")
+        unavailable("the DEV_RELOAD step chowns the packages to the image user, which needs root")
     (step,) = [r for r in image.dockerfile.runtime.all("RUN") if "DEV_RELOAD" in r]
     bin_dir = image.venv / "bin"
     try:

@@ -16,6 +16,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.servers import unavailable
 import yaml
 
 from tests.images.dockerfile import parse
@@ -37,11 +39,11 @@ def skaffold_version() -> str:
 
 def skaffold_module() -> Path:
     if shutil.which("go") is None:
-        pytest.skip("no Go toolchain: skaffold's schemas come from its Go module")
+        unavailable("no Go toolchain: skaffold's schemas come from its Go module")
     cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
     module = Path(cache) / "github.com" / "!google!container!tools" / "skaffold" / f"v2@{skaffold_version()}"
     if not module.is_dir():
-        pytest.skip(f"skaffold's module is not in the Go module cache ({module}); `make tools-bins` fetches it")
+        unavailable(f"skaffold's module is not in the Go module cache ({module}); `make tools-bins` fetches it")
     return module
 
 
@@ -183,7 +185,7 @@ def test_local_profile_never_pushes():
 def test_skaffold_reads_and_renders_it(tmp_path):
     binary = skaffold_binary()
     if binary is None:
-        pytest.skip("no skaffold binary: `make tools-bins` builds it from Go modules")
+        unavailable("no skaffold binary: `make tools-bins` builds it from Go modules")
     helm = BIN_DIR / "helm"
     env = {"PATH": f"{helm.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
            "SKAFFOLD_UPDATE_CHECK": "false", "SKAFFOLD_COLLECT_METRICS": "false"}
