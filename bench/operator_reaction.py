@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from procfs import proc_status  # bench/procfs.py, next to this script
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "k8s" / "crd" / "taskqueues.stalk.dev.yaml"
 CLUSTER_PY = ROOT / "hack" / "cluster.py"
@@ -92,17 +94,6 @@ def wait_for(ready, *, deadline: float, what: str, interval: float = 0.05, alive
             return value
         time.sleep(interval)
     raise BenchError(f"timed out after {deadline:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) in kB, from /proc/PID/status."""
-    values = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-    return values
 
 
 def cpu_seconds(pid: int) -> float:
