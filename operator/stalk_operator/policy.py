@@ -87,8 +87,10 @@ class Observation:
 class History:
     """What ``decide`` needs from earlier ticks of one queue; JSON-safe through to_dict/from_dict.
 
-    ``recommendations`` are (time, replicas) pairs from ``recommend``, kept as long as the longer
-    stabilization window needs them; an empty history starts with the current replicas.
+    ``recommendations`` are (time, replicas) pairs from ``recommend``, oldest first, kept as long as
+    the longer stabilization window needs them, and only those that can still be a window's highest
+    or lowest (see ``_compact``): at 1 s ticks a steady queue keeps one or two pairs, not one per
+    second of the window. An empty history starts with the current replicas.
     ``idle_since`` is when waiting + in-flight last became zero (None while there is work).
     """
 
@@ -249,7 +251,27 @@ def _was_away(history: History, now: float, spec: ScalingSpec) -> bool:
 
 def _forget_old(history: History, now: float, spec: ScalingSpec) -> None:
     keep = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
-    history.recommendations = [(t, r) for t, r in history.recommendations if t > now - keep]
+    history.recommendations = _compact([(t, r) for t, r in history.recommendations if t > now - keep])
+
+
+def _compact(recommendations: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """Only the pairs that can still be the highest or the lowest of a stabilization window.
+
+    A window is every pair newer than some time (``stabilize``), so a pair followed by one at
+    least as high and one at least as low is never a window's max or min alone: whichever window
+    holds it also holds those later ones. What stays is the two "staircases" a sliding-window
+    max/min keeps, merged, so ``stabilize`` answers exactly as it would from every tick.
+    """
+    if any(a[0] > b[0] for a, b in zip(recommendations, recommendations[1:])):
+        recommendations = sorted(recommendations, key=lambda pair: pair[0])  # a clock that went back
+    kept: list[tuple[float, int]] = []
+    highest_later, lowest_later = -math.inf, math.inf
+    for t, r in reversed(recommendations):
+        if r > highest_later or r < lowest_later:
+            kept.append((t, r))
+        highest_later, lowest_later = max(highest_later, r), min(lowest_later, r)
+    kept.reverse()
+    return kept
 
 
 def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, replicas: int,

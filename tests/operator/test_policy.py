@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -9,11 +10,13 @@ import random
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stalk_operator import policy
 from stalk_operator.policy import (
     AT_MAX_REPLICAS,
     AT_MIN_REPLICAS,
@@ -101,6 +104,10 @@ RULES = [
      obs(waiting=10, current=5), 4, SCALE_STEP_LIMITED),
     ("scale up held by a scale-up window", replace(SPEC, scale_up=Behavior(30)), past((10, 1)),
      obs(waiting=50, current=1), 1, STABILIZING_SCALE_UP),
+    # Pairs out of time order: restored from a status another operator wrote with its clock ahead.
+    ("pairs recorded out of time order still hold the window",
+     replace(SPEC, scale_up=Behavior(3), scale_down=Behavior(6)), past((1, 4), (5, 2), (4, 9)),
+     obs(waiting=100, current=2), 4, STABILIZING_SCALE_UP),
     ("paused keeps the replicas whatever the load", replace(SPEC, paused=True), past(),
      obs(waiting=100, current=3), 3, PAUSED),
 ]
@@ -248,6 +255,70 @@ def test_never_stops_a_busy_replica_when_the_busy_ones_are_known(spec, current, 
     decision = decide(o, spec, past(*earlier, idle_for=idle_for if waiting + in_flight == 0 else None), NOW)
     if decision.replicas < current:
         assert decision.replicas >= min(busy, spec.max_replicas), decision.message
+
+
+# The history keeps only the recommendations that can still be a window's highest or lowest. The
+# reference below is the same decide() keeping every recommendation (the history before compaction).
+
+def _decide_all(spec_list, start, tick_list, *, compact: bool):
+    """Decisions and persisted histories for ticks that may change the spec, restart or turn the clock back."""
+    every = mock.patch.object(policy, "_compact", lambda recommendations: list(recommendations))
+    history, now, current, out = History(), NOW, start, []
+    with contextlib.nullcontext() if compact else every:
+        for dt, waiting, in_flight, oldest, busy, spec_index, restart in tick_list:
+            now += dt
+            if restart:  # the operator persisted the history in status and read it back
+                history = History.from_dict(json.loads(json.dumps(history.to_dict())))
+            o = obs(waiting=waiting, in_flight=in_flight, current=current, oldest=oldest,
+                    busy=None if busy is None else min(busy, current))
+            decision = decide(o, spec_list[spec_index % len(spec_list)], history, now)
+            out.append((decision, len(history.recommendations)))
+            current = decision.replicas
+    return out
+
+
+history_ticks = st.lists(
+    st.tuples(st.one_of(st.floats(0.5, 40), st.sampled_from([0.0, 1.0, 1.0, 1.0, -3.0])), st.integers(0, 120),
+              st.integers(0, 60), st.none() | st.floats(0, 300), st.none() | st.integers(0, 12), st.integers(0, 2),
+              st.booleans()),
+    min_size=1, max_size=120,
+)
+
+
+@PROPERTY
+@given(st.lists(specs, min_size=1, max_size=3), st.integers(0, 20), history_ticks)
+def test_the_compact_history_decides_exactly_as_the_full_one(spec_list, start, tick_list):
+    compact = _decide_all(spec_list, start, tick_list, compact=True)
+    full = _decide_all(spec_list, start, tick_list, compact=False)
+    assert [d for d, _ in compact] == [d for d, _ in full]
+    assert all(kept <= every for (_, kept), (_, every) in zip(compact, full))
+
+
+@PROPERTY
+@given(specs, st.lists(st.integers(0, 40), min_size=60, max_size=300))
+def test_the_history_holds_a_few_recommendations_not_one_per_tick(spec, loads):
+    # One decision a second under a noisy load: what is kept is bounded by the distinct counts the
+    # window can hold (one staircase down for the max, one up for the min), not by the ticks.
+    spec = replace(spec, scale_down=Behavior(60), paused=False)
+    history, current = History(), 1
+    for tick, load in enumerate(loads):
+        current = decide(obs(waiting=load, current=current), spec, history, NOW + tick).replicas
+        distinct = len({r for _, r in history.recommendations})
+        assert len(history.recommendations) <= 2 * distinct + 1
+    steady = History()
+    for tick in range(120):
+        decide(obs(waiting=25, current=3), SPEC, steady, NOW + tick)
+    assert len(steady.recommendations) <= 2
+
+
+def test_a_full_history_in_status_is_read_and_compacted():
+    # The format written before compaction (one pair per tick) still reads, and decides the same.
+    saved = {"recommendations": [[NOW - 60 + s, 8 if s == 10 else 3] for s in range(60)], "idleSince": None,
+             "lastDecisionAt": NOW - 1}
+    history = History.from_dict(saved)
+    assert decide(obs(waiting=15, current=8), SPEC, history, NOW).replicas == 8  # 8 is still in the window
+    assert len(history.recommendations) <= 3
+    assert decide(obs(waiting=15, current=8), SPEC, history, NOW + 11).replicas == 3
 
 
 def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(monkeypatch):
