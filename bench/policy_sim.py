@@ -1,10 +1,15 @@
 """Policy simulation: stalk's policy against an HPA + KEDA model, on synthetic traces.
 
-Run: ``python bench/policy_sim.py [--seed N] [--trace recorded.csv ...] [--csv DIR]``. Pure Python
-and deterministic for a seed; it calls the operator's own ``policy.decide``, so what is measured is
-the policy that ships. A recorded trace is a CSV with a header and the columns ``arrival`` and
-``duration`` (seconds) and optionally ``priority`` (0-9). ``--csv`` writes each run's per-second
-replicas, waiting and in-flight counts (``<trace>-<model>.csv``) for plotting.
+Run: ``python bench/policy_sim.py [--seeds 20 | --seed N] [--trace recorded.csv ...] [--csv DIR]``.
+Pure Python and deterministic for a seed; it calls the operator's own ``policy.decide``, so what is
+measured is the policy that ships. One seed is one draw of every synthetic trace, so by default it
+runs seeds 1..20 and reports per trace how many seeds meet the target, the median and the worst
+worker-seconds ratio, and every run that does not meet it with what explains it (p95 wait of the
+priority tasks, mean backlog). A recorded trace is a CSV with a header and the columns ``arrival``
+and ``duration`` (seconds) and optionally ``priority`` (0-9); its arrivals are the same under every
+seed. ``--csv DIR`` writes ``seeds.csv`` (one row per trace, seed and model) and, with ``--seed``,
+each run's per-second replicas, waiting and in-flight counts (``<trace>-<model>.csv``) for plotting.
+``--priority-share 0`` sends every task to the base list, the one KEDA reads.
 
 One worker Deployment consumes one Celery queue, simulated second by second:
 - tasks arrive (Poisson, rate per trace), a share of them with a priority that kombu files in a
@@ -21,8 +26,9 @@ does 0 <-> 1, cooldown 300 s), the HPA syncs every 15 s on the same LLEN (Averag
 tolerance 0.1, scale-up at most max(2x, +4) per sync, 300 s scale-down stabilization); the
 ReplicaSet removes not-ready then newest pods whether busy or not; grace period 30 s.
 
-Printed per trace: worker-seconds (pods existing, starting and draining included), p95 wait from
-arrival to start, pods stopped while running a task, tasks killed mid-run; then stalk/KEDA ratios.
+Measured per run: worker-seconds (pods existing, starting and draining included), p95 wait from
+arrival to start, pods stopped while running a task, tasks killed mid-run. The target is met in a
+run when stalk spends fewer worker-seconds at an equal or better p95 wait and stops no busy pod.
 Not modelled: Celery prefetch (tasks reserved but not started), node provisioning, pod start-up
 variance.
 """
@@ -34,6 +40,7 @@ import bisect
 import csv
 import math
 import random
+import statistics
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -76,6 +83,8 @@ class Replica:
 class Result:
     worker_seconds: float = 0.0
     p95_wait: float = 0.0
+    p95_wait_sublists: float = 0.0  # of the tasks kombu keeps in priority sub-lists (KEDA does not read them)
+    mean_waiting: float = 0.0  # tasks waiting, averaged over the run: the backlog a model lets stand
     busy_stops: int = 0
     killed_tasks: int = 0
     series: list[tuple[int, int, int, int]] = field(default_factory=list)  # (second, replicas, waiting, in flight)
@@ -229,19 +238,26 @@ def simulate(tasks: list[Task], make_controller: Callable[[], object], *, grace:
         if now % controller.interval == 0:
             controller.act(cluster, now)
         series.append((now, cluster.replicas, cluster.waiting(), cluster.in_flight()))
-    waits = sorted((t.start if t.start is not None else end) - t.arrival for t in tasks)
-    return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=waits[int(0.95 * (len(waits) - 1))],
+    waits = [(t.start if t.start is not None else end) - t.arrival for t in tasks]
+    return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=_p95(waits),
+                  p95_wait_sublists=_p95([w for t, w in zip(tasks, waits) if t.priority_step]),
+                  mean_waiting=sum(waiting for _, _, waiting, _ in series) / len(series),
                   busy_stops=cluster.busy_stops, killed_tasks=cluster.killed_tasks, series=series)
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.95 * (len(ordered) - 1))] if ordered else 0.0
 
 
 # --- traces: (arrival rate per second as a function of time, duration in seconds) -------------
 
 def poisson_trace(rate: Callable[[float], float], seconds: int, rng: random.Random,
-                  bursts: dict[int, int] | None = None) -> list[Task]:
+                  bursts: dict[int, int] | None = None, priority_share: float = PRIORITY_SHARE) -> list[Task]:
     def task(at: float) -> Task:
         # Mostly short tasks with a long tail (median ~4 s, a few over a minute).
         duration = min(rng.lognormvariate(math.log(4), 0.9), 300)
-        return Task(arrival=at, duration=duration, priority_step=6 if rng.random() < PRIORITY_SHARE else 0)
+        return Task(arrival=at, duration=duration, priority_step=6 if rng.random() < priority_share else 0)
 
     tasks = []
     for second in range(seconds):
@@ -266,51 +282,169 @@ def recorded_trace(path: Path) -> list[Task]:
                 for row in csv.DictReader(f)]
 
 
-def traces(rng: random.Random) -> dict[str, list[Task]]:
-    hour = 3600
+def traces(rng: random.Random, priority_share: float = PRIORITY_SHARE) -> dict[str, list[Task]]:
+    hour, share = 3600, priority_share
     return {
-        "steady": poisson_trace(lambda t: 2.0, hour, rng),
-        "bursty": poisson_trace(lambda t: 0.2, hour, rng,
+        "steady": poisson_trace(lambda t: 2.0, hour, rng, priority_share=share),
+        "bursty": poisson_trace(lambda t: 0.2, hour, rng, priority_share=share,
                                 bursts={s: 30 for start in range(300, hour, 600) for s in range(start, start + 10)}),
         # A day compressed into two hours: near idle at night, ~4 tasks/s at the peak.
         "diurnal": poisson_trace(lambda t: 0.05 + 3.95 * (1 - math.cos(2 * math.pi * t / (2 * hour))) / 2,
-                                 2 * hour, rng),
-        "spike": poisson_trace(lambda t: 0.3, hour, rng, bursts={1200 + s: 100 for s in range(15)}),
+                                 2 * hour, rng, priority_share=share),
+        "spike": poisson_trace(lambda t: 0.3, hour, rng, priority_share=share,
+                               bursts={1200 + s: 100 for s in range(15)}),
     }
+
+
+# --- comparing the two models ---------------------------------------------------------------
+
+MET = "met"
+# HPA+KEDA spent fewer worker-seconds, but its p95 wait was longer: the saving is the backlog it let stand.
+KEDA_CHEAPER_BY_WAITING = "HPA+KEDA cheaper by waiting"
+MISSED = "missed"
+
+
+@dataclass
+class Comparison:
+    trace: str
+    seed: int
+    tasks: int
+    stalk: Result
+    blind: Result  # stalk's policy told nothing about busy replicas: only pod-deletion-cost protects them
+    keda: Result
+
+    @property
+    def worker_ratio(self) -> float:
+        return self.stalk.worker_seconds / self.keda.worker_seconds
+
+    @property
+    def wait_ratio(self) -> float:
+        return self.stalk.p95_wait / self.keda.p95_wait if self.keda.p95_wait else math.inf
+
+    @property
+    def verdict(self) -> str:
+        if self.stalk.busy_stops or self.stalk.killed_tasks:
+            return MISSED
+        if self.stalk.worker_seconds < self.keda.worker_seconds and self.stalk.p95_wait <= self.keda.p95_wait:
+            return MET
+        return KEDA_CHEAPER_BY_WAITING if self.stalk.p95_wait < self.keda.p95_wait else MISSED
+
+
+def compare(trace: str, tasks: list[Task], spec: ScalingSpec, seed: int) -> Comparison:
+    """Both models (and stalk without the busy count) on copies of one trace, with one seed."""
+    def run(make_controller, grace: float, idle_first: bool) -> Result:
+        return simulate(_fresh(tasks), make_controller, grace=grace, idle_first=idle_first, seed=seed)
+
+    return Comparison(trace=trace, seed=seed, tasks=len(tasks),
+                      stalk=run(lambda: StalkController(spec), math.inf, True),
+                      blind=run(lambda: StalkController(spec, knows_busy=False), math.inf, True),
+                      keda=run(KedaHpaController, KUBERNETES_GRACE_SECONDS, False))
+
+
+def sweep(seeds: range, *, recorded: dict[str, list[Task]] | None = None,
+          priority_share: float = PRIORITY_SHARE) -> list[Comparison]:
+    """Every trace under every seed; a recorded trace keeps its arrivals, the seed only orders the workers."""
+    spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=TARGET_PER_REPLICA)
+    return [compare(name, tasks, spec, seed)
+            for seed in seeds
+            for name, tasks in (traces(random.Random(seed), priority_share) | (recorded or {})).items()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=20, help="run seeds 1..N and summarize per trace (default 20)")
+    parser.add_argument("--seed", type=int, help="run this one seed instead (and write its per-second series)")
     parser.add_argument("--trace", type=Path, action="append", default=[], help="a recorded trace (CSV)")
-    parser.add_argument("--csv", type=Path, help="write per-second series here")
+    parser.add_argument("--priority-share", type=float, default=PRIORITY_SHARE,
+                        help=f"share of tasks sent with priority 6 (default {PRIORITY_SHARE})")
+    parser.add_argument("--csv", type=Path, help="write per-second series (--seed) or one row per seed here")
+    parser.add_argument("--strict", action="store_true", help="exit with status 2 when the target is missed")
     args = parser.parse_args(argv)
-    all_traces = traces(random.Random(args.seed)) | {path.stem: recorded_trace(path) for path in args.trace}
-
-    spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=TARGET_PER_REPLICA)
+    recorded = {path.stem: recorded_trace(path) for path in args.trace}
+    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(1, args.seeds + 1)
     print(f"{CONCURRENCY} slots per replica, {TARGET_PER_REPLICA} tasks per replica target, max {MAX_REPLICAS} "
-          f"replicas, {STARTUP_SECONDS}s start-up, {PRIORITY_SHARE:.0%} of tasks in a priority sub-list, seed {args.seed}")
-    header = (f"{'trace':<8} {'tasks':>6} | {'worker-s stalk':>14} {'KEDA':>8} {'ratio':>6} | "
-              f"{'p95 wait stalk':>14} {'KEDA':>7} {'ratio':>6} | {'busy stops':>10} {'(a)':>4} {'KEDA':>5} | "
-              f"{'killed':>6} {'KEDA':>5}")
+          f"replicas, {STARTUP_SECONDS}s start-up, {args.priority_share:.0%} of tasks in a priority sub-list, "
+          f"seed{'s' if len(seeds) > 1 else ''} {_span(seeds)}")
+    comparisons = sweep(seeds, recorded=recorded, priority_share=args.priority_share)
+    _print_summary(comparisons)
+    if args.csv:
+        _write_seeds(args.csv / "seeds.csv", comparisons)
+        if args.seed is not None:
+            for c in comparisons:
+                _write_series(args.csv, c.trace, {"stalk": c.stalk, "keda": c.keda})
+    missed = [c for c in comparisons if c.verdict != MET]
+    print(f"target (fewer worker-seconds at an equal or better p95 wait, no busy worker stopped): "
+          f"{'met' if not missed else 'missed'}; met in {len(comparisons) - len(missed)} of {len(comparisons)} runs")
+    return 2 if missed and args.strict else 0
+
+
+def _print_summary(comparisons: list[Comparison]) -> None:
+    _print_header(f"{'trace':<8} {'seeds':>5} {'met':>4} {'by wait':>7} {'missed':>6} | {'worker-s stalk':>14} "
+                  f"{'KEDA':>6} {'ratio':>5} {'worst':>5} {'seed':>4} | {'p95 wait stalk':>14} {'KEDA':>6} "
+                  f"{'ratio':>5} {'worst':>5} | {'busy stops':>10} {'(a)':>4} {'KEDA':>5} | {'killed':>6} {'KEDA':>5}")
+    for trace, runs in by_trace(comparisons).items():
+        verdicts = [c.verdict for c in runs]
+        worst = max(runs, key=lambda c: c.worker_ratio)
+        print(f"{trace:<8} {len(runs):>5} {verdicts.count(MET):>4} {verdicts.count(KEDA_CHEAPER_BY_WAITING):>7} "
+              f"{verdicts.count(MISSED):>6} | {_median(c.stalk.worker_seconds for c in runs):>14.0f} "
+              f"{_median(c.keda.worker_seconds for c in runs):>6.0f} {_median(c.worker_ratio for c in runs):>5.2f} "
+              f"{worst.worker_ratio:>5.2f} {worst.seed:>4} | {_median(c.stalk.p95_wait for c in runs):>13.1f}s "
+              f"{_median(c.keda.p95_wait for c in runs):>5.1f}s {_median(c.wait_ratio for c in runs):>5.2f} "
+              f"{max(c.wait_ratio for c in runs):>5.2f} | {_total(runs, 'stalk', 'busy_stops'):>10} "
+              f"{_total(runs, 'blind', 'busy_stops'):>4} {_total(runs, 'keda', 'busy_stops'):>5} | "
+              f"{_total(runs, 'stalk', 'killed_tasks'):>6} {_total(runs, 'keda', 'killed_tasks'):>5}")
+    print("met: fewer worker-seconds at an equal or better p95 wait; by wait: HPA+KEDA spent fewer worker-seconds "
+          "but its tasks waited longer; worker-seconds, p95 waits and ratios (stalk / KEDA, below 1: stalk uses "
+          "less / waits less): medians over the seeds, worst: the highest ratio; busy stops: pods sent SIGTERM "
+          "while running a task, (a) = stalk without Observation.busy_replicas; killed: tasks cut off by the "
+          "grace period; both totals over the seeds")
+    others = [c for c in comparisons if c.verdict != MET]
+    if others:
+        print("\nruns where the target is not met (KEDA's backlog: tasks waiting on average; "
+              "sub-lists: p95 wait of the priority tasks KEDA does not count):")
+        for c in others:
+            s, k = c.stalk, c.keda
+            print(f"  {c.trace:<8} seed {c.seed:>3}: {c.verdict}; worker-s {s.worker_seconds:.0f} vs "
+                  f"{k.worker_seconds:.0f} ({c.worker_ratio:.2f}), p95 wait {s.p95_wait:.1f}s vs {k.p95_wait:.1f}s, "
+                  f"sub-lists {s.p95_wait_sublists:.1f}s vs {k.p95_wait_sublists:.1f}s, "
+                  f"backlog {s.mean_waiting:.1f} vs {k.mean_waiting:.1f}")
+
+
+def _total(runs: list[Comparison], model: str, field: str) -> int:
+    return sum(getattr(getattr(c, model), field) for c in runs)
+
+
+def by_trace(comparisons: list[Comparison]) -> dict[str, list[Comparison]]:
+    grouped: dict[str, list[Comparison]] = {}
+    for c in comparisons:
+        grouped.setdefault(c.trace, []).append(c)
+    return grouped
+
+
+def _print_header(header: str) -> None:
     print(header)
     print("-" * len(header))
-    for name, tasks in all_traces.items():
-        stalk = simulate(_fresh(tasks), lambda: StalkController(spec), grace=math.inf, idle_first=True, seed=args.seed)
-        # (a): the same policy told nothing about busy replicas; only pod-deletion-cost protects them.
-        blind = simulate(_fresh(tasks), lambda: StalkController(spec, knows_busy=False), grace=math.inf,
-                         idle_first=True, seed=args.seed)
-        keda = simulate(_fresh(tasks), KedaHpaController, grace=KUBERNETES_GRACE_SECONDS, idle_first=False,
-                        seed=args.seed)
-        print(f"{name:<8} {len(tasks):>6} | {stalk.worker_seconds:>14.0f} {keda.worker_seconds:>8.0f} "
-              f"{_ratio(stalk.worker_seconds, keda.worker_seconds):>6} | {stalk.p95_wait:>13.1f}s "
-              f"{keda.p95_wait:>6.1f}s {_ratio(stalk.p95_wait, keda.p95_wait):>6} | {stalk.busy_stops:>10} "
-              f"{blind.busy_stops:>4} {keda.busy_stops:>5} | {stalk.killed_tasks:>6} {keda.killed_tasks:>5}")
-        if args.csv:
-            _write_series(args.csv, name, {"stalk": stalk, "keda": keda})
-    print("ratio = stalk / KEDA (below 1: stalk uses less / waits less); busy stops: pods sent SIGTERM while "
-          "running a task, (a) = stalk without Observation.busy_replicas; killed: tasks cut off by the grace period")
-    return 0
+
+
+def _write_seeds(path: Path, comparisons: list[Comparison]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trace", "seed", "tasks", "verdict", "model", "worker_seconds", "p95_wait",
+                         "p95_wait_sublists", "mean_waiting", "busy_stops", "killed_tasks"])
+        for c in comparisons:
+            for model, r in (("stalk", c.stalk), ("stalk_blind", c.blind), ("keda", c.keda)):
+                writer.writerow([c.trace, c.seed, c.tasks, c.verdict, model, round(r.worker_seconds, 1),
+                                 round(r.p95_wait, 2), round(r.p95_wait_sublists, 2), round(r.mean_waiting, 2),
+                                 r.busy_stops, r.killed_tasks])
+
+
+def _median(values) -> float:
+    return statistics.median(list(values))
+
+
+def _span(seeds: range) -> str:
+    return f"{seeds.start}..{seeds.stop - 1}" if len(seeds) > 1 else str(seeds.start)
 
 
 def _write_series(directory: Path, trace: str, results: dict[str, Result]) -> None:
@@ -329,10 +463,6 @@ def _step(priority: int) -> int:
 
 def _fresh(tasks: list[Task]) -> list[Task]:
     return [Task(arrival=t.arrival, duration=t.duration, priority_step=t.priority_step) for t in tasks]
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else ("1.00" if not a else "inf")
 
 
 if __name__ == "__main__":
