@@ -37,8 +37,12 @@ class OperatorSettings(BaseSettings):
     # Depth, in-flight and oldest wait change every tick under load; write them to status at most
     # this often. Replicas, conditions and decisions are written as soon as they change.
     status_interval_seconds: float = Field(5.0, ge=0)
-    # Concurrent API calls (status patches, scale patches) within one tick.
+    # Concurrent API calls: status patches get this many slots, and scale patches (with the reads
+    # before them) as many of their own, so a scale never queues behind status writes.
     api_concurrency: int = Field(8, ge=1)
+    # Status writes that only refresh measurements, at most this many a second in all (changes of
+    # replicas, conditions or decisions are written first and not held to it).
+    status_writes_per_second: float = Field(20.0, gt=0)
 
     @model_validator(mode="after")
     def _check_lease(self) -> OperatorSettings:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -25,6 +24,7 @@ from stalk_operator.kube import KubeApi
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.policy import Decision, History, Observation, decide
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
+from stalk_operator.writer import StatusWriter
 from stalk_workers.queue_reader import QueueReader, QueueStats
 
 log = logging.getLogger(__name__)
@@ -137,20 +137,24 @@ class Ticker:
         self.clock = clock
         self._loops: dict[BrokerKey, asyncio.Task[None]] = {}
         self._members: dict[BrokerKey, list[TaskQueueState]] = {}
+        # Scale patches and the reads before them; status writes have the writer's own slots.
         self._api_slots = asyncio.Semaphore(settings.api_concurrency)
+        self.writer = StatusWriter(kube, metrics, slots=settings.api_concurrency,
+                                   per_second=settings.status_writes_per_second, may_write=is_leader)
         self._was_leader = False
         self.heartbeat = time.monotonic()
 
     # ---- supervision ---------------------------------------------------------------------
     async def run(self) -> None:
+        writer = asyncio.create_task(self.writer.run(), name="status writer")
         try:
             while True:
                 await self.supervise()
                 await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
         finally:
-            for task in self._loops.values():
+            for task in (*self._loops.values(), writer):
                 task.cancel()
-            await asyncio.gather(*self._loops.values(), return_exceptions=True)
+            await asyncio.gather(*self._loops.values(), writer, return_exceptions=True)
 
     def leading(self) -> bool:
         """Whether this operator may act now; on becoming the leader, resume from the objects."""
@@ -220,71 +224,100 @@ class Ticker:
             state.broker_url = None
             state.broker_problem = f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)"
             if self.leading():
-                conditions = st.set_condition(state.status.get("conditions", []), st.READY, False,
-                                              "BrokerSecretNotFound", state.broker_problem,
-                                              now=now, generation=cfg.generation)
-                await self.write_status(state, {"conditions": conditions, "observedGeneration": cfg.generation}, now)
+                self.show(state, st.View(cfg.generation, (
+                    st.Condition(st.READY, False, "BrokerSecretNotFound", state.broker_problem),)), now)
             return None
         state.broker_url, state.broker_problem = url, None
         return url
 
-    async def for_each(self, members: list[TaskQueueState], work: Callable[[TaskQueueState], Any]) -> None:
-        async def one(member: TaskQueueState) -> None:
+    async def for_each(self, members: list[TaskQueueState],
+                       work: Callable[[TaskQueueState], Awaitable[None] | None]) -> None:
+        """Run ``work`` for each TaskQueue; the few that must wait for the API server are awaited together.
+
+        ``work`` decides without awaiting and returns an awaitable only when it needs the API now (a
+        scale, an unknown target, an Event): most TaskQueues, most ticks, cost no task of their own.
+        """
+        async def one(member: TaskQueueState, awaitable: Awaitable[None]) -> None:
             try:
-                await work(member)
+                await awaitable
             except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
                 log.exception("TaskQueue %s/%s: tick failed", *member.config.key)
 
-        await asyncio.gather(*(one(m) for m in members))
+        waiting = []
+        for member in members:
+            try:
+                awaitable = work(member)
+            except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
+                log.exception("TaskQueue %s/%s: tick failed", *member.config.key)
+                continue
+            if awaitable is not None:
+                waiting.append(one(member, awaitable))
+        if waiting:
+            await asyncio.gather(*waiting)
 
     # ---- one TaskQueue -------------------------------------------------------------------
-    async def reconcile(self, state: TaskQueueState, stats: QueueStats, now: float, broker: BrokerLoop) -> None:
+    def reconcile(self, state: TaskQueueState, stats: QueueStats, now: float,
+                  broker: BrokerLoop) -> Awaitable[None] | None:
         cfg = state.config
         series = state.series
         if series is None or series.labels != (cfg.namespace, cfg.name, cfg.queue):
             if series is not None:  # the queue name changed: drop the old series
                 self.metrics.forget(*series.labels)
             series = state.series = self.metrics.for_taskqueue(cfg.namespace, cfg.name, cfg.queue)
-        oldest = int(stats.oldest_wait_seconds or 0)
-        series.depth.set(stats.waiting)
-        series.in_flight.set(stats.in_flight)
-        series.scheduled.set(stats.scheduled)
-        series.oldest_wait.set(stats.oldest_wait_seconds or 0)
-        series.min_replicas.set(cfg.scaling.min_replicas)
-        series.max_replicas.set(cfg.scaling.max_replicas)
+        series.set_measured(stats.waiting, stats.in_flight, stats.scheduled, stats.oldest_wait_seconds or 0,
+                            cfg.scaling.min_replicas, cfg.scaling.max_replicas)
+        read = Read(stats=stats, now=now, metrics=st.Condition(
+            st.METRICS_AVAILABLE, True, "QueueRead", f"queue {cfg.queue} read from {broker.label}"))
 
-        conditions = state.status.get("conditions", [])
-        if st.condition_status(conditions, st.METRICS_AVAILABLE) == "False":
-            await self._event(state, "Normal", "MetricsAvailable", f"reading queue {cfg.queue} from {broker.label} again")
-        conditions = st.set_condition(conditions, st.METRICS_AVAILABLE, True, "QueueRead",
-                                      f"queue {cfg.queue} read from {broker.label}", now=now, generation=cfg.generation)
-        measured = {
-            "depth": stats.waiting, "inFlight": stats.in_flight, "scheduled": stats.scheduled,
-            "oldestWaitSeconds": oldest, "observedGeneration": cfg.generation,
-        }
+        event = None
+        if state.metrics_down:
+            state.metrics_down = False
+            event = self._event(state, "Normal", "MetricsAvailable", f"reading queue {cfg.queue} from {broker.label} again")
 
         if state.target_conflict:
-            conditions = st.set_condition(conditions, st.READY, False, "TargetConflict", state.target_conflict,
-                                          now=now, generation=cfg.generation)
-            await self.write_status(state, {**measured, "conditions": conditions,
-                                            "lastDecision": f"TargetConflict: {state.target_conflict}"}, now)
-            return
+            self._show_problem(state, read, "TargetConflict", state.target_conflict,
+                               f"TargetConflict: {state.target_conflict}")
+            return event
+        target = self.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
+        if target is None:
+            return _chain(event, self._reconcile_unknown_target(state, read, broker))
+        state.target_missing = False
+        return _chain(event, self._decide(state, target, read, broker))
 
-        target = await self._target(state, now)
+    async def _reconcile_unknown_target(self, state: TaskQueueState, read: Read, broker: BrokerLoop) -> None:
+        cfg = state.config
+        target = await self._target(state, read.now)
         if target is None:
             message = f"{cfg.target.kind} {cfg.target.name} not found in namespace {cfg.namespace}"
-            conditions = st.set_condition(conditions, st.READY, False, "TargetNotFound", message,
-                                          now=now, generation=cfg.generation)
-            await self.write_status(state, {**measured, "conditions": conditions, "lastDecision": message}, now)
+            self._show_problem(state, read, "TargetNotFound", message, message)
             return
+        work = self._decide(state, target, read, broker)
+        if work is not None:
+            await work
 
+    def _decide(self, state: TaskQueueState, target: Target, read: Read, broker: BrokerLoop) -> Awaitable[None] | None:
+        """Decide; scale (an awaitable) only when the decision moves the replicas, else just show it."""
+        cfg = state.config
+        stats = read.stats
         observation = Observation(
             waiting=stats.waiting, in_flight=stats.in_flight,
             oldest_wait_seconds=stats.oldest_wait_seconds, current_replicas=target.replicas,
         )
-        history_before = History.from_dict(state.history.to_dict())
-        decision = decide(observation, cfg.scaling, state.history, now)
-        if decision.replicas < target.replicas and cfg.drain and not cfg.scaling.paused:
+        # A scale-down may have to be decided again once the busy pods are known, from the history
+        # as it was: keep a copy, but only where a scale-down is possible at all.
+        may_drain = target.replicas > 0 and cfg.drain and not cfg.scaling.paused
+        history_before = History.from_dict(state.history.to_dict()) if may_drain else None
+        decision = decide(observation, cfg.scaling, state.history, read.now)
+        if decision.replicas != target.replicas and not cfg.scaling.paused:
+            return self._act(state, target, read, broker, observation, decision, history_before)
+        self._show_decision(state, target, read, decision, target.replicas)
+        return None
+
+    async def _act(self, state: TaskQueueState, target: Target, read: Read, broker: BrokerLoop,
+                   observation: Observation, decision: Decision, history_before: History | None) -> None:
+        cfg = state.config
+        now = read.now
+        if decision.replicas < target.replicas and history_before is not None:
             busy = await self._busy_pods(state, broker, now, max_age=BUSY_RECHECK_SECONDS)
             busy_replicas = sum(1 for running in busy.running.values() if running) if busy else 0
             if busy_replicas > decision.replicas:
@@ -292,40 +325,55 @@ class Ticker:
                 state.history = history_before
                 decision = decide(replace(observation, busy_replicas=busy_replicas), cfg.scaling, state.history, now)
         replicas = target.replicas
-        if decision.replicas != target.replicas and not cfg.scaling.paused:
+        if decision.replicas != target.replicas:
             if await self._scale(state, target, decision, broker, now):
                 replicas = decision.replicas
-        series.desired.set(decision.replicas)
-        series.current.set(replicas)
+        self._show_decision(state, target, read, decision, replicas)
 
-        conditions = st.set_condition(conditions, st.READY, True, "Scaling",
-                                      f"scaling {cfg.target.kind} {cfg.target.name}", now=now, generation=cfg.generation)
+    def _show_decision(self, state: TaskQueueState, target: Target, read: Read, decision: Decision,
+                       replicas: int) -> None:
+        cfg = state.config
+        state.series.set_replicas(decision.replicas, replicas)
         limited, reason, message = st.scaling_limited(decision)
-        conditions = st.set_condition(conditions, st.SCALING_LIMITED, limited, reason, message,
-                                      now=now, generation=cfg.generation)
-        desired = {
-            **measured,
-            "replicas": replicas,
-            "readyReplicas": target.ready_replicas,
-            "desiredReplicas": decision.replicas,
-            "lastDecision": f"{decision.reason}: {decision.message}",
-            "conditions": conditions,
-            "policyHistory": state.history.to_dict(),
-        }
-        if state.last_scale_time:
-            desired["lastScaleTime"] = state.last_scale_time
-        await self.write_status(state, desired, now)
+        self.show(state, st.View(
+            generation=cfg.generation,
+            conditions=(read.metrics,
+                        st.Condition(st.READY, True, "Scaling", f"scaling {cfg.target.kind} {cfg.target.name}"),
+                        st.Condition(st.SCALING_LIMITED, limited, reason, message)),
+            measured=read.measured,
+            last_decision=f"{decision.reason}: {decision.message}",
+            replicas=(replicas, target.ready_replicas, decision.replicas),
+            last_scale_time=state.last_scale_time,
+            history=True,
+        ), read.now)
 
-    async def metrics_unavailable(self, state: TaskQueueState, exc: Exception, label: str, now: float) -> None:
+    def _show_problem(self, state: TaskQueueState, read: Read, reason: str, message: str, last_decision: str) -> None:
+        """Measured, but not scaling: Ready is False for ``reason``."""
+        self.show(state, st.View(
+            generation=state.config.generation,
+            conditions=(read.metrics, st.Condition(st.READY, False, reason, message)),
+            measured=read.measured, last_decision=last_decision,
+        ), read.now)
+
+    def metrics_unavailable(self, state: TaskQueueState, exc: Exception, label: str, now: float) -> Awaitable[None] | None:
         """Redis could not be read: keep the replicas as they are and say so."""
         cfg = state.config
-        conditions = state.status.get("conditions", [])
         message = f"cannot read queue {cfg.queue} from {label}: {exc}"[:512]
-        if st.condition_status(conditions, st.METRICS_AVAILABLE) != "False":
-            await self._event(state, "Warning", "MetricsUnavailable", f"{message}; replicas are left as they are")
-        conditions = st.set_condition(conditions, st.METRICS_AVAILABLE, False, "RedisUnavailable", message,
-                                      now=now, generation=cfg.generation)
-        await self.write_status(state, {"conditions": conditions, "observedGeneration": cfg.generation}, now)
+        event = None
+        if not state.metrics_down:
+            state.metrics_down = True
+            event = self._event(state, "Warning", "MetricsUnavailable", f"{message}; replicas are left as they are")
+        self.show(state, st.View(cfg.generation, (
+            st.Condition(st.METRICS_AVAILABLE, False, "RedisUnavailable", message),)), now)
+        return event
+
+    def show(self, state: TaskQueueState, view: st.View, now: float) -> None:
+        """Hand ``view`` to the status writer if the status needs it (the tick never waits for the write)."""
+        if state.pending is not None and state.pending[0] == view:
+            return
+        due = now - state.status_written_at >= self.settings.status_interval_seconds
+        if st.write_due(state.view_written, view, measurements_due=due):
+            self.writer.submit(state, view, now, urgent=st.is_urgent(state.view_written, view))
 
     async def _target(self, state: TaskQueueState, now: float) -> Target | None:
         cfg = state.config
@@ -406,18 +454,28 @@ class Ticker:
     async def _event(self, state: TaskQueueState, type_: str, reason: str, message: str) -> None:
         await asyncio.to_thread(self.kube.event, state.config, type_, reason, message)
 
-    async def write_status(self, state: TaskQueueState, desired: dict[str, Any], now: float) -> None:
-        due = now - state.status_written_at >= self.settings.status_interval_seconds
-        patch = st.status_patch(state.status, desired, measurements_due=due)
-        if patch is None:
-            return
-        try:
-            async with self._api_slots:
-                written = await asyncio.to_thread(self.kube.patch_status, *state.config.key, patch)
-        except ApiException as exc:
-            self.metrics.api_errors.labels("patch_status").inc()
-            log.warning("TaskQueue %s/%s: status not written: %s", *state.config.key, exc.reason)
-            return
-        if written:
-            state.status = st.apply_patch(state.status, patch)
-            state.status_written_at = now
+
+@dataclass(frozen=True)
+class Read:
+    """One TaskQueue's share of a tick's read."""
+
+    stats: QueueStats
+    now: float
+    metrics: st.Condition  # MetricsAvailable, as read
+
+    @property
+    def measured(self) -> tuple[int, int, int, int]:
+        return (self.stats.waiting, self.stats.in_flight, self.stats.scheduled,
+                int(self.stats.oldest_wait_seconds or 0))
+
+
+def _chain(first: Awaitable[None] | None, second: Awaitable[None] | None) -> Awaitable[None] | None:
+    """One awaitable for two that must run in order (either may be None)."""
+    if first is None or second is None:
+        return first if second is None else second
+
+    async def both() -> None:
+        await first
+        await second
+
+    return both()

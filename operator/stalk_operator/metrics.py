@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 _TQ_LABELS = ("namespace", "taskqueue", "queue")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class TaskQueueSeries:
     labels: tuple[str, str, str]
     depth: Gauge
@@ -23,6 +23,29 @@ class TaskQueueSeries:
     current: Gauge
     min_replicas: Gauge
     max_replicas: Gauge
+    # The values last set: at 1,000 TaskQueues most do not change from tick to tick, and a set is a lock.
+    _measured: tuple[float, ...] = ()
+    _replicas: tuple[float, ...] = ()
+
+    def set_measured(self, depth: float, in_flight: float, scheduled: float, oldest_wait: float,
+                     min_replicas: float, max_replicas: float) -> None:
+        values = (depth, in_flight, scheduled, oldest_wait, min_replicas, max_replicas)
+        if values != self._measured:
+            _set_changed((self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.min_replicas,
+                          self.max_replicas), self._measured, values)
+            self._measured = values
+
+    def set_replicas(self, desired: float, current: float) -> None:
+        values = (desired, current)
+        if values != self._replicas:
+            _set_changed((self.desired, self.current), self._replicas, values)
+            self._replicas = values
+
+
+def _set_changed(gauges: tuple[Gauge, ...], old: tuple[float, ...], new: tuple[float, ...]) -> None:
+    for i, (gauge, value) in enumerate(zip(gauges, new, strict=True)):
+        if i >= len(old) or old[i] != value:
+            gauge.set(value)
 
 
 class OperatorMetrics:

@@ -12,6 +12,7 @@ from typing import Any
 
 from stalk_operator.policy import History
 from stalk_operator.spec import TaskQueueConfig
+from stalk_operator.status import METRICS_AVAILABLE, condition_status
 
 
 @dataclass(eq=False)
@@ -37,6 +38,16 @@ class TaskQueueState:
     # The target's pods as last inspected before a scale-down (see TickLoop._busy_pods).
     busy: Any = None
     busy_checked_at: float = float("-inf")
+    # The status view last written (None: not yet, or resumed from the object), and the one
+    # waiting for the status writer with the tick time it was found at.
+    view_written: Any = None
+    pending: Any = None
+    pending_urgent: bool = False
+    # MetricsAvailable is False (or was, on the object at first sight): a good read says so once.
+    metrics_down: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics_down = _metrics_down(self.status)
 
     def resume_from_seen(self) -> None:
         """Take over status and history from the object, as another leader left them."""
@@ -45,6 +56,13 @@ class TaskQueueState:
         self.history = History.from_dict(saved) if saved else History()
         self.last_scale_time = self.status.get("lastScaleTime")
         self.status_written_at = float("-inf")
+        self.view_written, self.pending, self.pending_urgent = None, None, False
+        self.metrics_down = _metrics_down(self.status)
+
+
+def _metrics_down(status: Mapping[str, Any]) -> bool:
+    conditions = status.get("conditions")
+    return isinstance(conditions, list) and condition_status(conditions, METRICS_AVAILABLE) == "False"
 
 
 class Registry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +17,73 @@ SCALING_LIMITED = "ScalingLimited"
 MEASUREMENTS = frozenset({"depth", "inFlight", "scheduled", "oldestWaitSeconds"})
 # Kept for restarts, not shown: written along with a shown change, never on its own.
 HIDDEN = frozenset({"policyHistory"})
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class View:
+    """What one tick found for one TaskQueue: the status before it is rendered, cheap to compare.
+
+    The tick builds one per TaskQueue; the status dict (``render``) is built only when a write is due.
+    """
+
+    generation: int
+    conditions: tuple[Condition, ...]
+    measured: tuple[int, int, int, int] | None = None  # depth, inFlight, scheduled, oldestWaitSeconds
+    last_decision: str | None = None
+    replicas: tuple[int, int, int] | None = None  # replicas, readyReplicas, desiredReplicas
+    last_scale_time: str | None = None
+    history: bool = False  # policyHistory rides along (HIDDEN: never a reason to write)
+
+
+def write_due(written: View | None, view: View, *, measurements_due: bool) -> bool:
+    """Whether ``view`` needs writing after ``written``: the rules of ``status_patch``, on views.
+
+    A shown value other than a measurement (or a decision's or condition's reason) is written at
+    once; measurements, and messages whose reason stayed, only when ``measurements_due``.
+    """
+    if written is None:
+        return True
+    if view == written:
+        return False
+    return is_urgent(written, view) or measurements_due
+
+
+def is_urgent(written: View | None, view: View) -> bool:
+    """Whether ``view`` changes more than measurements and messages since ``written``."""
+    return written is None or _urgent_part(view) != _urgent_part(written)
+
+
+def _urgent_part(view: View) -> tuple[Any, ...]:
+    return (view.generation, tuple((c.type, c.status, c.reason) for c in view.conditions),
+            _reason(view.last_decision), view.replicas, view.last_scale_time, view.measured is None)
+
+
+def render(view: View, previous: Mapping[str, Any], now: float, history: dict[str, Any] | None) -> dict[str, Any]:
+    """The status ``view`` stands for, on top of ``previous`` (its conditions keep their transition times)."""
+    conditions = previous.get("conditions", [])
+    for c in view.conditions:
+        conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, now=now,
+                                   generation=view.generation)
+    desired: dict[str, Any] = {"observedGeneration": view.generation, "conditions": conditions}
+    if view.measured is not None:
+        desired.update(zip(("depth", "inFlight", "scheduled", "oldestWaitSeconds"), view.measured, strict=True))
+    if view.last_decision is not None:
+        desired["lastDecision"] = view.last_decision
+    if view.replicas is not None:
+        desired.update(zip(("replicas", "readyReplicas", "desiredReplicas"), view.replicas, strict=True))
+    if view.last_scale_time:
+        desired["lastScaleTime"] = view.last_scale_time
+    if view.history and history is not None:
+        desired["policyHistory"] = history
+    return desired
 
 
 def utc_iso(timestamp: float) -> str:

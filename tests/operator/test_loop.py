@@ -7,6 +7,7 @@ the tick's decisions are what is under test here; the real API server is in the 
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,6 +20,7 @@ from stalk_operator.loop import BrokerLoop, Ticker
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.spec import parse_taskqueue
 from stalk_operator.state import Registry, TargetCache
+from stalk_operator.writer import StatusWriter
 from tests.fixtures.servers import free_port
 
 NOW = 1_700_000_000.0
@@ -77,6 +79,12 @@ def tick(ticker: Ticker) -> None:
             loop = BrokerLoop(key, ticker)
             await loop.tick(ticker.members(key))
             loop.client.close()
+        # Status is written off the tick by the writer: let it write what the tick handed over.
+        writer = asyncio.create_task(ticker.writer.run())
+        while ticker.writer.pending() and not writer.done():
+            await asyncio.sleep(0.01)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
 
     asyncio.run(run())
 
@@ -187,3 +195,71 @@ def test_two_taskqueues_on_one_workload_both_refuse_to_scale(redis_urls, produce
     for name, other in (("q-a", "q-b"), ("q-b", "q-a")):
         cond = next(c for c in registry.get(("ns", name)).status["conditions"] if c["type"] == st.READY)
         assert (cond["status"], cond["reason"]) == ("False", "TargetConflict") and other in cond["message"]
+
+
+class BlockedStatusKube(RecordingKube):
+    """Status PATCHes hang until released, as on a slow API server."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.release = threading.Event()
+
+    def patch_status(self, namespace, name, status):
+        self.release.wait(30)
+        return super().patch_status(namespace, name, status)
+
+
+def test_scale_patches_do_not_wait_for_status_writes(redis_urls, producer):
+    # More TaskQueues than API slots, every status write stuck: the tick still scales them all.
+    names = [f"q{i}" for i in range(3 * OperatorSettings().api_concurrency)]
+    kube = BlockedStatusKube(replicas=dict.fromkeys(names, 0))
+    ticker, registry = make_ticker(kube)
+    for name in names:
+        registry.upsert(parse_taskqueue(body(name, redis_urls[0], target=name)), None)
+        for _ in range(6):
+            producer.send_task("demo.send", queue=name)
+
+    async def run():
+        await ticker.supervise()
+        for task in ticker._loops.values():
+            task.cancel()
+        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
+        writer = asyncio.create_task(ticker.writer.run())
+        loop = BrokerLoop(next(iter(ticker._members)), ticker)
+        await asyncio.wait_for(loop.tick(ticker.members(loop.key)), 10)
+        loop.client.close()
+        scaled, written = sorted(kube.scales), len(kube.statuses)
+        kube.release.set()
+        while ticker.writer.pending() and not writer.done():
+            await asyncio.sleep(0.01)
+        writer.cancel()
+        return scaled, written
+
+    scaled, written_during_tick = asyncio.run(run())
+    assert scaled == sorted((name, 2) for name in names) and written_during_tick == 0
+    assert len(kube.statuses) == len(names)
+
+
+def test_status_writer_writes_urgent_first_and_only_the_latest_view():
+    kube = RecordingKube()
+    writer = StatusWriter(kube, OperatorMetrics(), slots=1, per_second=1000, may_write=lambda: True)
+    registry = Registry()
+    a, b = (registry.upsert(parse_taskqueue(body(name, "redis://unused")), None) for name in ("a", "b"))
+
+    def view(depth: int, ready: bool = True) -> st.View:
+        return st.View(1, (st.Condition(st.READY, ready, "Scaling" if ready else "TargetNotFound", "m"),),
+                       measured=(depth, 0, 0, 0))
+
+    writer.submit(a, view(1), NOW, urgent=False)
+    writer.submit(a, view(2), NOW, urgent=False)  # replaces the one not yet written
+    writer.submit(b, view(5, ready=False), NOW, urgent=True)
+
+    async def run():
+        task = asyncio.create_task(writer.run())
+        while writer.pending() and not task.done():
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(run())
+    assert [s.get("depth") for s in kube.statuses] == [5, 2]
+    assert a.view_written == view(2) and a.status["depth"] == 2

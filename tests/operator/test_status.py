@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from stalk_operator import status as st
 from stalk_operator.policy import Decision
@@ -78,3 +80,37 @@ def test_removed_keys_are_sent_as_null_and_patch_applies():
 )
 def test_scaling_limited_follows_the_decision(decision, expected):
     assert st.scaling_limited(decision)[:2] == expected
+
+
+conditions = st_.tuples(
+    st_.sampled_from([None, True, False]), st_.sampled_from(["A", "B"]), st_.sampled_from(["m1", "m2"]))
+views = st_.builds(
+    lambda gen, metrics, ready, measured, decision, replicas, scaled, history: st.View(
+        generation=gen,
+        conditions=(st.Condition(st.METRICS_AVAILABLE, *metrics),) + ((st.Condition(st.READY, *ready),) if ready else ()),
+        measured=measured, last_decision=decision, replicas=replicas, last_scale_time=scaled, history=history),
+    st_.integers(1, 2), conditions, st_.none() | conditions,
+    st_.none() | st_.tuples(*[st_.integers(0, 2)] * 4),
+    st_.none() | st_.sampled_from(["Steady: 1 waiting", "Steady: 2 waiting", "ScaleUp: 2 waiting"]),
+    st_.none() | st_.tuples(*[st_.integers(0, 2)] * 3),
+    st_.none() | st_.sampled_from(["2026-01-01T00:00:00Z"]), st_.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(written=views, view=views, due=st_.booleans(), history=st_.sampled_from([{"idleSince": None}, {"idleSince": 1.0}]))
+def test_the_tick_hands_over_exactly_the_views_status_patch_would_write(written, view, due, history):
+    # The tick compares cheap views; the writer renders and patches. Whatever status_patch would
+    # write must be handed over; between views of the same fields, exactly that.
+    previous = st.render(written, {}, NOW, {"idleSince": None})
+    desired = st.render(view, previous, NOW + 1, history)
+    patch = st.status_patch(previous, desired, measurements_due=due)
+    handed_over = st.write_due(written, view, measurements_due=due)
+    assert handed_over or patch is None
+    if shape(written) == shape(view):
+        assert handed_over == (patch is not None)
+
+
+def shape(view: st.View) -> tuple:
+    fields = (view.measured, view.last_decision, view.replicas, view.last_scale_time)
+    return tuple(f is None for f in fields) + (view.history, tuple(c.type for c in view.conditions))
