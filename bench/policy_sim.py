@@ -44,12 +44,12 @@ import statistics
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kombu.transport.redis import PRIORITY_STEPS
 
-from stalk_operator.policy import History, Observation, ScalingSpec, decide
+from stalk_operator.policy import Behavior, History, Observation, ScalingSpec, decide
 
 CONCURRENCY = 4
 TARGET_PER_REPLICA = 5  # stalk's tasksPerReplica and KEDA's listLength (its default), the same on both
@@ -85,6 +85,7 @@ class Result:
     p95_wait: float = 0.0
     p95_wait_sublists: float = 0.0  # of the tasks kombu keeps in priority sub-lists (KEDA does not read them)
     mean_waiting: float = 0.0  # tasks waiting, averaged over the run: the backlog a model lets stand
+    pods_started: int = 0  # each one a pod start-up paid for (churn)
     busy_stops: int = 0
     killed_tasks: int = 0
     series: list[tuple[int, int, int, int]] = field(default_factory=list)  # (second, replicas, waiting, in flight)
@@ -239,7 +240,7 @@ def simulate(tasks: list[Task], make_controller: Callable[[], object], *, grace:
             controller.act(cluster, now)
         series.append((now, cluster.replicas, cluster.waiting(), cluster.in_flight()))
     waits = [(t.start if t.start is not None else end) - t.arrival for t in tasks]
-    return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=_p95(waits),
+    return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=_p95(waits), pods_started=len(cluster.pods),
                   p95_wait_sublists=_p95([w for t, w in zip(tasks, waits) if t.priority_step]),
                   mean_waiting=sum(waiting for _, _, waiting, _ in series) / len(series),
                   busy_stops=cluster.busy_stops, killed_tasks=cluster.killed_tasks, series=series)
@@ -341,10 +342,12 @@ def compare(trace: str, tasks: list[Task], spec: ScalingSpec, seed: int) -> Comp
                       keda=run(KedaHpaController, KUBERNETES_GRACE_SECONDS, False))
 
 
-def sweep(seeds: range, *, recorded: dict[str, list[Task]] | None = None,
-          priority_share: float = PRIORITY_SHARE) -> list[Comparison]:
+def sweep(seeds: range, *, recorded: dict[str, list[Task]] | None = None, priority_share: float = PRIORITY_SHARE,
+          scale_down_seconds: float | None = None, tasks_per_replica: int = TARGET_PER_REPLICA) -> list[Comparison]:
     """Every trace under every seed; a recorded trace keeps its arrivals, the seed only orders the workers."""
-    spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=TARGET_PER_REPLICA)
+    spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=tasks_per_replica)
+    if scale_down_seconds is not None:
+        spec = replace(spec, scale_down=Behavior(scale_down_seconds))
     return [compare(name, tasks, spec, seed)
             for seed in seeds
             for name, tasks in (traces(random.Random(seed), priority_share) | (recorded or {})).items()]
@@ -357,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=Path, action="append", default=[], help="a recorded trace (CSV)")
     parser.add_argument("--priority-share", type=float, default=PRIORITY_SHARE,
                         help=f"share of tasks sent with priority 6 (default {PRIORITY_SHARE})")
+    parser.add_argument("--tasks-per-replica", type=int, default=TARGET_PER_REPLICA,
+                        help=f"stalk's tasksPerReplica (default {TARGET_PER_REPLICA}, KEDA's listLength stays "
+                             f"{TARGET_PER_REPLICA})")
+    parser.add_argument("--scale-down-seconds", type=float,
+                        help="stalk's scale-down stabilization window (default: the TaskQueue default)")
     parser.add_argument("--csv", type=Path, help="write per-second series (--seed) or one row per seed here")
     parser.add_argument("--strict", action="store_true", help="exit with status 2 when the target is missed")
     args = parser.parse_args(argv)
@@ -365,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{CONCURRENCY} slots per replica, {TARGET_PER_REPLICA} tasks per replica target, max {MAX_REPLICAS} "
           f"replicas, {STARTUP_SECONDS}s start-up, {args.priority_share:.0%} of tasks in a priority sub-list, "
           f"seed{'s' if len(seeds) > 1 else ''} {_span(seeds)}")
-    comparisons = sweep(seeds, recorded=recorded, priority_share=args.priority_share)
-    _print_summary(comparisons)
+    comparisons = sweep(seeds, recorded=recorded, priority_share=args.priority_share,
+                        scale_down_seconds=args.scale_down_seconds, tasks_per_replica=args.tasks_per_replica)
+    print_summary(comparisons)
     if args.csv:
         _write_seeds(args.csv / "seeds.csv", comparisons)
         if args.seed is not None:
@@ -378,10 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2 if missed and args.strict else 0
 
 
-def _print_summary(comparisons: list[Comparison]) -> None:
+def print_summary(comparisons: list[Comparison]) -> None:
     _print_header(f"{'trace':<8} {'seeds':>5} {'met':>4} {'by wait':>7} {'missed':>6} | {'worker-s stalk':>14} "
                   f"{'KEDA':>6} {'ratio':>5} {'worst':>5} {'seed':>4} | {'p95 wait stalk':>14} {'KEDA':>6} "
-                  f"{'ratio':>5} {'worst':>5} | {'busy stops':>10} {'(a)':>4} {'KEDA':>5} | {'killed':>6} {'KEDA':>5}")
+                  f"{'ratio':>5} {'worst':>5} | {'pods started':>12} {'KEDA':>5} | {'busy stops':>10} {'(a)':>4} {'KEDA':>5} | "
+                  f"{'killed':>6} {'KEDA':>5}")
     for trace, runs in by_trace(comparisons).items():
         verdicts = [c.verdict for c in runs]
         worst = max(runs, key=lambda c: c.worker_ratio)
@@ -390,12 +400,13 @@ def _print_summary(comparisons: list[Comparison]) -> None:
               f"{_median(c.keda.worker_seconds for c in runs):>6.0f} {_median(c.worker_ratio for c in runs):>5.2f} "
               f"{worst.worker_ratio:>5.2f} {worst.seed:>4} | {_median(c.stalk.p95_wait for c in runs):>13.1f}s "
               f"{_median(c.keda.p95_wait for c in runs):>5.1f}s {_median(c.wait_ratio for c in runs):>5.2f} "
-              f"{max(c.wait_ratio for c in runs):>5.2f} | {_total(runs, 'stalk', 'busy_stops'):>10} "
+              f"{max(c.wait_ratio for c in runs):>5.2f} | {_median(c.stalk.pods_started for c in runs):>12.0f} "
+              f"{_median(c.keda.pods_started for c in runs):>5.0f} | {_total(runs, 'stalk', 'busy_stops'):>10} "
               f"{_total(runs, 'blind', 'busy_stops'):>4} {_total(runs, 'keda', 'busy_stops'):>5} | "
               f"{_total(runs, 'stalk', 'killed_tasks'):>6} {_total(runs, 'keda', 'killed_tasks'):>5}")
     print("met: fewer worker-seconds at an equal or better p95 wait; by wait: HPA+KEDA spent fewer worker-seconds "
           "but its tasks waited longer; worker-seconds, p95 waits and ratios (stalk / KEDA, below 1: stalk uses "
-          "less / waits less): medians over the seeds, worst: the highest ratio; busy stops: pods sent SIGTERM "
+          "less / waits less) and pods started: medians over the seeds, worst: the highest ratio; busy stops: pods sent SIGTERM "
           "while running a task, (a) = stalk without Observation.busy_replicas; killed: tasks cut off by the "
           "grace period; both totals over the seeds")
     others = [c for c in comparisons if c.verdict != MET]
@@ -431,12 +442,12 @@ def _write_seeds(path: Path, comparisons: list[Comparison]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trace", "seed", "tasks", "verdict", "model", "worker_seconds", "p95_wait",
-                         "p95_wait_sublists", "mean_waiting", "busy_stops", "killed_tasks"])
+                         "p95_wait_sublists", "mean_waiting", "pods_started", "busy_stops", "killed_tasks"])
         for c in comparisons:
             for model, r in (("stalk", c.stalk), ("stalk_blind", c.blind), ("keda", c.keda)):
                 writer.writerow([c.trace, c.seed, c.tasks, c.verdict, model, round(r.worker_seconds, 1),
                                  round(r.p95_wait, 2), round(r.p95_wait_sublists, 2), round(r.mean_waiting, 2),
-                                 r.busy_stops, r.killed_tasks])
+                                 r.pods_started, r.busy_stops, r.killed_tasks])
 
 
 def _median(values) -> float:
