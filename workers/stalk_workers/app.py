@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("stalk", set_as_current=True)
     app.conf.update(
         broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
+        result_backend=_result_backend(settings.result_backend),
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
         result_backend_transport_options=dict(transport_options),
@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         worker_send_task_events=True,
         task_track_started=True,
+        # Sends the task events in batches (see consumer.py): same events, a fraction of the publishes.
+        worker_consumer="stalk_workers.consumer:Consumer",
         # The API records submissions itself; a "sent" event per task would double publish cost.
         task_send_sent_event=False,
         result_expires=settings.result_expires_seconds,
@@ -91,6 +93,14 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     metrics.connect(app)
     return app
+
+
+def _result_backend(url: str) -> str:
+    """Redis results through ``StalkRedisBackend`` (one round trip per state write); others as given."""
+    if url.split("://", 1)[0] in ("redis", "rediss"):
+        # Celery's "<backend class>+<url>" form: the class, with the URL it would have had anyway.
+        return f"stalk_workers.result_backend:StalkRedisBackend+{url}"
+    return url
 
 
 def default_node_name(queue_names: list[str]) -> str:

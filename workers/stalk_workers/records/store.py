@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -206,12 +207,18 @@ def write(engine: Engine, changes: list[Change]) -> None:
         values = {**change.values, "updated_at": now}
         groups.setdefault(tuple(sorted(values)), []).append(_insert_values(change.seen, values, now))
     with engine.begin() as conn:
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
         for columns, rows in groups.items():
-            statement = dialect.insert(TABLE)
-            statement = statement.on_conflict_do_update(
-                index_elements=[TABLE.c.task_id], set_={c: statement.excluded[c] for c in columns})
-            conn.execute(statement, rows)
+            conn.execute(_upsert(conn.dialect.name, columns), rows)
+
+
+@functools.cache
+def _upsert(dialect_name: str, columns: tuple[str, ...]):
+    """The upsert that sets ``columns`` on conflict, built once: building ``excluded`` again for
+    every flush cost about a quarter of a flush's CPU (py-spy)."""
+    dialect = sqlite if dialect_name == "sqlite" else postgresql
+    statement = dialect.insert(TABLE)
+    return statement.on_conflict_do_update(
+        index_elements=[TABLE.c.task_id], set_={c: statement.excluded[c] for c in columns})
 
 
 def _insert_values(seen: SeenTask, values: dict, now: datetime) -> dict:

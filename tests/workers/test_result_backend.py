@@ -1,0 +1,150 @@
+"""StalkRedisBackend against real Redis and a real prefork worker: Celery's result semantics stay.
+
+The backend writes each state in one Lua script instead of Celery's GET then SET+PUBLISH. What a
+Celery user relies on is checked from the outside: ``AsyncResult.state``/``get`` from a plain
+Celery client (Celery's own backend class), STARTED while a task runs, chords, the stored meta
+and its expiry, and the rule that a SUCCESS is never overwritten by a redelivered run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from celery import Celery, chord, states
+
+from stalk_workers.app import create_app
+from stalk_workers.result_backend import StalkRedisBackend
+from stalk_workers.settings import Settings
+from tests.fixtures.servers import wait_until
+
+
+def plain_client(broker: str, backend: str) -> Celery:
+    """What a team's own code would use: stock Celery, its own RedisBackend, JSON."""
+    app = Celery("plain-client", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"],
+                    broker_connection_retry_on_startup=True)
+    return app
+
+
+@pytest.fixture
+def backend(redis_urls):
+    broker, results = redis_urls
+    app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
+    yield app.backend
+    app.backend.client.connection_pool.disconnect()
+
+
+def test_the_app_uses_it_for_redis_urls_only(redis_urls):
+    broker, results = redis_urls
+    app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
+    assert isinstance(app.backend, StalkRedisBackend)
+    assert app.backend.as_uri() == results  # the URL as configured: same server, same database
+    other = create_app(Settings(broker_url=broker, result_backend="disabled", record_tasks=False))
+    assert not isinstance(other.backend, StalkRedisBackend)
+
+
+def test_stored_meta_channel_message_and_expiry_match_celerys_backend(backend, redis_urls):
+    client = redis.Redis.from_url(redis_urls[1])
+    pubsub = client.pubsub()
+    key = backend.get_key_for_task("t-1")
+    pubsub.subscribe(key)
+    wait_until(lambda: pubsub.get_message(timeout=1), timeout=5, what="the subscription")
+
+    backend.store_result("t-1", {"answer": 42}, states.SUCCESS)
+
+    stored = json.loads(client.get(key))
+    assert stored["status"] == "SUCCESS" and stored["result"] == {"answer": 42} and stored["task_id"] == "t-1"
+    assert set(stored) >= {"traceback", "children", "date_done"}
+    assert 0 < client.ttl(key) <= backend.expires
+    message = wait_until(lambda: pubsub.get_message(timeout=1), timeout=5, what="the PUBLISH of the result")
+    assert json.loads(message["data"]) == stored
+    assert backend.get_task_meta("t-1")["result"] == {"answer": 42}
+
+
+def test_a_success_is_never_overwritten(backend, redis_urls):
+    client = redis.Redis.from_url(redis_urls[1])
+    backend.store_result("t-2", "first", states.SUCCESS)
+    before = client.get(backend.get_key_for_task("t-2"))
+    # A redelivered run (acks late) starts and fails again after the first run succeeded.
+    backend.store_result("t-2", {"pid": 1}, states.STARTED)
+    backend.store_result("t-2", RuntimeError("late"), states.FAILURE)
+    assert client.get(backend.get_key_for_task("t-2")) == before
+    # Anything but SUCCESS is overwritten, as in Celery.
+    backend.store_result("t-3", {"pid": 1}, states.STARTED)
+    backend.store_result("t-3", RuntimeError("boom"), states.FAILURE)
+    meta = backend.get_task_meta("t-3")
+    assert meta["status"] == "FAILURE" and repr(meta["result"]) == repr(RuntimeError("boom"))
+
+
+def test_failures_keep_their_own_expiry(redis_urls):
+    broker, results = redis_urls
+    app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
+    app.conf.result_failure_expires = 7200
+    backend = StalkRedisBackend(app=app, url=results)
+    backend.store_result("t-4", RuntimeError("boom"), states.FAILURE)
+    backend.store_result("t-5", "ok", states.SUCCESS)
+    client = redis.Redis.from_url(results)
+    assert 3600 < client.ttl(backend.get_key_for_task("t-4")) <= 7200
+    assert client.ttl(backend.get_key_for_task("t-5")) > 7200  # result_expires: a day
+
+
+def test_compressed_results_take_celerys_own_path(redis_urls):
+    broker, results = redis_urls
+    app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
+    app.conf.result_compression = "zlib"
+    backend = StalkRedisBackend(app=app, url=results)
+    backend.store_result("t-6", {"big": "x" * 1000}, states.SUCCESS)
+    backend.store_result("t-6", {"pid": 1}, states.STARTED)
+    assert backend.get_task_meta("t-6")["result"] == {"big": "x" * 1000}
+
+
+def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_factory):
+    with stack_factory() as stack:
+        stack.start_worker("default", concurrency=2)
+        client = plain_client(stack.settings.broker_url, stack.settings.result_backend)
+        try:
+            running = client.send_task("stalk.sleep", args=[1.5], queue="default")
+            info = wait_until(lambda: running.state == states.STARTED and running.info, timeout=20,
+                              what="the STARTED state of a running task")
+            assert {"pid", "hostname"} <= set(info)
+            assert running.get(timeout=20) == 1.5 and running.state == states.SUCCESS
+
+            echoed = client.send_task("stalk.echo", args=[1, "two"], kwargs={"k": 3}, queue="default")
+            assert echoed.get(timeout=20) == {"args": [1, "two"], "kwargs": {"k": 3}}
+
+            failed = client.send_task("stalk.sleep", args=[-1], queue="default")  # CriticalTask: no retry
+            with pytest.raises(Exception, match="non-negative"):
+                failed.get(timeout=20)
+            assert failed.state == states.FAILURE
+
+            header = [client.signature("stalk.echo", args=[i], queue="default") for i in range(3)]
+            body = client.signature("stalk.echo", queue="default")
+            result = chord(header)(body)
+            assert result.get(timeout=30) == {"args": [[{"args": [i], "kwargs": {}} for i in range(3)]],
+                                              "kwargs": {}}
+        finally:
+            client.pool.force_close_all()
+
+
+def test_stored_success_survives_a_second_delivery_through_a_worker(stack_factory):
+    """A task delivered again after it succeeded (acks late) keeps its first result in the backend."""
+    with stack_factory() as stack:
+        stack.start_worker("default", concurrency=1)
+        client = plain_client(stack.settings.broker_url, stack.settings.result_backend)
+        try:
+            first = client.send_task("stalk.echo", args=["first"], queue="default")
+            assert first.get(timeout=20) == {"args": ["first"], "kwargs": {}}
+            client.send_task("stalk.echo", args=["second"], queue="default", task_id=first.id)
+
+            # The worker's record takes the second run's result once it finished (after its backend writes).
+            def second_run_recorded():
+                task = stack.client.get(f"/v1/tasks/{first.id}").json()
+                return task.get("result") == {"args": ["second"], "kwargs": {}}
+
+            wait_until(second_run_recorded, timeout=20, what="the second run to finish")
+            assert client.AsyncResult(first.id).get(timeout=5) == {"args": ["first"], "kwargs": {}}
+            assert client.backend.get_task_meta(first.id, cache=False)["result"] == {"args": ["first"], "kwargs": {}}
+        finally:
+            client.pool.force_close_all()
