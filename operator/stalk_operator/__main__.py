@@ -23,7 +23,8 @@ HEARTBEAT_TIMEOUT_SECONDS = 60.0
 
 
 async def run(settings: OperatorSettings) -> None:
-    kube = KubeApi(load_api_client())
+    # Status writes and scale calls have api_concurrency slots each; the lease and Events a few more.
+    kube = KubeApi(load_api_client(connections=2 * settings.api_concurrency + 4))
     metrics = OperatorMetrics()
     registry, targets = Registry(), TargetCache()
     elector: LeaseElector | None = None
