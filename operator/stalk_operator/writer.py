@@ -81,6 +81,7 @@ class StatusWriter:
             while True:
                 state = await self._next()
                 if not self._may_write():
+                    state.pending, state.pending_urgent = None, False
                     self.clear()
                     continue
                 await self._slots.acquire()
