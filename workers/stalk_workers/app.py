@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("stalk", set_as_current=True)
     app.conf.update(
         broker_url=settings.broker_url,
+        # kombu's Redis transport without a new client object per command (see transport.py).
+        broker_transport=_broker_transport(settings.broker_url),
         result_backend=_result_backend(settings.result_backend),
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
@@ -93,6 +95,11 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     metrics.connect(app)
     return app
+
+
+def _broker_transport(url: str) -> str | None:
+    """``redis://`` brokers through stalk's Transport; any other URL picks kombu's own by its scheme."""
+    return "stalk_workers.transport:Transport" if url.startswith("redis://") else None
 
 
 def _result_backend(url: str) -> str:

@@ -1,0 +1,52 @@
+"""stalk's kombu Redis transport against real Redis: kombu's keys and ack bookkeeping, one client.
+
+The broker side of a worker (the unacked hash that redelivery relies on, key prefixes) must be
+exactly kombu's; the transport only stops building a new client object per command.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from stalk_workers.app import create_app
+from stalk_workers.settings import Settings
+from stalk_workers.transport import Transport
+
+
+@pytest.mark.parametrize("prefix", ["", "team-a:"], ids=["no prefix", "global_keyprefix"])
+def test_acks_late_bookkeeping_is_kombus(redis_urls, prefix):
+    broker = redis_urls[0]
+    options = {"global_keyprefix": prefix} if prefix else {}
+    queue = Queue("work", Exchange("work", type="direct"), routing_key="work")
+    raw = redis.Redis.from_url(broker)
+    with Connection(broker, transport=Transport, transport_options=options) as conn:
+        channel = conn.channel()
+        producer = conn.Producer(channel)
+        for i in range(3):
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key="work", declare=[queue],
+                             serializer="json")
+        assert raw.llen(f"{prefix}work") == 3
+
+        received = []
+        consumer = conn.Consumer(queue, channel=channel, callbacks=[lambda body, m: received.append(m)],
+                                 accept=["json"])
+        with consumer:
+            while len(received) < 3:
+                conn.drain_events(timeout=5)
+        # Delivered, not acked: kombu keeps them in its unacked hash for redelivery.
+        assert raw.hlen(f"{prefix}unacked") == 3 and raw.zcard(f"{prefix}unacked_index") == 3
+        clients = set()
+        for message in received:
+            message.ack()
+            clients.add(id(channel._reused_client))
+        assert raw.hlen(f"{prefix}unacked") == 0 and raw.zcard(f"{prefix}unacked_index") == 0
+        assert [m.decode() for m in received] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert len(clients) == 1, "one client object for every command of the channel"
+
+
+def test_the_app_uses_it_for_redis_brokers_only():
+    assert create_app(Settings(broker_url="redis://127.0.0.1:1/0")).connection_for_write().get_transport_cls() is Transport
+    sentinel = create_app(Settings(broker_url="sentinel://127.0.0.1:1/0")).connection_for_write()
+    assert sentinel.get_transport_cls() is not Transport
