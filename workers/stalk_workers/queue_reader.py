@@ -18,9 +18,9 @@ queue name. The reader keeps what it parsed from ``unacked`` between reads (deli
 queue and eta), so each read fetches only the entries delivered since the last one.
 
 A read is one Lua script (EVALSHA), so it is one round trip and Redis, not the client, does the
-per-list work: at 1,000 queues a pipeline of 8,000 LLEN/LINDEX commands cost the client ~44 ms
-of CPU to pack and parse, the script ~6 ms. Redis runs nothing else while the script runs
-(see docs/benchmarks.md for how long that is at 1,000 queues).
+per-list work: at 1,000 queues the pipeline of 8,000 LLEN/LINDEX commands it replaced cost the
+client ~37 ms of CPU to pack and parse, the script ~2 ms. Redis runs nothing else while the
+script runs: ~2-3 ms per read at 1,000 queues (docs/benchmarks.md, "Operator: 1,000 TaskQueues").
 
 A reader keeps state between reads and is not thread-safe: use one per thread, or a lock.
 """
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
-from redis.exceptions import NoScriptError
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import NoScriptError
 
 # The header the API stamps on every task it publishes: epoch seconds (float) of the send.
 SENT_AT_HEADER = "stalk_sent_at"
