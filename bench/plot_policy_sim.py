@@ -1,6 +1,6 @@
 """Plots of the policy simulation: every seed's ratios, and replicas and queue over time per trace.
 
-    .venv/bin/python bench/plot_policy_sim.py [--seeds 20] [--seed 1] [--trace bench/traces/enrichment.csv]
+    .venv/bin/python bench/plot_policy_sim.py [--seeds 20] [--seed 1] [--trace recorded.csv ...]
     .venv/bin/python bench/plot_policy_sim.py --csv DIR          # plots series already written by policy_sim.py --csv DIR
 
 Without ``--csv`` it runs the simulation of ``bench/policy_sim.py`` over seeds 1..N (its summary
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="plot series written by policy_sim.py --seed N --csv DIR instead")
     parser.add_argument("--seeds", type=int, default=20, help="seeds 1..N for the ratios plot (default 20)")
     parser.add_argument("--seed", type=int, default=1, help="the seed whose series are plotted per trace (default 1)")
-    parser.add_argument("--trace", type=Path, action="append", default=[], help="a recorded trace (CSV)")
+    parser.add_argument("--trace", type=Path, action="append", default=[],
+                        help="a recorded trace (CSV); default: every bench/traces/*.csv")
     parser.add_argument("--out", type=Path, default=BENCH.parent / "docs" / "img", help="where the PNGs go")
     args = parser.parse_args(argv)
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import policy_sim
 
-    recorded = {path.stem: policy_sim.recorded_trace(path) for path in args.trace}
+    recorded = {path.stem: policy_sim.recorded_trace(path) for path in args.trace or policy_sim.RECORDED}
     comparisons = policy_sim.sweep(range(1, max(args.seeds, args.seed) + 1), recorded=recorded)
     policy_sim.print_summary(comparisons)
     _save(plot_seeds, comparisons, args.out / "policy-seeds.png")

@@ -1,4 +1,4 @@
-"""Policy simulation: stalk's policy against an HPA + KEDA model, on synthetic traces.
+"""Policy simulation: stalk's policy against an HPA + KEDA model, on synthetic and recorded traces.
 
 Run: ``python bench/policy_sim.py [--seeds 20 | --seed N] [--trace recorded.csv ...] [--csv DIR]``.
 Pure Python and deterministic for a seed; it calls the operator's own ``policy.decide``, so what is
@@ -7,9 +7,12 @@ runs seeds 1..20 and reports per trace how many seeds meet the target, the media
 worker-seconds ratio, and every run that does not meet it with what explains it (p95 wait of the
 priority tasks, mean backlog). A recorded trace is a CSV with a header and the columns ``arrival``
 and ``duration`` (seconds) and optionally ``priority`` (0-9); its arrivals are the same under every
-seed. ``--csv DIR`` writes ``seeds.csv`` (one row per trace, seed and model) and, with ``--seed``,
-each run's per-second replicas, waiting and in-flight counts (``<trace>-<model>.csv``) for plotting.
-``--priority-share 0`` sends every task to the base list, the one KEDA reads.
+seed. Without ``--trace`` every ``bench/traces/*.csv`` is run (``bench/traces/record.py`` records
+one from a real run: a private Redis and a real Celery worker). ``--csv DIR`` writes ``seeds.csv``
+(one row per trace, seed and model) and, with ``--seed``, each run's per-second replicas, waiting
+and in-flight counts (``<trace>-<model>.csv``) for plotting. Sensitivity: ``--priority-share 0``
+sends every task to the base list, the one KEDA reads; ``--tasks-per-replica`` and
+``--scale-down-seconds`` change stalk's side only (KEDA keeps its defaults).
 
 One worker Deployment consumes one Celery queue, simulated second by second:
 - tasks arrive (Poisson, rate per trace), a share of them with a priority that kombu files in a
@@ -59,6 +62,7 @@ KUBERNETES_GRACE_SECONDS = 30  # terminationGracePeriodSeconds' default
 VISIBILITY_TIMEOUT_SECONDS = 3600  # kombu's default: a killed task's message comes back after it
 PRIORITY_SHARE = 0.2  # tasks sent with priority 6, which kombu keeps in a sub-list KEDA does not read
 TAIL_SECONDS = 900  # after the last arrival, so both models drain and scale in
+RECORDED = sorted((Path(__file__).resolve().parent / "traces").glob("*.csv"))  # see bench/traces/record.py
 
 
 @dataclass
@@ -357,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20, help="run seeds 1..N and summarize per trace (default 20)")
     parser.add_argument("--seed", type=int, help="run this one seed instead (and write its per-second series)")
-    parser.add_argument("--trace", type=Path, action="append", default=[], help="a recorded trace (CSV)")
+    parser.add_argument("--trace", type=Path, action="append", default=[],
+                        help="a recorded trace (CSV); default: every bench/traces/*.csv")
     parser.add_argument("--priority-share", type=float, default=PRIORITY_SHARE,
                         help=f"share of tasks sent with priority 6 (default {PRIORITY_SHARE})")
     parser.add_argument("--tasks-per-replica", type=int, default=TARGET_PER_REPLICA,
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="write per-second series (--seed) or one row per seed here")
     parser.add_argument("--strict", action="store_true", help="exit with status 2 when the target is missed")
     args = parser.parse_args(argv)
-    recorded = {path.stem: recorded_trace(path) for path in args.trace}
+    recorded = {path.stem: recorded_trace(path) for path in args.trace or RECORDED}
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(1, args.seeds + 1)
     print(f"{CONCURRENCY} slots per replica, {TARGET_PER_REPLICA} tasks per replica target, max {MAX_REPLICAS} "
           f"replicas, {STARTUP_SECONDS}s start-up, {args.priority_share:.0%} of tasks in a priority sub-list, "
@@ -388,14 +393,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(comparisons: list[Comparison]) -> None:
-    _print_header(f"{'trace':<8} {'seeds':>5} {'met':>4} {'by wait':>7} {'missed':>6} | {'worker-s stalk':>14} "
+    width = max(8, *(len(c.trace) for c in comparisons))
+    _print_header(f"{'trace':<{width}} {'seeds':>5} {'met':>4} {'by wait':>7} {'missed':>6} | {'worker-s stalk':>14} "
                   f"{'KEDA':>6} {'ratio':>5} {'worst':>5} {'seed':>4} | {'p95 wait stalk':>14} {'KEDA':>6} "
-                  f"{'ratio':>5} {'worst':>5} | {'pods started':>12} {'KEDA':>5} | {'busy stops':>10} {'(a)':>4} {'KEDA':>5} | "
+                  f"{'ratio':>5} {'worst':>5} | {'pods started':>12} {'KEDA':>5} | "
+                  f"{'busy stops':>10} {'(a)':>4} {'KEDA':>5} | "
                   f"{'killed':>6} {'KEDA':>5}")
     for trace, runs in by_trace(comparisons).items():
         verdicts = [c.verdict for c in runs]
         worst = max(runs, key=lambda c: c.worker_ratio)
-        print(f"{trace:<8} {len(runs):>5} {verdicts.count(MET):>4} {verdicts.count(KEDA_CHEAPER_BY_WAITING):>7} "
+        print(f"{trace:<{width}} {len(runs):>5} {verdicts.count(MET):>4} {verdicts.count(KEDA_CHEAPER_BY_WAITING):>7} "
               f"{verdicts.count(MISSED):>6} | {_median(c.stalk.worker_seconds for c in runs):>14.0f} "
               f"{_median(c.keda.worker_seconds for c in runs):>6.0f} {_median(c.worker_ratio for c in runs):>5.2f} "
               f"{worst.worker_ratio:>5.2f} {worst.seed:>4} | {_median(c.stalk.p95_wait for c in runs):>13.1f}s "
@@ -406,16 +413,16 @@ def print_summary(comparisons: list[Comparison]) -> None:
               f"{_total(runs, 'stalk', 'killed_tasks'):>6} {_total(runs, 'keda', 'killed_tasks'):>5}")
     print("met: fewer worker-seconds at an equal or better p95 wait; by wait: HPA+KEDA spent fewer worker-seconds "
           "but its tasks waited longer; worker-seconds, p95 waits and ratios (stalk / KEDA, below 1: stalk uses "
-          "less / waits less) and pods started: medians over the seeds, worst: the highest ratio; busy stops: pods sent SIGTERM "
-          "while running a task, (a) = stalk without Observation.busy_replicas; killed: tasks cut off by the "
-          "grace period; both totals over the seeds")
+          "less / waits less) and pods started: medians over the seeds, worst: the highest ratio; busy stops: "
+          "pods sent SIGTERM while running a task, (a) = stalk without Observation.busy_replicas; killed: tasks "
+          "cut off by the grace period; both totals over the seeds")
     others = [c for c in comparisons if c.verdict != MET]
     if others:
         print("\nruns where the target is not met (KEDA's backlog: tasks waiting on average; "
               "sub-lists: p95 wait of the priority tasks KEDA does not count):")
         for c in others:
             s, k = c.stalk, c.keda
-            print(f"  {c.trace:<8} seed {c.seed:>3}: {c.verdict}; worker-s {s.worker_seconds:.0f} vs "
+            print(f"  {c.trace:<{width}} seed {c.seed:>3}: {c.verdict}; worker-s {s.worker_seconds:.0f} vs "
                   f"{k.worker_seconds:.0f} ({c.worker_ratio:.2f}), p95 wait {s.p95_wait:.1f}s vs {k.p95_wait:.1f}s, "
                   f"sub-lists {s.p95_wait_sublists:.1f}s vs {k.p95_wait_sublists:.1f}s, "
                   f"backlog {s.mean_waiting:.1f} vs {k.mean_waiting:.1f}")
