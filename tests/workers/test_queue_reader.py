@@ -256,3 +256,17 @@ def test_tasks_held_by_a_real_worker_with_acks_late(broker, celery_worker):
     stats = wait_until(lambda: (s := reader.read(["q"])["q"]).in_flight == 4 and s.scheduled == 2 and s,
                        timeout=30, what="the worker to reserve 4 tasks and 2 countdown tasks")
     assert stats.waiting == 4
+
+
+def test_a_restarted_redis_without_the_script_is_read_with_one_more_round_trip(broker):
+    publish(celery_app(broker), "q", 2)
+    client, counter = counting_client(broker)
+    reader = QueueReader(client)
+    assert reader.read(["q"])["q"].waiting == 2
+    client.script_flush()  # as after a restart: the script cache is empty
+    before = counter.sends
+    assert reader.read(["q"])["q"].waiting == 2
+    assert counter.sends - before == 2  # EVALSHA refused, then EVAL (which caches it again)
+    before = counter.sends
+    reader.read(["q"])
+    assert counter.sends - before == 1
