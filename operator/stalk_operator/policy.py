@@ -87,10 +87,10 @@ class Observation:
 class History:
     """What ``decide`` needs from earlier ticks of one queue; JSON-safe through to_dict/from_dict.
 
-    ``recommendations`` are (time, replicas) pairs from ``recommend``, oldest first, kept as long as
-    the longer stabilization window needs them, and only those that can still be a window's highest
-    or lowest (see ``_compact``): at 1 s ticks a steady queue keeps one or two pairs, not one per
-    second of the window. An empty history starts with the current replicas.
+    ``recommendations`` are (time, replicas) pairs from ``recommend``, kept as long as the longer
+    stabilization window needs them, and only those that can still be a window's highest or lowest
+    (see ``_compact``): at 1 s ticks a steady queue keeps one or two pairs, not one per second of
+    the window. An empty history starts with the current replicas.
     ``idle_since`` is when waiting + in-flight last became zero (None while there is work).
     """
 
