@@ -46,8 +46,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if not tokens:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
-        if "committer" in vars(app.state.gateway):
-            app.state.gateway.committer.close()
         engine.dispose()
         # Not celery.pool.force_close_all(): kombu keeps producer pools in a process-wide registry
         # keyed by broker URL, so a later app on the same URL would get a closed pool.

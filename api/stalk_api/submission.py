@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -196,11 +195,16 @@ def record_and_publish(gateway: Gateway, items: list[tuple[Prepared, str | None]
 class GroupCommitter:
     """Concurrent single submissions share one transaction and one Redis pipeline (group commit).
 
-    Requests wait on the event loop; one committer thread records and publishes everything that
-    waits when it becomes free, so a lone request goes alone at once, and under load one commit
-    serves many requests instead of each holding the database's write lock in turn (SQLite makes
-    waiters sleep 1, 2, 5 ... ms). The loop hands the thread a whole group and gets its answers
-    back in one hop, instead of one hop each way per request.
+    Every request that reaches the committer within one turn of the event loop joins one group,
+    recorded and published on the loop right after that turn: a lone request goes alone at once,
+    and under load one commit serves many requests instead of each holding the database's write
+    lock in turn (SQLite makes waiters sleep 1, 2, 5 ... ms).
+
+    The group is committed on the loop itself, not in a thread: the process is bound by the GIL
+    either way, and a committer thread cost ~0.12 ms of CPU per request in GIL hand-offs
+    (measured: 0.45-0.53 ms per request with the thread, 0.34-0.35 without). The price is that
+    the loop waits while a group commits, normally a few ms, at worst until the database's or
+    Redis's timeout.
     """
 
     MAX_GROUP = 500
@@ -208,39 +212,29 @@ class GroupCommitter:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._waiting: list[tuple[Prepared, str | None, asyncio.Future]] = []
-        self._draining = False
-        # One thread: groups are committed one after another, never two writers at once.
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="stalk-group-commit")
 
     async def submit(self, prepared: Prepared, retry_of: str | None = None) -> Submitted:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((prepared, retry_of, future))
-        if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain(loop))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._commit_waiting, loop)  # after the requests already in this turn
         return await future
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
-
-    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _commit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._waiting = self._waiting[: self.MAX_GROUP], self._waiting[self.MAX_GROUP:]
+        if self._waiting:
+            loop.call_soon(self._commit_waiting, loop)
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting[: self.MAX_GROUP], self._waiting[self.MAX_GROUP:]
-                items = [(p, retry_of) for p, retry_of, _ in group]
-                try:
-                    submitted = await loop.run_in_executor(self._thread, record_and_publish, self._gateway, items)
-                except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-                    for _, _, future in group:
-                        if not future.done():  # a client that went away cancelled its future
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), result in zip(group, submitted, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._draining = False
+            submitted = record_and_publish(self._gateway, [(p, retry_of) for p, retry_of, _ in group])
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+            for _, _, future in group:
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(group, submitted, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None) -> TaskRecord:
