@@ -62,7 +62,7 @@ class ScalingSpec:
     activation_tasks: int = 0  # below (<=) this much work a queue at zero stays at zero
     max_wait_seconds: float | None = None
     scale_up: Behavior = Behavior(stabilization_seconds=0)
-    scale_down: Behavior = Behavior(stabilization_seconds=60)
+    scale_down: Behavior = Behavior(stabilization_seconds=45)
     idle_seconds_before_zero: float = 120
     paused: bool = False
 

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "tasksPerReplica": 10,
     "activationTasks": 0,
     "scaleUp.stabilizationSeconds": 0,
-    "scaleDown.stabilizationSeconds": 60,
+    "scaleDown.stabilizationSeconds": 45,
     "idleSecondsBeforeZero": 120,
     "pollSeconds": 1,
     "paused": False,

@@ -41,7 +41,7 @@ from stalk_operator.policy import (
 )
 
 NOW = 1_000_000.0
-SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 60 s scale-down window, 120 s idle before zero
+SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 45 s scale-down window, 120 s idle before zero
 
 
 def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
@@ -313,12 +313,14 @@ def test_the_history_holds_a_few_recommendations_not_one_per_tick(spec, loads):
 
 def test_a_full_history_in_status_is_read_and_compacted():
     # The format written before compaction (one pair per tick) still reads, and decides the same.
-    saved = {"recommendations": [[NOW - 60 + s, 8 if s == 10 else 3] for s in range(60)], "idleSince": None,
-             "lastDecisionAt": NOW - 1}
+    window = int(SPEC.scale_down.stabilization_seconds)
+    peak_at = NOW - window + 5  # 8 replicas recommended 5 s after the window's start
+    saved = {"recommendations": [[NOW - window + s, 8 if NOW - window + s == peak_at else 3] for s in range(window)],
+             "idleSince": None, "lastDecisionAt": NOW - 1}
     history = History.from_dict(saved)
     assert decide(obs(waiting=15, current=8), SPEC, history, NOW).replicas == 8  # 8 is still in the window
     assert len(history.recommendations) <= 3
-    assert decide(obs(waiting=15, current=8), SPEC, history, NOW + 11).replicas == 3
+    assert decide(obs(waiting=15, current=8), SPEC, history, NOW + 6).replicas == 3
 
 
 def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(monkeypatch):
