@@ -72,6 +72,24 @@ class Gateway:
     def queue_names(self) -> list[str]:
         return [q.name for q in self.celery.conf.stalk_queues]
 
+    def routed_queue(self, name: str) -> str:
+        """The queue a task goes to when the submission names none (the app's routes, fixed at start)."""
+        queue = self._routed.get(name)
+        if queue is None:
+            queue = self._routed[name] = self.celery.amqp.router.route({}, name)["queue"].name
+        return queue
+
+    @cached_property
+    def _routed(self) -> dict[str, str]:
+        return {}
+
+    def has_queue(self, name: str) -> bool:
+        return name in self._queue_set
+
+    @cached_property
+    def _queue_set(self) -> frozenset[str]:
+        return frozenset(self.queue_names())
+
     @cached_property
     def committer(self) -> GroupCommitter:
         return GroupCommitter(self)
@@ -98,8 +116,8 @@ def prepare(gateway: Gateway, body: TaskCreate, *, where: str = "") -> Prepared:
     """Check a submission against the registry and the limits; raise a SubmissionError if it is wrong."""
     if not gateway.submittable(body.task):
         raise UnknownTask(f"{where}task {body.task!r} is not registered; GET /v1/task-types lists what can be submitted")
-    queue = body.queue or gateway.celery.amqp.router.route({}, body.task)["queue"].name
-    if queue not in gateway.queue_names():
+    queue = body.queue or gateway.routed_queue(body.task)
+    if not gateway.has_queue(queue):
         raise SubmissionError(f"{where}queue {queue!r} does not exist; queues: {', '.join(gateway.queue_names())}")
     eta = _eta(body)
     limit = gateway.settings.max_countdown_seconds
