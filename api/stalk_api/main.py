@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from stalk_api.config import ApiSettings
-from stalk_api.deps import require_token
+from stalk_api.auth import BearerAuth, document_bearer
 from stalk_api.metrics import ApiMetrics, BodySizeLimit, MetricsMiddleware
 from stalk_api.routes import health, queues, task_types, tasks, workers
 from stalk_api.submission import Gateway, SubmissionError
@@ -42,7 +42,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
         app.state.gateway = Gateway(celery=celery, sessions=db.session_factory(engine), settings=settings)
-        app.state.tokens = tokens
         if not tokens:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
@@ -60,9 +59,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
 
     app.include_router(health.router)
-    protected = [Depends(require_token)]
     for module in (tasks, queues, workers, task_types):
-        app.include_router(module.router, prefix="/v1", dependencies=protected)
+        app.include_router(module.router, prefix="/v1")
+    document_bearer(app)
 
     @app.exception_handler(SubmissionError)
     async def _submission_error(_: Request, exc: SubmissionError) -> JSONResponse:
@@ -74,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems), "errors": jsonable_errors(exc)}, status_code=422)
 
+    app.add_middleware(BearerAuth, tokens=tokens)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

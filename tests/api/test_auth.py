@@ -51,3 +51,19 @@ def test_listening_beyond_loopback_without_tokens_is_refused(host):
 
 def test_listening_beyond_loopback_with_tokens_is_allowed():
     create_app(ApiSettings(api_host="0.0.0.0", api_tokens="t"))
+
+
+def test_openapi_document_declares_the_bearer_scheme_on_v1_routes_only(secured):
+    spec = secured.client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "A token from STALK_API_TOKENS."}
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            assert ("security" in operation) == path.startswith("/v1/"), path
+            if path.startswith("/v1/"):
+                assert operation["security"] == [{"HTTPBearer": []}]
+
+
+def test_bearer_scheme_is_case_insensitive_and_tolerates_spaces(secured):
+    response = secured.client.get("/v1/task-types", headers={"Authorization": "bearer  alpha"})
+    assert response.status_code == 200
