@@ -79,3 +79,15 @@ def test_openapi_document_describes_every_route(stack):
                 if path not in ("/metrics",):
                     assert "application/json" in content, f"{method.upper()} {path} {code} has no JSON schema"
     assert spec["components"]["schemas"]["TaskCreate"]["examples"]
+
+
+def test_too_long_idempotency_key_is_422_and_documented(stack):
+    response = stack.client.post("/v1/tasks", json={"task": "stalk.echo"}, headers={"Idempotency-Key": "k" * 256})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "header.idempotency-key: String should have at most 255 characters"
+    ok = stack.client.post("/v1/tasks", json={"task": "stalk.echo"}, headers={"Idempotency-Key": "k" * 255})
+    assert ok.status_code == 202
+    spec = stack.client.get("/openapi.json").json()
+    parameters = spec["paths"]["/v1/tasks"]["post"]["parameters"]
+    assert {"name": "Idempotency-Key", "in": "header", "required": False, "description": "Same key, same task.",
+            "schema": {"type": "string", "maxLength": 255}} in parameters
