@@ -22,6 +22,10 @@ class ApiSettings(Settings):
     migrate_on_start: bool = True
     # How long to wait for workers to answer a remote-control inspection.
     inspect_timeout_seconds: float = Field(0.8, gt=0, le=5)
+    # How long a publish may wait for Redis's answer before the submission fails with a 503. Groups
+    # of submissions are committed on the event loop, so a Redis that accepts connections but does
+    # not answer (paused, stalled fork, half-open connection) must not hold every request forever.
+    broker_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

@@ -41,6 +41,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # The API reads task records, never Celery results: without a result backend, send_task
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
+        celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
+                                                "socket_timeout": settings.broker_timeout_seconds}
         app.state.gateway = Gateway(celery=celery, sessions=db.session_factory(engine), settings=settings)
         if not tokens:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import time
 from datetime import datetime
 
 import redis
@@ -105,6 +106,32 @@ def test_redis_down_means_503_and_nothing_recorded(stack_factory, tmp_path):
                    timeout=20, what="the API to publish again")
         assert stack.client.get("/readyz").status_code == 200
     broker.stop()
+
+
+def test_redis_that_stops_answering_means_503_within_the_timeout_and_nothing_left(stack_factory, tmp_path):
+    # A Redis that accepts the connection but does not answer (here a real one, paused for writes)
+    # must not hold submissions, which are committed on the API's event loop, until it comes back.
+    broker = RedisServer(port=free_port(), process=None, workdir=tmp_path)
+    broker.start()
+    admin = redis.Redis.from_url(broker.url(0))
+    try:
+        with stack_factory(broker_url=broker.url(0), result_backend=broker.url(1), broker_timeout_seconds=1) as stack:
+            assert stack.client.post("/v1/tasks", json={"task": "stalk.echo"}).status_code == 202
+            before = stack.client.get("/v1/tasks").json()["tasks"]
+            admin.execute_command("CLIENT", "PAUSE", 8000, "WRITE")
+            started = time.monotonic()
+            response = stack.client.post("/v1/tasks", json={"task": "stalk.echo", "args": ["stuck?"]})
+            waited = time.monotonic() - started
+            admin.execute_command("CLIENT", "UNPAUSE")
+
+            assert response.status_code == 503 and "broker" in response.json()["detail"]
+            assert waited < 6, f"the API waited {waited:.1f} s for a Redis that did not answer"
+            time.sleep(0.5)  # anything Redis still held from the abandoned publish would run now
+            assert admin.llen("default") == 1, "the abandoned publish reached the queue after all"
+            assert stack.client.get("/v1/tasks").json()["tasks"] == before, "no record may be left behind"
+            assert stack.client.post("/v1/tasks", json={"task": "stalk.echo"}).status_code == 202
+    finally:
+        broker.stop()
 
 
 def test_database_down_means_503_and_nothing_published(stack_factory):
