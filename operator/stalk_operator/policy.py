@@ -98,6 +98,8 @@ class History:
     idle_since: float | None = None
     # When decide() last ran for this queue; None before the first decision.
     last_decision_at: float | None = None
+    # Read back by a decider that did not write it (a restart, a new leader): not saved.
+    resumed: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"recommendations": [[t, r] for t, r in self.recommendations], "idleSince": self.idle_since,
@@ -111,6 +113,13 @@ class History:
             idle_since=None if data.get("idleSince") is None else float(data["idleSince"]),
             last_decision_at=None if data.get("lastDecisionAt") is None else float(data["lastDecisionAt"]),
         )
+
+    @classmethod
+    def resume(cls, data: dict | None) -> History:
+        """The history another decider saved, to continue from (see ``decide``)."""
+        history = cls.from_dict(data)
+        history.resumed = True
+        return history
 
 
 @dataclass(frozen=True)
@@ -139,11 +148,13 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     away = _was_away(history, now, spec)
     history.last_decision_at = now
     _forget_old(history, now, spec)
-    if away and not history.recommendations:
+    if (away and not history.recommendations) or history.resumed:
         # A fresh history (new queue, or a decider that lost or outlived its status) counts the
         # current replicas as a first recommendation: nobody is scaled away before one window.
         # Not so when the windows are merely shorter than the poll interval: then there is none.
+        # So does a resumed one: the decider before may have scaled and died before saving why.
         history.recommendations.append((now, current))
+        history.resumed = False
     recommended, reason = recommend(obs, spec)
     replicas = stabilize(recommended, current, history, now, spec)
     history.recommendations.append((now, recommended))

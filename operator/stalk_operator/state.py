@@ -53,7 +53,7 @@ class TaskQueueState:
         """Take over status and history from the object, as another leader left them."""
         self.status = dict(self.seen_status)
         saved = self.status.get("policyHistory")
-        self.history = History.from_dict(saved) if saved else History()
+        self.history = History.resume(saved)
         self.last_scale_time = self.status.get("lastScaleTime")
         self.status_written_at = float("-inf")
         self.view_written, self.pending, self.pending_urgent = None, None, False
@@ -81,7 +81,7 @@ class Registry:
             return state
         # First sight (or recreated under the same name): resume from what status kept.
         status = dict(status or {})
-        history = History.from_dict(status["policyHistory"]) if status.get("policyHistory") else History()
+        history = History.resume(status["policyHistory"]) if status.get("policyHistory") else History()
         state = TaskQueueState(config=config, history=history, status=status,
                                last_scale_time=status.get("lastScaleTime"), seen_status=dict(status))
         self._items[config.key] = state

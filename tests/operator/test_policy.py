@@ -338,3 +338,17 @@ def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(monkeypat
     assert (result.busy_stops, result.killed_tasks) == (0, 0)
     assert max(replicas for _, replicas, _, _ in result.series) > 1  # it did scale up and down
     assert result.series[-1][1] == 0
+
+
+def test_a_resumed_history_keeps_the_replicas_it_finds_for_one_window():
+    # The decider before scaled 2 -> 5 and was killed before its status (and history) was written:
+    # the history read back says 2, the Deployment says 5. No scale-down until a window has passed.
+    window = SPEC.scale_down.stabilization_seconds
+    saved = History(recommendations=[(NOW - 5, 2)], last_decision_at=NOW - 1).to_dict()
+    resumed = History.resume(saved)
+    assert decide(obs(waiting=5, current=5), SPEC, resumed, NOW).replicas == 5
+    assert decide(obs(waiting=5, current=5), SPEC, resumed, NOW + window - 1).replicas == 5
+    assert decide(obs(waiting=5, current=5), SPEC, resumed, NOW + window + 1).replicas == 1
+    # A copy of the decider's own history (from_dict) is not a resumption: it scales down at once.
+    copied = History.from_dict(saved)
+    assert decide(obs(waiting=5, current=5), SPEC, copied, NOW).replicas == 2
