@@ -23,7 +23,7 @@ import pytest
 
 from tests.chart.conftest import by_kind
 from tests.fixtures.kube import poll
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, unavailable
 
 BIN = Path(sys.executable).parent  # the venv's `stalk` and `celery`
 
@@ -59,8 +59,9 @@ def processes():
             proc.wait(5)
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="the chart's probe and test commands run through sh")
 def test_the_rendered_api_worker_probe_and_helm_test_commands_work_together(helm, redis_urls, tmp_path, processes):
+    if shutil.which("sh") is None:
+        unavailable("the chart's probe and test commands run through sh")
     objects = helm.template(sets={"beat.enabled": "true", "beat.schedule.heartbeat.task": "stalk.health_check",
                                   "beat.schedule.heartbeat.seconds": "1"})
     config = by_kind(objects, "ConfigMap")["stalk-config"]["data"]

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.fixtures.kube import BIN_DIR, REPO, missing_binaries
+from tests.fixtures.servers import unavailable
 
 pytestmark = pytest.mark.cluster
 
@@ -19,7 +20,7 @@ CLUSTER_PY = str(REPO / "hack" / "cluster.py")
 
 def test_second_cluster_runs_beside_the_first_and_down_removes_it(kube_cluster, kube_api, tmp_path):
     if missing_binaries():
-        pytest.skip("needs locally built binaries (not only STALK_TEST_KUBECONFIG)")
+        unavailable("needs locally built binaries (not only STALK_TEST_KUBECONFIG)")
     state = tmp_path / "second"
     up = subprocess.run([sys.executable, CLUSTER_PY, "up", "--state-dir", str(state), "--bin-dir", str(BIN_DIR),
                          "--nodes", "1"], capture_output=True, text=True, timeout=180)
