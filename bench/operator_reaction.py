@@ -623,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run(main) -> None:
+    """Exit with ``main()``'s status: 130 on Ctrl-C or SIGTERM, 1 with one line on a ``BenchError``."""
     try:
         sys.exit(main())
     except (KeyboardInterrupt, _Interrupted):
@@ -632,3 +633,7 @@ if __name__ == "__main__":
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run(main)

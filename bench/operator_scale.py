@@ -54,8 +54,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from operator_reaction import (  # noqa: E402 - the shared harness, next to this file
-    BenchError, _Interrupted, cpu_seconds, harness, load_average, parse_metrics, proc_status,
-    taskqueue, wait_for, worker_deployment,
+    BenchError, cpu_seconds, harness, load_average, parse_metrics, proc_status,
+    run, taskqueue, wait_for, worker_deployment,
 )
 
 TICK = "stalk_operator_tick_duration_seconds"
@@ -511,11 +511,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, _Interrupted):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run(main)

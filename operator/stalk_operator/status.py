@@ -14,7 +14,9 @@ METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 
 # Fields that follow the queue from tick to tick; written at most every status interval.
-MEASUREMENTS = frozenset({"depth", "inFlight", "scheduled", "oldestWaitSeconds"})
+# The fields View.measured holds, in its order; they change every tick under load.
+MEASURED = ("depth", "inFlight", "scheduled", "oldestWaitSeconds")
+MEASUREMENTS = frozenset(MEASURED)
 # Kept for restarts, not shown: written along with a shown change, never on its own.
 HIDDEN = frozenset({"policyHistory"})
 
@@ -36,7 +38,7 @@ class View:
 
     generation: int
     conditions: tuple[Condition, ...]
-    measured: tuple[int, int, int, int] | None = None  # depth, inFlight, scheduled, oldestWaitSeconds
+    measured: tuple[int, int, int, int] | None = None  # the MEASURED fields, in order
     last_decision: str | None = None
     replicas: tuple[int, int, int] | None = None  # replicas, readyReplicas, desiredReplicas
     last_scale_time: str | None = None
@@ -74,7 +76,7 @@ def render(view: View, previous: Mapping[str, Any], now: float, history: dict[st
                                    generation=view.generation)
     desired: dict[str, Any] = {"observedGeneration": view.generation, "conditions": conditions}
     if view.measured is not None:
-        desired.update(zip(("depth", "inFlight", "scheduled", "oldestWaitSeconds"), view.measured, strict=True))
+        desired.update(zip(MEASURED, view.measured, strict=True))
     if view.last_decision is not None:
         desired["lastDecision"] = view.last_decision
     if view.replicas is not None:
