@@ -1,7 +1,9 @@
 """The API's publish path writes to Redis what ``celery.send_task`` writes, apart from the ids.
 
-Workers run what it sends: every API submission in test_round_trip.py (plain, batch, priority with
-countdown) goes through it to a real worker.
+Most messages are rendered from a template (the first task of each kind goes through Celery), so
+the comparisons below always publish a first task of the kind and then the one compared, for fixed
+and for generated arguments. Workers run what it sends: every API submission in
+test_round_trip.py (plain, batch, priority with countdown) goes through it to a real worker.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+import uuid
+from celery.utils.saferepr import saferepr
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from stalk_api import publishing
 from stalk_api.config import ApiSettings
@@ -69,7 +75,8 @@ def _without_ids(message: dict, task_id: str) -> dict:
 def test_same_message_as_send_task(celery, redis_urls, overrides):
     client = redis.Redis.from_url(redis_urls[0])
     fast, slow = _row("fast-id", **overrides), _row("slow-id", **overrides)
-    publishing.publish(celery, [fast], sent_at=SENT_AT)
+    # The first of a kind is Celery's own message; the second is rendered from it.
+    publishing.publish(celery, [_row("first-id", **{**overrides, "args": [0]}), fast], sent_at=SENT_AT)
     _sent_by_send_task(celery, slow)
 
     messages = _messages(client)
@@ -96,3 +103,75 @@ def test_many_rows_of_several_kinds_in_one_call(celery, redis_urls):
         assert message["properties"]["priority"] == (row["priority"] or 0)
     # One list per priority level the tasks asked for (kombu's priority sub-queues).
     assert {key for key, _ in messages.values()} == {b"default", b"default\x06\x163", b"default\x06\x166"}
+
+
+def _count_celery_builds(celery) -> list:
+    """Every message Celery builds itself (the rest are rendered from templates) is listed here."""
+    built, build = [], celery.amqp.create_task_message
+    celery.amqp.create_task_message = lambda task_id, *a, **kw: built.append(task_id) or build(task_id, *a, **kw)
+    return built
+
+
+def test_many_rows_keep_their_order_in_each_list(celery, redis_urls):
+    client = redis.Redis.from_url(redis_urls[0])
+    rows = [_row(f"id-{i}", args=[i]) for i in range(50)]
+    built = _count_celery_builds(celery)
+    publishing.publish(celery, rows, sent_at=SENT_AT)
+    assert built == ["id-0"]  # one kind: the other 49 from its template
+    # LPUSH puts each at the head and workers BRPOP from the tail: the oldest is taken first.
+    taken = [json.loads(raw)["headers"]["id"] for raw in reversed(client.lrange("default", 0, -1))]
+    assert taken == [r["task_id"] for r in rows]
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+_json_values = st.recursive(
+    _scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=st.lists(_json_values, max_size=5), kwargs=st.dictionaries(st.text(max_size=8), _json_values, max_size=4))
+@example(args=["x" * 2000], kwargs={"long": "y" * 2000})  # argsrepr truncated by saferepr
+@example(args=["it's", "two\nlines", "é ☃ \x00"], kwargs={"quote'key": "\"", "n": -0.0})
+@example(args=[[[["deep"]]]], kwargs={"a": {"b": {"c": {"d": 1}}}})  # beyond saferepr's maxlevels
+def test_generated_arguments_give_send_tasks_message(celery, redis_urls, args, kwargs):
+    client = redis.Redis.from_url(redis_urls[0])
+    client.flushdb()
+    rows = [_row("first-id", args=[0], kwargs={}), _row("fast-id", args=args, kwargs=kwargs)]
+    built = _count_celery_builds(celery)
+    publishing.publish(celery, rows, sent_at=SENT_AT)
+    assert built == ["first-id"]  # "fast-id" was rendered from the template
+    _sent_by_send_task(celery, _row("slow-id", args=args, kwargs=kwargs))
+
+    messages = _messages(client)
+    (fast_key, fast_message), (slow_key, slow_message) = messages["fast-id"], messages["slow-id"]
+    assert fast_key == slow_key
+    assert _without_ids(fast_message, "fast-id") == _without_ids(slow_message, "slow-id")
+
+
+_flat = st.lists(_scalars | st.text(min_size=500, max_size=1100), max_size=6) | st.dictionaries(
+    st.text(max_size=8), _scalars, max_size=6)
+
+
+@given(value=_flat)
+@example(value=[])
+@example(value={})
+@example(value=["a" * 1019])  # 1,023 characters: one short of the limit
+@example(value=["a" * 1020])
+def test_flat_saferepr_is_celerys_saferepr_or_declines(value):
+    fast = publishing.flat_saferepr(value, 1024)
+    exact = saferepr(value, 1024, maxlevels=3)
+    if fast is None:  # declined only because saferepr would cut it
+        assert len(publishing.flat_saferepr(value, 10**9)) >= 1024
+    else:
+        assert fast == exact
+    assert publishing.flat_saferepr(tuple(value) if isinstance(value, list) else value, 1024) in (
+        None, saferepr(tuple(value) if isinstance(value, list) else value, 1024, maxlevels=3))
+
+
+def test_uuid4_strings_are_distinct_version_4_uuids():
+    ids = publishing.uuid4_strings(2000)
+    assert len(set(ids)) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

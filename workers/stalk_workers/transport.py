@@ -7,6 +7,10 @@ one that receives, acks and sends events for every task) that was about a tenth 
 in a drain of no-op tasks (py-spy). A ``redis.Redis`` holds no per-command state (connections
 come from its pool), so one per channel and pool does the same work. Celery uses this class
 through its ``broker_transport`` setting; the URL, options and keys are kombu's own.
+
+``Channel.capturing()`` lets the API see the exact message kombu would push for a task without
+pushing it: the API builds one message per kind of task through Celery and kombu, then renders
+the rest of a batch from it (api/stalk_api/publishing.py).
 """
 
 from __future__ import annotations
@@ -16,8 +20,33 @@ from contextlib import contextmanager
 from kombu.transport import redis as kombu_redis
 
 
+class NotCapturable(Exception):
+    """The publish needs more than one LPUSH (the queue has an expiry), so it cannot be captured."""
+
+
 class Channel(kombu_redis.Channel):
     _reused_client = None
+    _captured: list | None = None
+
+    @contextmanager
+    def capturing(self):
+        """Inside, a publish appends ``(list key, message dict)`` to the yielded list instead of
+        pushing it: the key and message are the ones kombu's ``_put`` would LPUSH (priority
+        sub-list chosen, body encoded, delivery tag set). The key is without ``global_keyprefix``,
+        which this channel's client adds."""
+        self._captured = captured = []
+        try:
+            yield captured
+        finally:
+            self._captured = None
+
+    def _put(self, queue, message, **kwargs):
+        if self._captured is None:
+            return super()._put(queue, message, **kwargs)
+        if self._expires and queue in self._expires:  # kombu would PEXPIRE every priority list too
+            raise NotCapturable(f"queue {queue!r} has an expiry")
+        priority = self._get_message_priority(message, reverse=False)
+        self._captured.append((self._q_for_pri(queue, priority), message))
 
     @contextmanager
     def conn_or_acquire(self, client=None):

@@ -94,7 +94,10 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
 
 @router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=ERRORS,
              summary="Submit many tasks in one request")
-def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> Response:
+async def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> Response:
+    # On the event loop, like the group commits of single submissions: one writer at a time in this
+    # process, handed over without a thread (a batch in a worker thread waited for the loop's
+    # commits in SQLite's busy handler, which sleeps 1-100 ms between tries).
     limit = gateway.settings.max_batch_tasks
     if len(body.tasks) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
