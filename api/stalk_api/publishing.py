@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as kombu_dumps
 
+from stalk_api.ids import uuid4_strings
 from stalk_workers.queue_reader import SENT_AT_HEADER
 from stalk_workers.transport import NotCapturable
 
@@ -241,15 +241,3 @@ def _flat_scalar(value) -> str | None:
 
 def _quoted(text: str) -> str:
     return "'" + text.replace("'", "\\'") + "'"
-
-
-def uuid4_strings(n: int) -> list[str]:
-    """``n`` random UUID4 strings, as ``str(uuid.uuid4())`` writes them, from one read of the OS's
-    random source (uuid4() reads it once per id)."""
-    hexes = os.urandom(16 * n).hex()
-    out = []
-    for i in range(0, 32 * n, 32):
-        h = hexes[i:i + 32]
-        variant = "89ab"[int(h[16], 16) & 3]
-        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
-    return out

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from stalk_api import publishing
 from stalk_api.config import ApiSettings
+from stalk_api.ids import new_task_ids
 from stalk_api.schemas import TaskCreate
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.records import store
@@ -191,9 +191,9 @@ def record_and_publish(gateway: Gateway, items: list[tuple[Prepared, str | None]
     """Validated submissions (with the task each re-runs, if any) recorded and published as one unit."""
     now = store.utcnow()
     rows = [
-        store.pending_row(task_id=str(uuid.uuid4()), task_name=p.body.task, queue=p.queue, args=p.body.args,
+        store.pending_row(task_id=task_id, task_name=p.body.task, queue=p.queue, args=p.body.args,
                           kwargs=p.body.kwargs, priority=p.body.priority, eta=p.eta, retry_of=retry_of, now=now)
-        for p, retry_of in items
+        for (p, retry_of), task_id in zip(items, new_task_ids(len(items)), strict=True)
     ]
     with gateway.sessions() as session:
         try:
@@ -258,7 +258,7 @@ class GroupCommitter:
 def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None) -> TaskRecord:
     body = prepared.body
     return store.add_pending(
-        session, task_id=str(uuid.uuid4()), task_name=body.task, queue=prepared.queue, args=body.args,
+        session, task_id=new_task_ids(1)[0], task_name=body.task, queue=prepared.queue, args=body.args,
         kwargs=body.kwargs, priority=body.priority, eta=prepared.eta, idempotency_key=idempotency_key,
         retry_of=retry_of,
     )

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-import uuid
 from celery.utils.saferepr import saferepr
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -167,11 +166,3 @@ def test_flat_saferepr_is_celerys_saferepr_or_declines(value):
         assert fast == exact
     assert publishing.flat_saferepr(tuple(value) if isinstance(value, list) else value, 1024) in (
         None, saferepr(tuple(value) if isinstance(value, list) else value, 1024, maxlevels=3))
-
-
-def test_uuid4_strings_are_distinct_version_4_uuids():
-    ids = publishing.uuid4_strings(2000)
-    assert len(set(ids)) == 2000
-    for text in ids:
-        parsed = uuid.UUID(text)
-        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from stalk_api import submission
@@ -105,9 +107,30 @@ async def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsD
     records = submission.submit_batch(gateway, body.tasks)
     for (task_name, queue), count in Counter((r.task_name, r.queue) for r in records).items():
         metrics.submitted.labels(task_name, queue).inc(count)
-    # Built without validation (the values are ours) and serialized in one call.
-    answer = BatchSubmitted.model_construct(tasks=[submitted(r) for r in records])
-    return Response(answer.model_dump_json(), status.HTTP_202_ACCEPTED, media_type="application/json")
+    return Response(batch_answer(records), status.HTTP_202_ACCEPTED, media_type="application/json")
+
+
+_TIME = TypeAdapter(datetime)
+
+
+def batch_answer(records: list[submission.Submitted]) -> str:
+    """``BatchSubmitted`` as JSON, as ``model_dump_json`` writes it, from plain dicts: a thousand
+    ``TaskSubmitted`` models cost ~2 µs each, a third of what is left of a batched task's CPU in
+    this process. The time is serialized by pydantic, once per distinct value (once per batch)."""
+    times: dict[tuple, str] = {}
+
+    def at(moment: datetime) -> str:
+        key = (moment, moment.utcoffset())  # equal instants in two zones are written differently
+        text = times.get(key)
+        if text is None:
+            text = times[key] = _TIME.dump_python(store.as_utc(moment), mode="json")
+        return text
+
+    return json.dumps({"tasks": [
+        {"task_id": r.task_id, "status": r.status, "task": r.task_name, "queue": r.queue,
+         "created_at": at(r.created_at), "retry_of": r.retry_of}
+        for r in records
+    ]}, separators=(",", ":"), ensure_ascii=False)
 
 
 @router.get("", response_model=TasksPublic, responses=ERRORS, summary="List tasks, newest first")
