@@ -76,8 +76,45 @@ def add_pending(session: Session, **columns) -> TaskRecord:
 
 
 def insert_pending(session: Session, rows: list[dict]) -> None:
-    """Stage many PENDING rows in one executemany; the caller commits once they are published."""
-    session.execute(sa.insert(TABLE), rows)
+    """Stage many PENDING rows (``pending_row``'s) in one executemany; the caller commits once they
+    are published."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite" or not rows:
+        session.execute(sa.insert(TABLE), rows)
+        return
+    # SQLite: the same statement and bind values SQLAlchemy makes, with each column's bind
+    # processor run once per distinct value instead of once per row. A batch's rows share their
+    # times, status and names, and SQLAlchemy's per-row work (dicts of 15 parameters, a datetime
+    # formatted twice) was a quarter of a batched submission's CPU in the API.
+    sql, columns, processors = _sqlite_insert(connection.dialect, tuple(rows[0]))
+    connection.exec_driver_sql(sql, _bound(rows, columns, processors))
+
+
+@functools.cache
+def _sqlite_insert(dialect, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...], tuple]:
+    compiled = sa.insert(TABLE).compile(dialect=dialect, column_keys=list(columns))
+    order = tuple(compiled.positiontup)  # qmark style: the parameters' order in the SQL
+    types = (TABLE.c[name].type.dialect_impl(dialect) for name in order)  # the dialect's own types
+    return compiled.string, order, tuple(t.bind_processor(dialect) for t in types)
+
+
+def _bound(rows: list[dict], columns: tuple[str, ...], processors: tuple) -> list[tuple]:
+    seen: list[dict] = [{} for _ in columns]
+    out = []
+    for row in rows:
+        values = []
+        for name, process, cache in zip(columns, processors, seen):
+            value = row[name]
+            if process is not None:
+                key = (type(value), value) if value.__hash__ is not None else None
+                if key is None:  # a list or dict (JSON arguments): processed every time
+                    value = process(value)
+                else:
+                    done = cache.get(key)
+                    value = cache[key] = process(value) if done is None else done
+            values.append(value)
+        out.append(tuple(values))
+    return out
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
