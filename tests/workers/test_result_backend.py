@@ -3,19 +3,22 @@
 The backend writes each state in one Lua script instead of Celery's GET then SET+PUBLISH. What a
 Celery user relies on is checked from the outside: ``AsyncResult.state``/``get`` from a plain
 Celery client (Celery's own backend class), STARTED while a task runs, chords, the stored meta
-and its expiry, and the rule that a SUCCESS is never overwritten by a redelivered run.
+and its expiry, and the rule that a SUCCESS is never overwritten by a redelivered run. STARTED is
+written only for a task still running after ``STARTED_DELAY_SECONDS``, never after a later state.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 import redis
 from celery import Celery, chord, states
 
 from stalk_workers.app import create_app
-from stalk_workers.result_backend import StalkRedisBackend
+from stalk_workers.result_backend import STARTED_DELAY_SECONDS, StalkRedisBackend, _DeferredStarts
 from stalk_workers.settings import Settings
 from tests.fixtures.servers import wait_until
 
@@ -78,6 +81,58 @@ def test_a_success_is_never_overwritten(backend, redis_urls):
     assert meta["status"] == "FAILURE" and repr(meta["result"]) == repr(RuntimeError("boom"))
 
 
+def _published_states(pubsub) -> list[str]:
+    states_seen = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            states_seen.append(json.loads(message["data"])["status"])
+    return states_seen
+
+
+def test_started_is_written_only_for_a_task_still_running_after_the_delay(backend, redis_urls):
+    client = redis.Redis.from_url(redis_urls[1])
+    pubsub = client.pubsub()
+    pubsub.subscribe(backend.get_key_for_task("quick"), backend.get_key_for_task("slow"),
+                     backend.get_key_for_task("failing"))
+
+    backend.store_result("slow", {"pid": 1}, states.STARTED)
+    assert client.get(backend.get_key_for_task("slow")) is None  # not yet: it may end first
+    wait_until(lambda: backend.get_task_meta("slow")["status"] == states.STARTED, timeout=5,
+               what="the STARTED state of a task still running after the delay")
+    backend.store_result("slow", "done", states.SUCCESS)
+
+    backend.store_result("quick", {"pid": 1}, states.STARTED)
+    backend.store_result("quick", "done", states.SUCCESS)
+    backend.store_result("failing", {"pid": 1}, states.STARTED)
+    backend.store_result("failing", RuntimeError("boom"), states.FAILURE)
+    time.sleep(3 * STARTED_DELAY_SECONDS)
+
+    assert backend.get_task_meta("quick")["status"] == states.SUCCESS
+    assert backend.get_task_meta("failing")["status"] == states.FAILURE  # never STARTED again after it
+    published = _published_states(pubsub)
+    assert published.count("STARTED") == 1 and published.count("SUCCESS") == 2 and published.count("FAILURE") == 1
+
+
+def test_a_final_state_waits_for_a_started_write_under_way():
+    order, writing, release = [], threading.Event(), threading.Event()
+
+    def slow_write(args):
+        writing.set()
+        release.wait(5)
+        order.append(args)
+
+    starts = _DeferredStarts(slow_write)
+    starts.defer("t", "STARTED")
+    assert writing.wait(5)
+    canceller = threading.Thread(target=lambda: (starts.cancel("t"), order.append("FINAL")))
+    canceller.start()
+    time.sleep(0.1)
+    assert order == []  # the final write waits for the STARTED write it could not cancel
+    release.set()
+    canceller.join(5)
+    assert order == ["STARTED", "FINAL"]
+
+
 def test_failures_keep_their_own_expiry(redis_urls):
     broker, results = redis_urls
     app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
@@ -111,8 +166,12 @@ def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_
             assert {"pid", "hostname"} <= set(info)
             assert running.get(timeout=20) == 1.5 and running.state == states.SUCCESS
 
-            echoed = client.send_task("stalk.echo", args=[1, "two"], kwargs={"k": 3}, queue="default")
+            pubsub = redis.Redis.from_url(stack.settings.result_backend).pubsub()
+            pubsub.subscribe("celery-task-meta-echo-1")
+            echoed = client.send_task("stalk.echo", args=[1, "two"], kwargs={"k": 3}, queue="default",
+                                      task_id="echo-1")
             assert echoed.get(timeout=20) == {"args": [1, "two"], "kwargs": {"k": 3}}
+            assert _published_states(pubsub) == ["SUCCESS"]  # over before its STARTED was due
 
             failed = client.send_task("stalk.sleep", args=[-1], queue="default")  # CriticalTask: no retry
             with pytest.raises(Exception, match="non-negative"):

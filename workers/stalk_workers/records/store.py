@@ -78,21 +78,33 @@ def add_pending(session: Session, **columns) -> TaskRecord:
 def insert_pending(session: Session, rows: list[dict]) -> None:
     """Stage many PENDING rows (``pending_row``'s) in one executemany; the caller commits once they
     are published."""
-    connection = session.connection()
-    if connection.dialect.name != "sqlite" or not rows:
-        session.execute(sa.insert(TABLE), rows)
+    if rows:
+        _execute_many(session.connection(), _INSERT, rows)
+
+
+_INSERT = sa.insert(TABLE)
+
+
+def _execute_many(conn: sa.Connection, statement, rows: list[dict]) -> None:
+    """``conn.execute(statement, rows)`` for rows with the same keys; on SQLite, faster.
+
+    SQLite: the statement SQLAlchemy compiles and the values its dialect types bind, with each
+    column's bind processor run once per distinct value instead of once per row. The rows of a
+    batch share their times, status and names, and SQLAlchemy's per-row work (a dict of ~15
+    parameters, each datetime formatted again) was a quarter of a batched submission's CPU in the
+    API and most of a worker's record writes. Other databases: SQLAlchemy's own executemany
+    (psycopg's is batched already).
+    """
+    if conn.dialect.name != "sqlite":
+        conn.execute(statement, rows)
         return
-    # SQLite: the same statement and bind values SQLAlchemy makes, with each column's bind
-    # processor run once per distinct value instead of once per row. A batch's rows share their
-    # times, status and names, and SQLAlchemy's per-row work (dicts of 15 parameters, a datetime
-    # formatted twice) was a quarter of a batched submission's CPU in the API.
-    sql, columns, processors = _sqlite_insert(connection.dialect, tuple(rows[0]))
-    connection.exec_driver_sql(sql, _bound(rows, columns, processors))
+    sql, columns, processors = _sqlite_compiled(conn.dialect, statement, tuple(rows[0]))
+    conn.exec_driver_sql(sql, _bound(rows, columns, processors))
 
 
 @functools.cache
-def _sqlite_insert(dialect, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...], tuple]:
-    compiled = sa.insert(TABLE).compile(dialect=dialect, column_keys=list(columns))
+def _sqlite_compiled(dialect, statement, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], tuple]:
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup)  # qmark style: the parameters' order in the SQL
     types = (TABLE.c[name].type.dialect_impl(dialect) for name in order)  # the dialect's own types
     return compiled.string, order, tuple(t.bind_processor(dialect) for t in types)
@@ -107,7 +119,7 @@ def _bound(rows: list[dict], columns: tuple[str, ...], processors: tuple) -> lis
             value = row[name]
             if process is not None:
                 key = (type(value), value) if value.__hash__ is not None else None
-                if key is None:  # a list or dict (JSON arguments): processed every time
+                if key is None:  # a list or dict (JSON arguments, results): processed every time
                     value = process(value)
                 else:
                     done = cache.get(key)
@@ -245,7 +257,7 @@ def write(engine: Engine, changes: list[Change]) -> None:
         groups.setdefault(tuple(sorted(values)), []).append(_insert_values(change.seen, values, now))
     with engine.begin() as conn:
         for columns, rows in groups.items():
-            conn.execute(_upsert(conn.dialect.name, columns), rows)
+            _execute_many(conn, _upsert(conn.dialect.name, columns), rows)
 
 
 @functools.cache
