@@ -14,8 +14,9 @@ delivery tag, and the arguments (the body, and their repr in ``argsrepr``/``kwar
    task of that kind takes Celery's path;
 3. all messages go to Redis in one pipeline, one LPUSH per list, in submission order.
 
-Scheduled tasks (eta), and arguments a template cannot render, take Celery's path one by one (still
-captured, so they share the pipeline). tests/api/test_publishing.py compares the messages with
+Scheduled tasks (eta), arguments a template cannot render, and every task while anything listens
+to Celery's publish signals (``before_task_publish`` may add headers, e.g. tracing), take Celery's
+path one by one (still captured, so they share the pipeline). tests/api/test_publishing.py compares the messages with
 ``send_task``'s for generated arguments, and checks that a worker runs them.
 """
 
@@ -27,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from celery import Celery
+from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -69,6 +70,8 @@ def _render(celery: Celery, producer, rows: list[dict], sent_at: float) -> dict[
     lists: dict[str, list[str]] = {}
     kinds: dict[tuple, _Kind] = {}
     routes: dict[tuple, dict] = {}
+    # A receiver may change each message (headers, properties): then every one is Celery's own.
+    templates = not any(signal.has_listeners() for signal in (signals.before_task_publish, signals.after_task_publish))
     for row, tag in zip(rows, uuid4_strings(len(rows)), strict=True):
         kind_key = (row["task_name"], row["queue"], row["priority"])
         kind = kinds.get(kind_key)
@@ -83,7 +86,7 @@ def _render(celery: Celery, producer, rows: list[dict], sent_at: float) -> dict[
             _send(celery, producer, row, _options(celery, producer, row, routes), sent_at)
         (list_key, message), = captured
         payload = kombu_dumps(message)  # what kombu's _put pushes
-        if row["eta"] is None and not kind.tried:
+        if templates and row["eta"] is None and not kind.tried:
             kind.tried = True
             kind.template = Template.from_message(celery, list_key, message, payload, row)
         lists.setdefault(list_key, []).append(payload)
@@ -171,11 +174,13 @@ class Template:
             return None
         args, kwargs = row["args"] or (), row["kwargs"] or {}  # as Celery's as_task_v2 takes them
         (args_max, kwargs_max), levels = self.repr_maxsize, self.repr_maxlevels
+        args_repr = flat_saferepr(args, args_max) or saferepr(args, args_max, maxlevels=levels)
+        kwargs_repr = flat_saferepr(kwargs, kwargs_max) or saferepr(kwargs, kwargs_max, maxlevels=levels)
         values = {
             "id": _json_str(row["task_id"]),
             "tag": _json_str(tag),
-            "argsrepr": _json_str(flat_saferepr(args, args_max) or saferepr(args, args_max, maxlevels=levels)),
-            "kwargsrepr": _json_str(flat_saferepr(kwargs, kwargs_max) or saferepr(kwargs, kwargs_max, maxlevels=levels)),
+            "argsrepr": _json_str(args_repr),
+            "kwargsrepr": _json_str(kwargs_repr),
             "body": f'"{base64.b64encode(f"{head}{self.embed}]".encode()).decode()}"',
         }
         literals = self.literals

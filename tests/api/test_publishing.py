@@ -166,3 +166,21 @@ def test_flat_saferepr_is_celerys_saferepr_or_declines(value):
         assert fast == exact
     assert publishing.flat_saferepr(tuple(value) if isinstance(value, list) else value, 1024) in (
         None, saferepr(tuple(value) if isinstance(value, list) else value, 1024, maxlevels=3))
+
+
+def test_publish_signal_receivers_see_and_shape_every_message(celery, redis_urls):
+    from celery import signals
+
+    def add_trace_header(headers=None, **_):
+        headers["trace"] = f"trace-{headers['id']}"
+
+    signals.before_task_publish.connect(add_trace_header, weak=False)
+    try:
+        rows = [_row(f"id-{i}", args=[i]) for i in range(3)]
+        built = _count_celery_builds(celery)
+        publishing.publish(celery, rows, sent_at=SENT_AT)
+    finally:
+        signals.before_task_publish.disconnect(add_trace_header)
+    assert built == ["id-0", "id-1", "id-2"]  # no template while someone listens
+    messages = _messages(redis.Redis.from_url(redis_urls[0]))
+    assert {m["headers"]["trace"] for _, m in messages.values()} == {"trace-id-0", "trace-id-1", "trace-id-2"}
