@@ -184,3 +184,14 @@ def test_publish_signal_receivers_see_and_shape_every_message(celery, redis_urls
     assert built == ["id-0", "id-1", "id-2"]  # no template while someone listens
     messages = _messages(redis.Redis.from_url(redis_urls[0]))
     assert {m["headers"]["trace"] for _, m in messages.values()} == {"trace-id-0", "trace-id-1", "trace-id-2"}
+
+
+def test_global_key_prefix_applies_to_rendered_messages(redis_urls):
+    settings = ApiSettings(broker_url=redis_urls[0], result_backend="disabled", record_tasks=False,
+                           broker_key_prefix="team-a:")
+    celery = create_app(settings)
+    publishing.publish(celery, [_row(f"id-{i}", args=[i], priority=[None, 6][i % 2]) for i in range(4)],
+                       sent_at=SENT_AT)
+    client = redis.Redis.from_url(redis_urls[0])
+    assert client.llen("team-a:default") == 2 and client.llen("team-a:default\x06\x166") == 2
+    assert client.llen("default") == 0
