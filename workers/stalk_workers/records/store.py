@@ -123,7 +123,9 @@ def _bound(rows: list[dict], columns: tuple[str, ...], processors: tuple) -> lis
                     value = process(value)
                 else:
                     done = cache.get(key)
-                    value = cache[key] = process(value) if done is None else done
+                    if done is None:
+                        done = cache[key] = process(value)
+                    value = done
             values.append(value)
         out.append(tuple(values))
     return out
