@@ -2,7 +2,7 @@
 # Build one group of pinned test binaries from its wrapper module and link them
 # into OUTDIR (normally .cluster/bin).
 #
-#   hack/tools/build.sh GROUP OUTDIR        GROUP: kube | etcd | kwok | helm | skaffold
+#   hack/tools/build.sh GROUP OUTDIR        GROUP: kube | etcd | kwok | helm | skaffold | coredns | pause
 #
 # The binaries live in a cache OUTSIDE the repository,
 #   ${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin/<group>-<version>-<hash>/
@@ -40,9 +40,11 @@ kube)
         ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
         ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit= -X $pkg.buildDate=$date"
     done
+    # kubelet and kube-proxy serve the real node (NODE=real); one build shares their packages.
     pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-          k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
-    bins="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+          k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+          k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy"
+    bins="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
     ;;
 etcd)
     version=$ETCD_VERSION
@@ -79,8 +81,21 @@ skaffold)
     pkgs="github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold"
     bins="skaffold"
     ;;
+coredns)
+    version=$COREDNS_VERSION
+    ldflags=""
+    pkgs="github.com/coredns/coredns"
+    bins="coredns"
+    ;;
+pause)
+    # The pod sandbox's one process (no image can be pulled): our own module, no dependencies.
+    version=v1
+    ldflags=""
+    pkgs="."
+    bins="pause"
+    ;;
 *)
-    echo "build.sh: unknown group '$group' (want kube, etcd, kwok, helm or skaffold)" >&2
+    echo "build.sh: unknown group '$group' (want kube, etcd, kwok, helm, skaffold, coredns or pause)" >&2
     exit 2
     ;;
 esac
@@ -88,7 +103,7 @@ ldflags="-s -w $ldflags"
 
 stages=${stages:-}
 extra_files=${extra_files:-}
-hash=$( { cat "$here/$group/go.mod" "$here/$group/go.sum"; go version; echo "CGO_ENABLED=$CGO_ENABLED $ldflags" $stages; } |
+hash=$( { cat "$here/$group/go.mod"; cat "$here/$group/go.sum" "$here/$group"/*.go 2>/dev/null || true; go version; echo "CGO_ENABLED=$CGO_ENABLED $ldflags" $stages; } |
         sha256sum | cut -c1-12)
 cache_root=${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin
 cache=$cache_root/$group-$version-$hash

@@ -12,7 +12,7 @@ release's real go.mod (fetched with `go mod download -json`), never typed by han
 Each wrapper lists its binaries as `tool` directives (Go 1.24+), which keeps
 `go mod tidy` from dropping the dependencies; hack/tools/build.sh builds them.
 
-Usage: python3 hack/tools/gen-modules.py [kube etcd kwok helm skaffold]
+Usage: python3 hack/tools/gen-modules.py [kube etcd kwok helm skaffold coredns]
 """
 import json
 import os
@@ -113,7 +113,8 @@ def main():
         "kube": lambda: write_module(
             "kube", "k8s.io/kubernetes", kube,
             [f"k8s.io/kubernetes/cmd/{c}" for c in
-             ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")],
+             ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+              "kubelet", "kube-proxy")],
             lambda path: staging if path.startswith("k8s.io/") else None),
         # etcd's server module replaces its sibling modules (api, client, pkg),
         # which are published with the same version as the server. Its other
@@ -133,6 +134,11 @@ def main():
             "skaffold", "github.com/GoogleContainerTools/skaffold/v2", v["SKAFFOLD_VERSION"],
             ["github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold"],
             lambda path: None),
+        # CoreDNS serves cluster DNS to the real node's pods (no image can be pulled,
+        # so it runs as a host process); its main package is the module root.
+        "coredns": lambda: write_module(
+            "coredns", "github.com/coredns/coredns", v["COREDNS_VERSION"],
+            ["github.com/coredns/coredns"], lambda path: None),
     }
     for name in sys.argv[1:] or modules:
         try:
