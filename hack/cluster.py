@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Start and stop a real, small Kubernetes control plane for tests.
 
-    python3 hack/cluster.py up   [--state-dir .cluster] [--bin-dir .cluster/bin] [--nodes 3]
+    python3 hack/cluster.py up   [--state-dir .cluster] [--bin-dir .cluster/bin] [--nodes 3] [--node kwok|real]
     python3 hack/cluster.py down [--state-dir .cluster]
     python3 hack/cluster.py status [--state-dir .cluster]
+    python3 hack/cluster.py load [--state-dir .cluster] ARCHIVE...
 
 `up` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
 (which plays the kubelet for a few fake nodes) as plain processes on 127.0.0.1,
 on ports that were free at start, so several clusters can run side by side with
 different state dirs. It waits until the API is ready and every node is Ready,
 writes STATE/kubeconfig and prints `export KUBECONFIG=...`.
+
+`up --node real` runs the same control plane with one real node instead of kwok's
+(containerd + runc, kubelet, kube-proxy and CoreDNS in namespaces of their own; see
+hack/node.py): pods really run. The API server then listens on the node link's
+machine-side address, where pods reach it through the `kubernetes` Service. One real
+node runs on a machine at a time. `load` imports image archives into its containerd.
 
 `down` stops, by process id, exactly the processes `up` recorded, then removes
 the state dir (except a `bin/` folder inside it, which holds links to the
@@ -32,13 +39,25 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import node as real_node  # noqa: E402 - hack/node.py, next to this file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARIES = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
 # Start order; `down` stops in reverse so nothing loses its API server first.
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
-SERVICE_CIDR = "10.96.0.0/16"
-# kwok hands out pod IPs from here; kept apart from the service range.
-POD_CIDR = "10.244.0.1/16"
+# Every address comes from the benchmarking range 198.18.0.0/15 (see hack/node.py), never
+# from ranges a real network around this machine may use.
+SERVICE_CIDR = "198.19.0.0/16"
+KUBERNETES_SERVICE_IP = "198.19.0.1"  # the first address of SERVICE_CIDR
+# kwok hands out pod IPs from here; apart from the real node's pods and the services.
+POD_CIDR = "198.18.128.1/17"
+KWOK_NODE_IP = "198.18.127.254"
+# Static volumes for the real node's PersistentVolumeClaims: the chart's Redis and
+# PostgreSQL StatefulSets bind them for real (there is no cloud disk provisioner here).
+STORAGE_CLASS = "stalk-local"
+VOLUMES = 16
+VOLUME_SIZE = "8Gi"
 # Fake nodes get a realistic, uniform capacity so scheduling behaves like a real pool.
 NODE_CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 NODE_ALLOCATABLE = {"cpu": "7800m", "memory": "31Gi", "pods": "110", "ephemeral-storage": "95Gi"}
@@ -111,7 +130,7 @@ def openssl(*args, cwd):
         raise ClusterError(f"openssl {' '.join(args[:2])} failed: {r.stderr.strip()}")
 
 
-def make_pki(pki):
+def make_pki(pki, real=False):
     """CA, API server serving cert, client certs and the service-account key pair.
 
     Client identities follow kubeadm: the controller-manager and scheduler get
@@ -133,9 +152,10 @@ def make_pki(pki):
                 "-CAcreateserial", "-days", "3650", "-extfile", f"{name}.ext",
                 "-out", f"{name}.crt", cwd=pki)
 
-    # 10.96.0.1 is the `kubernetes` Service's cluster IP (first address of SERVICE_CIDR).
+    # Pods reach the API server as the `kubernetes` Service, and on the real node's link.
     sans = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-            "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1")
+            f"DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:{KUBERNETES_SERVICE_IP},"
+            f"IP:{real_node.HOST_IP}")
     issue("apiserver", "/CN=kube-apiserver",
           f"subjectAltName={sans}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
           "extendedKeyUsage=serverAuth\n")
@@ -144,6 +164,17 @@ def make_pki(pki):
     issue("controller-manager", "/CN=system:kube-controller-manager", client)
     issue("scheduler", "/CN=system:kube-scheduler", client)
     issue("kwok", "/O=system:masters/CN=kwok", client)
+    if real:
+        # The real node's identities, as kubeadm names them: the Node authorizer and the
+        # NodeRestriction admission plugin hold the kubelet to its own node and pods.
+        issue("kubelet", f"/O=system:nodes/CN=system:node:{real_node.NODE_NAME}", client)
+        issue("kubelet-serving", f"/CN={real_node.NODE_NAME}",
+              f"subjectAltName=DNS:{real_node.NODE_NAME},IP:{real_node.NODE_IP}\n"
+              "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        issue("kube-proxy", "/CN=system:kube-proxy", client)
+        issue("coredns", "/CN=stalk:coredns", client)
+        # The API server calls the kubelet (logs, exec, port-forward) as this user.
+        issue("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", client)
     # The aggregation layer ("front proxy") has its own CA, as in kubeadm: the API
     # server presents front-proxy-client when proxying to aggregated API servers,
     # and the controller-manager and scheduler read this CA to trust such requests
@@ -267,7 +298,7 @@ def wait_for(what, check, deadline, state, procs):
 
 # --- up / down -------------------------------------------------------------
 
-def component_args(state, bin_dir, ports):
+def component_args(state, bin_dir, ports, real=False):
     pki = state.pki
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     # --authorization-always-allow-paths lets probes hit /healthz without a client cert.
@@ -286,11 +317,12 @@ def component_args(state, bin_dir, ports):
         "kube-apiserver": [
             f"{bin_dir}/kube-apiserver",
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            # The endpoint reconciler refuses a loopback advertise address ("may not be
-            # in the loopback range"); nothing runs inside the cluster that would need
-            # the `kubernetes` Service's endpoints, so skip them.
-            "--endpoint-reconciler-type=none",
+            *(api_server_address_flags(pki) if real else [
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                # The endpoint reconciler refuses a loopback advertise address ("may not be
+                # in the loopback range"); nothing runs inside a kwok cluster that would
+                # need the `kubernetes` Service's endpoints, so skip them.
+                "--endpoint-reconciler-type=none"]),
             f"--secure-port={ports['kube-apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
@@ -362,6 +394,19 @@ def component_args(state, bin_dir, ports):
     }
 
 
+def api_server_address_flags(pki):
+    """With a real node: listen on the node link, where pods reach the API server.
+
+    The endpoint reconciler then publishes that address as the `kubernetes` Service's
+    endpoint, and the API server calls the kubelet (logs, exec, port-forward) at the node's
+    InternalIP with a client certificate the kubelet trusts.
+    """
+    return [f"--bind-address={real_node.HOST_IP}", f"--advertise-address={real_node.HOST_IP}",
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            "--kubelet-preferred-address-types=InternalIP"]
+
+
 def node_manifest(name):
     return {
         "apiVersion": "v1",
@@ -399,7 +444,10 @@ def cmd_up(args):
     t0 = time.monotonic()
     state = State(args.state_dir)
     bin_dir = os.path.abspath(args.bin_dir)
-    missing = [b for b in BINARIES if not os.access(os.path.join(bin_dir, b), os.X_OK)]
+    real = args.node == "real"
+    kwok_nodes = 0 if real else args.nodes
+    missing = [b for b in BINARIES + (real_node.BINARIES if real else [])
+               if not os.access(os.path.join(bin_dir, b), os.X_OK)]
     if not os.path.isfile(os.path.join(bin_dir, "kwok-stages.yaml")):
         missing.append("kwok-stages.yaml")
     if missing:
@@ -408,27 +456,36 @@ def cmd_up(args):
 
     info = state.load()
     if info:
-        if set(running_pids(state)) == set(COMPONENTS):
+        if set(running_pids(state)) >= set(info.get("components", COMPONENTS)):
             log(f"already running in {state.root}")
             print(f"export KUBECONFIG={state.kubeconfig}")
             return
         raise ClusterError(f"{state.root} holds a cluster that is not fully running; "
                            f"run `python3 hack/cluster.py down --state-dir {state.root}` first")
 
+    for prefix in ("/run/", "/var/lib/", "/var/log/"):
+        if real and (state.root + "/").startswith(prefix):
+            raise ClusterError(f"a real node's state dir cannot be under {prefix} (the node mounts its own there)")
     for d in (state.root, state.logs):
         os.makedirs(d, exist_ok=True)
-    make_pki(state.pki)
+    make_pki(state.pki, real=real)
 
-    names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+             "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics"]
     ports = dict(zip(names, free_ports(len(names))))
-    server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+    host = real_node.HOST_IP if real else "127.0.0.1"
+    server = f"https://{host}:{ports['kube-apiserver']}"
     write_kubeconfig(state.kubeconfig, server, state.pki, "admin")
-    for user in ("controller-manager", "scheduler", "kwok"):
+    users = ["controller-manager", "scheduler"] + (["kubelet", "kube-proxy", "coredns"] if real else ["kwok"])
+    for user in users:
         write_kubeconfig(state.path(f"{user}.kubeconfig"), server, state.pki, user)
 
-    argv = component_args(state, bin_dir, ports)
+    components = [c for c in COMPONENTS if c != "kwok" or not real]
+    argv = component_args(state, bin_dir, ports, real=real)
     procs = {}  # name -> Popen, for this run; `down` works from the saved pids
-    info = {"server": server, "ports": ports, "pids": {}, "bin_dir": bin_dir}
+    info = {"server": server, "ports": ports, "pids": {}, "bin_dir": bin_dir, "node": args.node,
+            "components": components}
+    node = real_node.Node(state.root, bin_dir) if real else None
 
     def record(name):
         procs[name] = start(state, name, argv[name])
@@ -439,6 +496,11 @@ def cmd_up(args):
     api = Api(server, state.pki)
     deadline = time.monotonic() + args.timeout
     try:
+        if node:
+            # The node's link must exist before the API server binds its address.
+            state.save(info)
+            node.prepare(server, ports)
+            log(f"node namespaces ready; link {real_node.HOST_IP} <-> {real_node.NODE_IP}")
         record("etcd")
         wait_for("etcd", lambda: json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{ports['etcd']}/health", timeout=2).read())["health"] == "true",
@@ -450,19 +512,23 @@ def cmd_up(args):
                  deadline, state, procs)
         log(f"kube-apiserver ready at {server}")
 
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        for name in components[2:]:
             record(name)
 
-        for i in range(args.nodes):
+        if node:
+            start_real_node(node, api, state, procs, info, deadline)
+
+        for i in range(kwok_nodes):
             try:
                 api.request("POST", "/api/v1/nodes", node_manifest(f"kwok-node-{i}"))
             except urllib.error.HTTPError as e:
                 if e.code != 409:  # already exists
                     raise ClusterError(f"creating node kwok-node-{i}: HTTP {e.code} {e.read()[:300]!r}")
-        wait_for(f"{args.nodes} nodes Ready",
-                 lambda: sum(node_ready(n) for n in api.request("GET", "/api/v1/nodes")["items"])
-                 >= args.nodes, deadline, state, procs)
-        log(f"{args.nodes} kwok nodes Ready")
+        if kwok_nodes:
+            wait_for(f"{kwok_nodes} nodes Ready",
+                     lambda: sum(node_ready(n) for n in api.request("GET", "/api/v1/nodes")["items"])
+                     >= kwok_nodes, deadline, state, procs)
+            log(f"{kwok_nodes} kwok nodes Ready")
 
         # Pods can only be admitted once the controller-manager created the
         # namespace's default ServiceAccount; tests create pods right away.
@@ -476,6 +542,8 @@ def cmd_up(args):
         # command line does not name the state dir that stop_and_remove() checks for.
         for name in reversed(list(procs)):
             terminate(name, procs[name])
+        if node:
+            node.stop(log)
         raise
 
     log(f"ready in {time.monotonic() - t0:.1f}s; logs in {state.logs}")
@@ -493,8 +561,13 @@ def terminate(name, proc, grace=10.0):
 
 
 def stop_and_remove(state, grace=10.0):
+    """Stop the cluster's processes and remove its state; returns what the machine kept of it."""
     info = state.load()
     pids = (info or {}).get("pids", {})
+    leftovers = []
+    if (info or {}).get("node") == "real":
+        # The node goes first: its kubelet and containers still talk to the API server.
+        leftovers = real_node.Node(state.root, info.get("bin_dir", "")).stop(log, grace)
     # One at a time, clients before servers: an API server whose etcd is already
     # gone hangs in its graceful shutdown instead of exiting.
     for name in reversed(COMPONENTS):
@@ -516,15 +589,21 @@ def stop_and_remove(state, grace=10.0):
                 shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
         if not os.listdir(state.root):
             os.rmdir(state.root)
+    return leftovers
 
 
 def cmd_down(args):
     state = State(args.state_dir)
-    if not os.path.exists(state.info):
+    info = state.load()
+    if not info:
         log(f"no cluster in {state.root}; nothing to stop")
         return
-    stop_and_remove(state)
+    leftovers = stop_and_remove(state)
     log(f"stopped; removed the state in {state.root}")
+    if leftovers:
+        raise ClusterError("the machine is not as it was before the node started:\n  " + "\n  ".join(leftovers))
+    if info.get("node") == "real":
+        log("the machine is as it was before the node started (mounts, links, iptables, cgroups, sysctls)")
 
 
 def cmd_status(args):
@@ -534,29 +613,110 @@ def cmd_status(args):
         log(f"no cluster in {state.root}")
         sys.exit(1)
     up = running_pids(state)
-    for name in COMPONENTS:
-        pid = info["pids"].get(name)
-        print(f"{name:25} pid {pid or '-':>7}  {'running' if name in up else 'NOT RUNNING'}")
+    expected = info.get("components", COMPONENTS)
+    rows = [(name, info["pids"].get(name), name in up) for name in expected]
+    if info.get("node") == "real":
+        node_pids = (real_node.Node(state.root, info["bin_dir"]).load() or {}).get("pids", {})
+        rows += [(f"node/{name}", pid, alive(pid, state.root)) for name, pid in node_pids.items()]
+    for name, pid, running in rows:
+        print(f"{name:25} pid {pid or '-':>7}  {'running' if running else 'NOT RUNNING'}")
     print(f"export KUBECONFIG={state.kubeconfig}")
-    sys.exit(0 if set(up) == set(COMPONENTS) else 1)
+    sys.exit(0 if all(running for _, _, running in rows) else 1)
+
+
+def cmd_load(args):
+    """Import image archives into the real node's containerd (what `make image` builds)."""
+    state = State(args.state_dir)
+    info = state.load()
+    if not info or info.get("node") != "real":
+        raise ClusterError(f"no real node in {state.root} (start one with `make cluster-up NODE=real`)")
+    node = real_node.Node(state.root, info["bin_dir"])
+    for archive in args.archives:
+        if not os.path.isfile(archive):
+            raise ClusterError(f"no image archive at {archive}")
+        t = time.monotonic()
+        try:
+            node.import_image(os.path.abspath(archive))
+        except real_node.NodeError as e:
+            raise ClusterError(str(e))
+        log(f"loaded {archive} in {time.monotonic() - t:.1f}s")
+    log("images on the node: " + ", ".join(i for i in node.images() if not i.startswith("localhost/stalk-pause")))
+
+
+# RBAC for CoreDNS on the real node: what its kubernetes plugin watches, read-only.
+COREDNS_RBAC = [
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+     "metadata": {"name": "stalk:coredns"},
+     "rules": [{"apiGroups": [""], "resources": ["services", "namespaces", "pods"], "verbs": ["list", "watch"]},
+               {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "stalk:coredns"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stalk:coredns"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "stalk:coredns"}]},
+]
+
+
+def storage_manifests(node):
+    """A default StorageClass and static hostPath volumes inside the state dir."""
+    yield "/apis/storage.k8s.io/v1/storageclasses", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS,
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain"}
+    for i in range(VOLUMES):
+        path = node.path("volumes", f"pv-{i:02d}")
+        os.makedirs(path, exist_ok=True)
+        # Pods run as their own non-root users; a hostPath volume has no fsGroup handling.
+        os.chmod(path, 0o777)
+        yield "/api/v1/persistentvolumes", {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"stalk-local-{i:02d}", "labels": {"stalk.dev/volume": "local"}},
+            "spec": {"capacity": {"storage": VOLUME_SIZE}, "accessModes": ["ReadWriteOnce"],
+                     "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
+                     "hostPath": {"path": path, "type": "Directory"}}}
+
+
+def start_real_node(node, api, state, procs, info, deadline):
+    """Start the node's processes once the API server answers; wait for the node to be Ready."""
+    for path, body in [("/apis/rbac.authorization.k8s.io/v1/clusterroles", COREDNS_RBAC[0]),
+                       ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", COREDNS_RBAC[1]),
+                       *storage_manifests(node)]:
+        try:
+            api.request("POST", path, body)
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise ClusterError(f"creating {body['kind']} {body['metadata']['name']}: HTTP {e.code} {e.read()[:300]!r}")
+    try:
+        procs.update(node.start(lambda name, argv: start(state, name, argv)))
+    except real_node.NodeError as e:
+        raise ClusterError(str(e))
+    wait_for(f"node {real_node.NODE_NAME} Ready",
+             lambda: node_ready(api.request("GET", f"/api/v1/nodes/{real_node.NODE_NAME}")),
+             deadline, state, procs)
+    log(f"real node {real_node.NODE_NAME} Ready ({real_node.NODE_IP}; pods {real_node.POD_CIDR})")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "status"):
+    for name in ("up", "down", "status", "load"):
         s = sub.add_parser(name)
         s.add_argument("--state-dir", default=os.path.join(REPO, ".cluster"),
                        help="where certs, etcd data, logs and the kubeconfig live (default: .cluster)")
         if name == "up":
             s.add_argument("--bin-dir", default=os.path.join(REPO, ".cluster", "bin"))
             s.add_argument("--nodes", type=int, default=3, help="number of kwok fake nodes")
+            s.add_argument("--node", choices=("kwok", "real"), default="kwok",
+                           help="kwok fake nodes (default), or one real node where pods run")
             s.add_argument("--timeout", type=float, default=120.0,
                            help="seconds to wait for the cluster to become ready")
+        if name == "load":
+            s.add_argument("archives", nargs="+", help="image archives (OCI or docker) to import")
     args = p.parse_args()
     try:
-        {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
-    except ClusterError as e:
+        {"up": cmd_up, "down": cmd_down, "status": cmd_status, "load": cmd_load}[args.command](args)
+    except (ClusterError, real_node.NodeError) as e:
         sys.exit(f"cluster: error: {e}")
 
 

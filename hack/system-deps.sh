@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real: Redis and PostgreSQL servers, and
-# Prometheus (a real server for the dashboard test, promtool for the alert rules).
+# Installs the Debian packages the test suite runs for real: Redis and PostgreSQL servers,
+# Prometheus (a real server for the dashboard test, promtool for the alert rules), and the
+# real Kubernetes node's container runtime (containerd, runc, CNI plugins, iptables).
 # Only what is missing is installed; `apt-get update` runs once, and only when needed.
 set -euo pipefail
 
@@ -10,6 +11,13 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v runuser >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+# The real Kubernetes node (hack/node.py): container runtime, CNI plugins, namespaces, iptables.
+[ -x /usr/bin/containerd ] || need+=(containerd)
+[ -x /usr/sbin/runc ] || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+[ -x /usr/sbin/iptables ] || need+=(iptables)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -26,3 +34,4 @@ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 (service redis-server stop || true) >/dev/null 2>&1
 (service postgresql stop || true) >/dev/null 2>&1
 (service prometheus stop || true) >/dev/null 2>&1
+(service containerd stop || true) >/dev/null 2>&1

@@ -1,0 +1,159 @@
+"""A real node for the test session: stalk's own image running in real pods.
+
+``real_cluster`` starts the test control plane with one real node (``hack/cluster.py up
+--node real``: containerd + runc, kubelet, kube-proxy, CoreDNS; see hack/node.py), builds
+the images with ``make image``'s script (cached by content) and loads them into the node.
+It is session-scoped and stops the node at the end; ``stop()`` lets the cleanup test stop
+it earlier and look at what the machine kept.
+
+One real node runs on a machine at a time (it owns the network link ``stalk-node0``), so
+these tests never run beside another session's real node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.kube import CLUSTERS_DIR, KubeCluster, ensure_cluster_binaries
+from tests.fixtures.servers import unavailable
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_PY = REPO / "hack" / "cluster.py"
+sys.path.insert(0, str(REPO / "hack"))
+import node as real_node  # noqa: E402 - hack/node.py: addresses, packages, snapshot
+
+pytestmark = pytest.mark.cluster
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # The cleanup test stops the session's node and compares the machine with how it was:
+    # it must come after every other test that uses the node.
+    last = [i for i in items if i.get_closest_marker("stops_the_node")]
+    for item in last:
+        items.remove(item)
+    items.extend(last)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stops_the_node: stops the session's real node (runs last)")
+
+
+@dataclass
+class RealCluster(KubeCluster):
+    images: dict[str, dict] = field(default_factory=dict)
+    stopped: bool = False
+
+    def image(self, name: str) -> tuple[str, str]:
+        """(repository, tag) of a built image: stalk, redis or postgres."""
+        ref = self.images[name]["ref"]
+        repository, _, tag = ref.rpartition(":")
+        return repository, tag
+
+    def stop(self) -> subprocess.CompletedProcess:
+        self.stopped = True
+        return subprocess.run([sys.executable, str(CLUSTER_PY), "down", "--state-dir", str(self.state_dir)],
+                              capture_output=True, text=True)
+
+    @contextmanager
+    def port_forward(self, target: str, port: int, namespace: str) -> Iterator[int]:
+        """`kubectl port-forward` to a Service or pod; yields the local port on 127.0.0.1."""
+        proc = subprocess.Popen(
+            [str(REPO / ".cluster" / "bin" / "kubectl"), f"--kubeconfig={self.kubeconfig}", "-n", namespace,
+             "port-forward", "--address=127.0.0.1", target, f":{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 30
+            line = ""
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
+                if match:
+                    yield int(match.group(1))
+                    break
+                if proc.poll() is not None:
+                    break
+            else:
+                raise AssertionError(f"port-forward to {target} printed no port in 30 s (last line: {line!r})")
+            if proc.poll() is not None and not match:
+                raise AssertionError(f"port-forward to {target} failed: {proc.stderr.read() if proc.stderr else ''}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def build_images(say) -> dict[str, dict]:
+    """Build (or reuse) stalk's, Redis's and PostgreSQL's images; their refs and archives."""
+    proc = subprocess.Popen([str(REPO / "hack" / "image.sh")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        say(line.rstrip())
+    if proc.wait() != 0:
+        pytest.fail("building the images failed (hack/image.sh):\n" + "".join(output[-30:]), pytrace=False)
+    manifest = next((line.split("=", 1)[1].strip() for line in output if line.startswith("images.json=")), None)
+    if not manifest:
+        pytest.fail("hack/image.sh did not print images.json=PATH:\n" + "".join(output[-10:]), pytrace=False)
+    return json.loads(Path(manifest).read_text())
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request) -> Iterator[RealCluster]:
+    if os.geteuid() != 0:
+        unavailable("a real node needs root (namespaces, cgroups, containerd)")
+    missing = real_node.missing_packages()
+    if missing:
+        unavailable(f"a real node needs Debian packages: {' '.join(missing)} (make system-deps)")
+    why = ensure_cluster_binaries(say=lambda line: None)
+    if why:
+        unavailable(why)
+    writer = request.config.get_terminal_writer()
+    images = build_images(say=lambda line: writer.line(f"[images] {line}"))
+
+    state_dir = CLUSTERS_DIR / f"pytest-{os.getpid()}-real"
+    up = subprocess.run([sys.executable, str(CLUSTER_PY), "up", "--node", "real", "--state-dir", str(state_dir),
+                         "--bin-dir", str(REPO / ".cluster" / "bin")], capture_output=True, text=True)
+    cluster = RealCluster(kubeconfig=state_dir / "kubeconfig", state_dir=state_dir, images=images)
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"hack/cluster.py up --node real failed:\n{up.stdout}{up.stderr}", pytrace=False)
+        load = subprocess.run([sys.executable, str(CLUSTER_PY), "load", "--state-dir", str(state_dir),
+                               *[image["archive"] for image in images.values()]], capture_output=True, text=True)
+        if load.returncode != 0:
+            pytest.fail(f"loading the images failed:\n{load.stdout}{load.stderr}", pytrace=False)
+        yield cluster
+    finally:
+        if not cluster.stopped:
+            down = cluster.stop()
+            if down.returncode != 0:
+                pytest.fail(f"hack/cluster.py down failed:\n{down.stdout}{down.stderr}", pytrace=False)
+
+
+from tests.chart.conftest import HELM, HELM_PLUGINS, _build, helm  # noqa: E402,F401 - the chart tests' helm
+
+
+@pytest.fixture(scope="session", autouse=False)
+def node_helm(helm, real_cluster):
+    """The chart tests' helm, pointed at the real node's cluster."""
+    if not os.access(HELM, os.X_OK):
+        why = _build([str(REPO / "hack" / "tools" / "build.sh"), "helm", str(HELM.parent)], say=lambda line: None)
+        if why:
+            unavailable(why)
+    helm.env["KUBECONFIG"] = str(real_cluster.kubeconfig)
+    return helm
