@@ -387,7 +387,7 @@ def component_args(state, bin_dir, ports, real=False):
             # Only nodes we create and annotate are fake; anything else is left alone.
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
-            f"--cidr={POD_CIDR}", "--node-ip=10.240.0.1",
+            f"--cidr={POD_CIDR}", f"--node-ip={KWOK_NODE_IP}",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ],

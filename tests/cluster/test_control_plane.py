@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import uuid
 
@@ -94,7 +95,8 @@ def test_deployment_rolls_out_on_kwok_nodes_and_scales(kube_api, kube_namespace)
     pods = wait_ready_pods(core, ns, name, 2)
     for pod in pods:
         assert pod.spec.node_name.startswith("kwok-node-"), pod.spec.node_name
-        assert pod.status.pod_ip and pod.status.pod_ip.startswith("10.244."), pod.status.pod_ip
+        assert pod.status.pod_ip and ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network("198.18.128.0/17"), \
+            pod.status.pod_ip
         assert pod.metadata.owner_references[0].name == rs.metadata.name
         # The ServiceAccount admission plugin mounted a projected token volume.
         assert any(v.projected for v in pod.spec.volumes), "no service-account token volume"

@@ -204,7 +204,7 @@ def test_the_in_cluster_operator_scales_real_workers_from_zero_and_back(real_clu
     assert running, "no classification worker pod ran"
     # Nothing waits: after the scale-down window and idle time the operator goes back to zero.
     poll(lambda: _replicas(real_cluster, deployment) == 0, timeout=120, what="the operator to scale back to zero")
-    status = _json(real_cluster, "get", "taskqueue", "classification")["status"]
+    status = _json(real_cluster, "get", "taskqueue", deployment)["status"]
     assert status["replicas"] == 0 and status["depth"] == 0, status
 
 
