@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-bins venv system-deps bench lint clean
+.PHONY: help run test test-bins venv system-deps image bench lint clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 system-deps: ## Install the Debian packages the tests need (redis-server, postgresql, prometheus), if missing
 	@hack/system-deps.sh
+
+# Local images for the real node, no registry: base (mmdebstrap), stalk (the Dockerfile), Redis, PostgreSQL.
+# Cached by content hash in ~/.cache/stalk/images; see docs/images.md.
+#   make image DEV=1                     also the DEV_RELOAD image skaffold dev runs
+#   make image CONTAINERD=/path/to/sock  also import them into that containerd (namespace k8s.io)
+image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with buildah
+	@hack/system-deps.sh --images
+	@python3 hack/images.py $(if $(filter 1 true yes,$(DEV)),--dev) $(if $(CONTAINERD),--containerd $(CONTAINERD))
 
 bench: venv system-deps ## Run the benchmarks (prints ratios against baselines measured in the same run)
 	$(PY) bench/core_throughput.py

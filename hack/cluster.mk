@@ -44,7 +44,7 @@ tools-modules: ## Regenerate hack/tools/*/go.mod from hack/tools/versions.env
 	GOTOOLCHAIN=local $(CLUSTER_PYTHON) $(CLUSTER_HACK)/tools/gen-modules.py
 
 cluster-up: cluster-bins ## Start a Kubernetes test control plane in CLUSTER_DIR (default .cluster)
-	@$(if $(filter real,$(NODE)),$(CLUSTER_HACK)/system-deps.sh)
+	@$(if $(filter real,$(NODE)),$(CLUSTER_HACK)/system-deps.sh --node)
 	@$(CLUSTER_PYTHON) $(CLUSTER_HACK)/cluster.py up --state-dir $(CLUSTER_DIR) --bin-dir $(CLUSTER_BIN) --nodes $(CLUSTER_NODES) --node $(NODE)
 
 cluster-down: ## Stop the cluster in CLUSTER_DIR and remove its state
