@@ -43,11 +43,15 @@ system-deps: ## Install the Debian packages the tests need (redis-server, postgr
 
 # Local images for the real node, no registry: base (mmdebstrap), stalk (the Dockerfile), Redis, PostgreSQL.
 # Cached by content hash in ~/.cache/stalk/images; see docs/images.md.
+# When a real node runs in CLUSTER_DIR (make cluster-up NODE=real), the images are loaded into it.
 #   make image DEV=1                     also the DEV_RELOAD image skaffold dev runs
 #   make image CONTAINERD=/path/to/sock  also import them into that containerd (namespace k8s.io)
-image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with buildah
+image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with buildah; load them into a running real node
 	@hack/system-deps.sh --images
-	@python3 hack/images.py $(if $(filter 1 true yes,$(DEV)),--dev) $(if $(CONTAINERD),--containerd $(CONTAINERD))
+	@python3 hack/images.py $(if $(filter 1 true yes,$(DEV)),--dev) $(if $(CONTAINERD),--containerd $(CONTAINERD)) \
+	  --output $(CLUSTER_DIR)/images.json
+	@if [ -S $(CLUSTER_DIR)/node/containerd/containerd.sock ]; then \
+	  python3 hack/cluster.py load --state-dir $(CLUSTER_DIR) --images $(CLUSTER_DIR)/images.json; fi
 
 bench: venv system-deps ## Run the benchmarks (prints ratios against baselines measured in the same run)
 	$(PY) bench/core_throughput.py

@@ -27,6 +27,7 @@ come from hack/tools/build.sh; see docs/control-plane.md.
 """
 import argparse
 import base64
+import concurrent.futures
 import json
 import os
 import shutil
@@ -631,15 +632,27 @@ def cmd_load(args):
     if not info or info.get("node") != "real":
         raise ClusterError(f"no real node in {state.root} (start one with `make cluster-up NODE=real`)")
     node = real_node.Node(state.root, info["bin_dir"])
-    for archive in args.archives:
+    archives = list(args.archives)
+    if args.images:
+        with open(args.images) as f:
+            archives += [image["archive"] for image in json.load(f).values()]
+    if not archives:
+        raise ClusterError("nothing to load: give image archives or --images images.json")
+    for archive in archives:
         if not os.path.isfile(archive):
             raise ClusterError(f"no image archive at {archive}")
+
+    def load(archive):
         t = time.monotonic()
+        node.import_image(os.path.abspath(archive))
+        log(f"loaded {archive} in {time.monotonic() - t:.1f}s")
+
+    # One import is mostly waiting on unpacking into snapshots: load them side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         try:
-            node.import_image(os.path.abspath(archive))
+            list(pool.map(load, archives))
         except real_node.NodeError as e:
             raise ClusterError(str(e))
-        log(f"loaded {archive} in {time.monotonic() - t:.1f}s")
     log("images on the node: " + ", ".join(i for i in node.images() if not i.startswith("localhost/stalk-pause")))
 
 
@@ -712,7 +725,8 @@ def main():
             s.add_argument("--timeout", type=float, default=120.0,
                            help="seconds to wait for the cluster to become ready")
         if name == "load":
-            s.add_argument("archives", nargs="+", help="image archives (OCI or docker) to import")
+            s.add_argument("archives", nargs="*", help="image archives (OCI or docker) to import")
+            s.add_argument("--images", help="an images.json of hack/images.py: load every archive it names")
     args = p.parse_args()
     try:
         {"up": cmd_up, "down": cmd_down, "status": cmd_status, "load": cmd_load}[args.command](args)

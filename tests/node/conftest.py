@@ -96,21 +96,30 @@ class RealCluster(KubeCluster):
                 proc.kill()
 
 
-def build_images(say) -> dict[str, dict]:
-    """Build (or reuse) stalk's, Redis's and PostgreSQL's images; their refs and archives."""
-    proc = subprocess.Popen([str(REPO / "hack" / "image.sh")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def build_images(say, output: Path) -> dict[str, dict]:
+    """Build (or reuse) stalk's, Redis's and PostgreSQL's images (`make image`); their refs and archives.
+
+    hack/images.py ends with one `NAME REF ARCHIVE` line per image; they are written to ``output``
+    in the images.json shape that `cluster.py load --images` reads.
+    """
+    proc = subprocess.Popen([sys.executable, str(REPO / "hack" / "images.py")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    output = []
+    lines = []
     for line in proc.stdout:
-        output.append(line)
+        lines.append(line)
         say(line.rstrip())
     if proc.wait() != 0:
-        pytest.fail("building the images failed (hack/image.sh):\n" + "".join(output[-30:]), pytrace=False)
-    manifest = next((line.split("=", 1)[1].strip() for line in output if line.startswith("images.json=")), None)
-    if not manifest:
-        pytest.fail("hack/image.sh did not print images.json=PATH:\n" + "".join(output[-10:]), pytrace=False)
-    return json.loads(Path(manifest).read_text())
+        pytest.fail("building the images failed (hack/images.py):\n" + "".join(lines[-30:]), pytrace=False)
+    images = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in ("stalk", "redis", "postgres"):
+            images[parts[0]] = {"ref": parts[1], "archive": parts[2]}
+    assert set(images) == {"stalk", "redis", "postgres"}, "".join(lines[-10:])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(images, indent=2))
+    return images
 
 
 @pytest.fixture(scope="session")
@@ -124,21 +133,24 @@ def real_cluster(request) -> Iterator[RealCluster]:
     if why:
         unavailable(why)
     writer = request.config.get_terminal_writer()
-    images = build_images(say=lambda line: writer.line(f"[images] {line}"))
-
     state_dir = CLUSTERS_DIR / f"pytest-{os.getpid()}-real"
+    images_json = CLUSTERS_DIR / f"pytest-{os.getpid()}-images.json"
+    images = build_images(say=lambda line: writer.line(f"[images] {line}"), output=images_json)
+
     up = subprocess.run([sys.executable, str(CLUSTER_PY), "up", "--node", "real", "--state-dir", str(state_dir),
                          "--bin-dir", str(REPO / ".cluster" / "bin")], capture_output=True, text=True)
     cluster = RealCluster(kubeconfig=state_dir / "kubeconfig", state_dir=state_dir, images=images)
     try:
+        writer.line(f"[real node] {up.stdout.strip().splitlines()[-2] if up.stdout.strip() else ''}")
         if up.returncode != 0:
             pytest.fail(f"hack/cluster.py up --node real failed:\n{up.stdout}{up.stderr}", pytrace=False)
         load = subprocess.run([sys.executable, str(CLUSTER_PY), "load", "--state-dir", str(state_dir),
-                               *[image["archive"] for image in images.values()]], capture_output=True, text=True)
+                               "--images", str(images_json)], capture_output=True, text=True)
         if load.returncode != 0:
             pytest.fail(f"loading the images failed:\n{load.stdout}{load.stderr}", pytrace=False)
         yield cluster
     finally:
+        images_json.unlink(missing_ok=True)
         if not cluster.stopped:
             down = cluster.stop()
             if down.returncode != 0:
