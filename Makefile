@@ -43,13 +43,15 @@ system-deps: ## Install the Debian packages the tests need (redis-server, postgr
 
 # Local images for the real node, no registry: base (mmdebstrap), stalk (the Dockerfile), Redis, PostgreSQL.
 # Cached by content hash in ~/.cache/stalk/images; see docs/images.md.
-# When a real node runs in CLUSTER_DIR (make cluster-up NODE=real), the images are loaded into it.
+# When a real node runs in CLUSTER_DIR (make cluster-up NODE=real), the images are loaded into it;
+# CLUSTER_DIR/images-values.yaml selects them for helm (skaffold's node profile reads it).
 #   make image DEV=1                     also the DEV_RELOAD image skaffold dev runs
 #   make image CONTAINERD=/path/to/sock  also import them into that containerd (namespace k8s.io)
 image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with buildah; load them into a running real node
 	@hack/system-deps.sh --images
 	@python3 hack/images.py $(if $(filter 1 true yes,$(DEV)),--dev) $(if $(CONTAINERD),--containerd $(CONTAINERD)) \
 	  --output $(CLUSTER_DIR)/images.json
+	@cp $${STALK_CACHE_DIR:-$$HOME/.cache/stalk}/images/helm-values.yaml $(CLUSTER_DIR)/images-values.yaml
 	@if [ -S $(CLUSTER_DIR)/node/containerd/containerd.sock ]; then \
 	  python3 hack/cluster.py load --state-dir $(CLUSTER_DIR) --images $(CLUSTER_DIR)/images.json; fi
 

@@ -60,6 +60,10 @@ class RealCluster(KubeCluster):
         repository, _, tag = ref.rpartition(":")
         return repository, tag
 
+    def node(self) -> real_node.Node:
+        """The node's files and containerd (``ctr``), for what kubectl cannot do."""
+        return real_node.Node(str(self.state_dir), str(REPO / ".cluster" / "bin"))
+
     def stop(self) -> subprocess.CompletedProcess:
         self.stopped = True
         return subprocess.run([sys.executable, str(CLUSTER_PY), "down", "--state-dir", str(self.state_dir)],

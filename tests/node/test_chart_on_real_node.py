@@ -238,6 +238,96 @@ def test_a_worker_pod_deleted_mid_task_finishes_it_first_and_a_force_deleted_one
         assert not done["worker"].endswith(pod), done
 
 
+def _records(api, ids):
+    return {i: api.get(f"/v1/tasks/{i}").json() for i in ids}
+
+
+def _first_runs(api, ids, seen):
+    """Remember where and when each task was first seen running: (worker, started_at)."""
+    for task_id, task in _records(api, ids).items():
+        if task["status"] != "PENDING" and task["started_at"] and task_id not in seen:
+            seen[task_id] = (task["worker"], task["started_at"])
+    return seen
+
+
+def test_scale_down_removes_only_idle_worker_pods_and_no_task_is_interrupted_or_run_twice(real_cluster, release):
+    deployment = "stalk-worker-classification"
+    poll(lambda: _replicas(real_cluster, deployment) == 0, timeout=120, what=f"{deployment} at zero replicas")
+    with real_cluster.port_forward("svc/stalk-redis", 6379, NAMESPACE) as redis_port, \
+            real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as api_port, _api(api_port, release.token) as api:
+        client = _celery_client(redis_port, release.redis_password)
+        # Two long tasks first, then a burst of short ones: the burst makes the operator add
+        # workers, and once it is gone the long tasks still run while replicas come down.
+        long_ids = [client.send_task("stalk.sleep", args=[22], queue="classification").id for _ in range(2)]
+        short_ids = [client.send_task("stalk.sleep", args=[1], queue="classification").id for _ in range(10)]
+        client.close()
+        poll(lambda: _replicas(real_cluster, deployment) == 3, timeout=60, what="the burst to scale to 3 replicas")
+        seen: dict[str, tuple[str, str]] = {}
+        poll(lambda: len(_first_runs(api, long_ids, seen)) == 2, timeout=90, what="both long tasks to start")
+        busy_pods = {seen[i][0].split("@", 1)[1] for i in long_ids}
+        pods_at_peak = {p["metadata"]["name"] for p in _pods(real_cluster, "stalk.dev/queue=classification")}
+
+        # The operator lowers replicas while the long tasks run; it may never go below the
+        # busy pods, and the pods it removes are idle ones.
+        poll(lambda: _replicas(real_cluster, deployment) < 3, timeout=60, what="a scale-down while the long tasks run")
+        assert _replicas(real_cluster, deployment) >= len(busy_pods)
+        for task in _records(api, long_ids).values():
+            assert task["status"] == "STARTED", task  # the scale-down came while they ran
+
+        def finished():
+            records = _records(api, long_ids + short_ids)
+            _first_runs(api, long_ids + short_ids, seen)
+            return records if all(t["status"] == "SUCCESS" for t in records.values()) else None
+
+        records = poll(finished, timeout=120, what="every task to finish")
+        remaining = {p["metadata"]["name"] for p in _pods(real_cluster, "stalk.dev/queue=classification")}
+    for task_id in long_ids:
+        task = records[task_id]
+        # Finished where it started, when it started: not interrupted, not delivered again.
+        assert (task["worker"], task["started_at"]) == seen[task_id], (task, seen[task_id])
+        assert task["retries"] == 0
+    removed = pods_at_peak - remaining
+    assert not removed & busy_pods, f"busy pods {busy_pods} were removed ({removed})"
+    for task_id in short_ids:
+        assert records[task_id]["retries"] == 0 and (records[task_id]["worker"], records[task_id]["started_at"]) == seen[task_id]
+
+
+def test_an_upgrade_that_changes_the_image_rolls_workers_without_losing_a_task_or_the_operators_replicas(
+        real_cluster, node_helm, release):
+    deployment = "stalk-worker-classification"
+    repository, tag = real_cluster.image("stalk")
+    # The same image under a second tag, as a new release of it would be.
+    real_cluster.node().ctr("images", "tag", "--force", f"{repository}:{tag}", f"{repository}:{tag}-next")
+    with real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as port, _api(port, release.token) as api:
+        submitted = api.post("/v1/tasks/batch", json={"tasks": [
+            {"task": "stalk.sleep", "args": [6], "queue": "classification"} for _ in range(10)]})
+        assert submitted.status_code == 202, submitted.text
+        ids = [t["task_id"] for t in submitted.json()["tasks"]]
+        poll(lambda: _replicas(real_cluster, deployment) >= 2, timeout=60, what="the operator to scale up")
+        seen: dict[str, tuple[str, str]] = {}
+        poll(lambda: _first_runs(api, ids, seen), timeout=60, what="the first tasks to start")
+        chosen = _replicas(real_cluster, deployment)
+
+        node_helm.run("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, *release.values,
+                      "--set", f"image.tag={tag}-next", "--wait", "--timeout", "300s", timeout=330)
+        # The chart leaves the replicas of autoscaled workers to the operator: while work remains,
+        # the upgrade has not put the Deployment back to the chart's minReplicas (0).
+        unfinished = [t for t in _records(api, ids).values() if t["status"] != "SUCCESS"]
+        assert not unfinished or _replicas(real_cluster, deployment) >= 1, (chosen, unfinished)
+
+        def finished():
+            _first_runs(api, ids, seen)
+            records = _records(api, ids)
+            return records if all(t["status"] == "SUCCESS" for t in records.values()) else None
+
+        records = poll(finished, timeout=180, what="every task to finish across the upgrade")
+    for task_id, task in records.items():
+        assert task["retries"] == 0 and (task["worker"], task["started_at"]) == seen[task_id], (task, seen[task_id])
+    images = {c["image"] for p in _pods(real_cluster, "app.kubernetes.io/component=worker")
+              for c in p["spec"]["containers"]}
+    assert images == {f"{repository}:{tag}-next"}, images
+
+
 def test_uninstall_leaves_only_the_crd(real_cluster, node_helm, release):
     node_helm.env["KUBECONFIG"] = str(real_cluster.kubeconfig)
     _uninstall_leaves_only_the_crd(node_helm, real_cluster, NAMESPACE)
