@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build stalk's container images on this machine, without a registry (`make image`).
 
-    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET] [--verbose]
+    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET] [--output JSON] [--verbose]
 
 Four images, each cached by a hash of everything it is built from:
 
@@ -322,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true", help="also build the DEV_RELOAD=true stalk image (skaffold dev)")
     parser.add_argument("--only", nargs="+", choices=["stalk", "redis", "postgres"], help="build only these images")
     parser.add_argument("--containerd", metavar="SOCKET", help="import the archives into this containerd (k8s.io)")
+    parser.add_argument("--output", metavar="JSON", type=Path,
+                        help="also write this run's images (only) to this file, e.g. a cluster's state dir")
     parser.add_argument("--verbose", "-v", action="store_true", help="show the tools' output, not only the log")
     args = parser.parse_args(argv)
     wanted = args.only or ["stalk", "redis", "postgres"]
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                 built.append(stalk_image(base, dev=True, verbose=args.verbose))
         built += [service_image(name, base, args.verbose) for name in ("redis", "postgres") if name in wanted]
         results = write_results(built)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({b.name: b.record() for b in built}, indent=2, sort_keys=True) + "\n")
         if args.containerd:
             load_into_containerd(built, args.containerd, args.verbose)
     except ImageError as exc:
