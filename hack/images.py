@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build stalk's container images on this machine, without a registry (`make image`).
 
-    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET] [--output JSON] [--verbose]
+    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET [--tag REF]] [--output JSON] [-v]
 
 Four images, each cached by a hash of everything it is built from:
 
@@ -308,13 +308,29 @@ def write_results(built: list[Built]) -> Path:
     return path
 
 
-def load_into_containerd(built: list[Built], socket: str, verbose: bool) -> None:
+def normalized(ref: str) -> str:
+    """The name the CRI looks up: `stalk:abc` is docker.io/library/stalk:abc (ctr does not normalise)."""
+    first = ref.split("/", 1)[0]
+    if "/" not in ref:
+        return f"docker.io/library/{ref}"
+    if "." in first or ":" in first or first == "localhost":
+        return ref
+    return f"docker.io/{ref}"
+
+
+def load_into_containerd(built: list[Built], socket: str, tag: str | None, verbose: bool) -> None:
+    log = CACHE / "ctr-import.log"
     for b in built:
         if not b.archive:
             continue
         step = time.monotonic()
-        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "import", str(b.archive)], CACHE / "ctr-import.log", verbose)
+        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "import", str(b.archive)], log, verbose)
         say(f"{b.name:<9} loaded into {socket} in {time.monotonic() - step:.1f}s")
+    if tag:
+        # skaffold's custom builder names the image ($IMAGE); the newest stalk image gets that name too.
+        stalk = [b for b in built if b.name.startswith("stalk")][-1]
+        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "tag", "--force", stalk.ref, normalized(tag)], log, verbose)
+        say(f"{stalk.name:<9} tagged {normalized(tag)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true", help="also build the DEV_RELOAD=true stalk image (skaffold dev)")
     parser.add_argument("--only", nargs="+", choices=["stalk", "redis", "postgres"], help="build only these images")
     parser.add_argument("--containerd", metavar="SOCKET", help="import the archives into this containerd (k8s.io)")
+    parser.add_argument("--tag", metavar="REF",
+                        help="with --containerd: also name the stalk image (the dev one with --dev) REF there, "
+                             "as skaffold's custom builder asks ($IMAGE)")
     parser.add_argument("--output", metavar="JSON", type=Path,
                         help="also write this run's images (only) to this file, e.g. a cluster's state dir")
     parser.add_argument("--verbose", "-v", action="store_true", help="show the tools' output, not only the log")
@@ -331,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         if args.containerd and not shutil.which("ctr"):
             raise ImageError("ctr is missing: install Debian's containerd package")
+        if args.tag and not (args.containerd and "stalk" in wanted):
+            raise ImageError("--tag names the stalk image in a containerd: give --containerd and build stalk")
         CACHE.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         base = base_image(args.verbose)
@@ -345,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps({b.name: b.record() for b in built}, indent=2, sort_keys=True) + "\n")
         if args.containerd:
-            load_into_containerd(built, args.containerd, args.verbose)
+            load_into_containerd(built, args.containerd, args.tag, args.verbose)
     except ImageError as exc:
         print(f"make image: {exc}", file=sys.stderr)
         return 1
