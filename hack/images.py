@@ -130,6 +130,7 @@ def run(argv: list[str], log: Path, verbose: bool) -> None:
             if verbose:
                 sys.stdout.write("    " + line)
         if proc.wait() != 0:
+            out.flush()
             tail = log.read_text(errors="replace").splitlines()[-25:]
             sys.stderr.write("\n".join("    " + line for line in tail) + "\n")
             raise ImageError(f"{argv[0]} {argv[1]} failed (exit {proc.returncode}); full log: {log}")
@@ -255,7 +256,8 @@ def bud(name: str, ref: str, out: Path, context: Path, containerfile: Path, buil
     step = time.monotonic()
     # --network host: no bridge, no iptables rules (the cluster tests snapshot those).
     # --layers: the dependency layers are reused when only stalk's sources change.
-    argv = ["buildah", "bud", "--runtime", RUNC, "--network", "host", "--layers", "--quiet",
+    # --force-rm: a failed step leaves no working container behind.
+    argv = ["buildah", "bud", "--runtime", RUNC, "--network", "host", "--layers", "--force-rm",
             "-f", str(containerfile), "-t", ref]
     for arg, value in build_args.items():
         argv += ["--build-arg", f"{arg}={value}"]
