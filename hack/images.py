@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make image: {' '.join(exc.cmd[:3])} failed: {(exc.stderr or '').strip().splitlines()[-1:]}",
               file=sys.stderr)
         return 1
-    say(f"done in {time.monotonic() - start:.1f}s" + ("" if any(b.seconds for b in built) else " (all cached)"))
+    say(f"done in {time.monotonic() - start:.1f}s" + ("" if any(b.seconds for b in [base, *built]) else " (all cached)"))
     for b in built:
         print(f"{b.name} {b.ref} {b.archive}")
     print(f"images.json {results}")
