@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build stalk's container images on this machine, without a registry (`make image`).
 
-    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET] [--verbose]
+    python3 hack/images.py [--dev] [--only NAME ...] [--containerd SOCKET [--tag REF]] [--output JSON] [-v]
 
 Four images, each cached by a hash of everything it is built from:
 
@@ -130,6 +130,7 @@ def run(argv: list[str], log: Path, verbose: bool) -> None:
             if verbose:
                 sys.stdout.write("    " + line)
         if proc.wait() != 0:
+            out.flush()
             tail = log.read_text(errors="replace").splitlines()[-25:]
             sys.stderr.write("\n".join("    " + line for line in tail) + "\n")
             raise ImageError(f"{argv[0]} {argv[1]} failed (exit {proc.returncode}); full log: {log}")
@@ -255,7 +256,8 @@ def bud(name: str, ref: str, out: Path, context: Path, containerfile: Path, buil
     step = time.monotonic()
     # --network host: no bridge, no iptables rules (the cluster tests snapshot those).
     # --layers: the dependency layers are reused when only stalk's sources change.
-    argv = ["buildah", "bud", "--runtime", RUNC, "--network", "host", "--layers", "--quiet",
+    # --force-rm: a failed step leaves no working container behind.
+    argv = ["buildah", "bud", "--runtime", RUNC, "--network", "host", "--layers", "--force-rm",
             "-f", str(containerfile), "-t", ref]
     for arg, value in build_args.items():
         argv += ["--build-arg", f"{arg}={value}"]
@@ -308,13 +310,29 @@ def write_results(built: list[Built]) -> Path:
     return path
 
 
-def load_into_containerd(built: list[Built], socket: str, verbose: bool) -> None:
+def normalized(ref: str) -> str:
+    """The name the CRI looks up: `stalk:abc` is docker.io/library/stalk:abc (ctr does not normalise)."""
+    first = ref.split("/", 1)[0]
+    if "/" not in ref:
+        return f"docker.io/library/{ref}"
+    if "." in first or ":" in first or first == "localhost":
+        return ref
+    return f"docker.io/{ref}"
+
+
+def load_into_containerd(built: list[Built], socket: str, tag: str | None, verbose: bool) -> None:
+    log = CACHE / "ctr-import.log"
     for b in built:
         if not b.archive:
             continue
         step = time.monotonic()
-        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "import", str(b.archive)], CACHE / "ctr-import.log", verbose)
+        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "import", str(b.archive)], log, verbose)
         say(f"{b.name:<9} loaded into {socket} in {time.monotonic() - step:.1f}s")
+    if tag:
+        # skaffold's custom builder names the image ($IMAGE); the newest stalk image gets that name too.
+        stalk = [b for b in built if b.name.startswith("stalk")][-1]
+        run(["ctr", "-a", socket, "-n", "k8s.io", "images", "tag", "--force", stalk.ref, normalized(tag)], log, verbose)
+        say(f"{stalk.name:<9} tagged {normalized(tag)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true", help="also build the DEV_RELOAD=true stalk image (skaffold dev)")
     parser.add_argument("--only", nargs="+", choices=["stalk", "redis", "postgres"], help="build only these images")
     parser.add_argument("--containerd", metavar="SOCKET", help="import the archives into this containerd (k8s.io)")
+    parser.add_argument("--tag", metavar="REF",
+                        help="with --containerd: also name the stalk image (the dev one with --dev) REF there, "
+                             "as skaffold's custom builder asks ($IMAGE)")
+    parser.add_argument("--output", metavar="JSON", type=Path,
+                        help="also write this run's images (only) to this file, e.g. a cluster's state dir")
     parser.add_argument("--verbose", "-v", action="store_true", help="show the tools' output, not only the log")
     args = parser.parse_args(argv)
     wanted = args.only or ["stalk", "redis", "postgres"]
@@ -329,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         if args.containerd and not shutil.which("ctr"):
             raise ImageError("ctr is missing: install Debian's containerd package")
+        if args.tag and not (args.containerd and "stalk" in wanted):
+            raise ImageError("--tag names the stalk image in a containerd: give --containerd and build stalk")
         CACHE.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         base = base_image(args.verbose)
@@ -339,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
                 built.append(stalk_image(base, dev=True, verbose=args.verbose))
         built += [service_image(name, base, args.verbose) for name in ("redis", "postgres") if name in wanted]
         results = write_results(built)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({b.name: b.record() for b in built}, indent=2, sort_keys=True) + "\n")
         if args.containerd:
-            load_into_containerd(built, args.containerd, args.verbose)
+            load_into_containerd(built, args.containerd, args.tag, args.verbose)
     except ImageError as exc:
         print(f"make image: {exc}", file=sys.stderr)
         return 1
@@ -348,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make image: {' '.join(exc.cmd[:3])} failed: {(exc.stderr or '').strip().splitlines()[-1:]}",
               file=sys.stderr)
         return 1
-    say(f"done in {time.monotonic() - start:.1f}s" + ("" if any(b.seconds for b in built) else " (all cached)"))
+    say(f"done in {time.monotonic() - start:.1f}s" + ("" if any(b.seconds for b in [base, *built]) else " (all cached)"))
     for b in built:
         print(f"{b.name} {b.ref} {b.archive}")
     print(f"images.json {results}")
