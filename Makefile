@@ -44,7 +44,7 @@ system-deps: ## Install the Debian packages the tests need (redis-server, postgr
 # Local images for the real node, no registry: base (mmdebstrap), stalk (the Dockerfile), Redis, PostgreSQL.
 # Cached by content hash in ~/.cache/stalk/images; see docs/images.md.
 # When a real node runs in CLUSTER_DIR (make cluster-up NODE=real), the images are loaded into it;
-# CLUSTER_DIR/images-values.yaml selects them for helm (skaffold's node profile reads it).
+# CLUSTER_DIR/images-values.yaml selects them for helm (`helm install ... -f .cluster/images-values.yaml`).
 #   make image DEV=1                     also the DEV_RELOAD image skaffold dev runs
 #   make image CONTAINERD=/path/to/sock  also import them into that containerd (namespace k8s.io)
 image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with buildah; load them into a running real node

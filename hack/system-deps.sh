@@ -25,6 +25,8 @@ node_deps() {
   [ -x /usr/sbin/iptables ] || need+=(iptables)
   command -v nsenter >/dev/null || need+=(util-linux)
   command -v ip >/dev/null || need+=(iproute2)
+  # The tests' forwarders from the node link to servers on loopback.
+  command -v socat >/dev/null || need+=(socat)
 }
 # buildah runs every build step with runc (Debian's crun fails on cgroup v1 hosts); mmdebstrap makes the base.
 image_deps() {

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kube import CLUSTERS_DIR, KubeCluster, ensure_cluster_binaries
+from tests.fixtures.kube import CLUSTERS_DIR, KubeCluster, ensure_cluster_binaries, poll
 from tests.fixtures.servers import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,35 +71,54 @@ class RealCluster(KubeCluster):
         return subprocess.run([sys.executable, str(CLUSTER_PY), "down", "--state-dir", str(self.state_dir)],
                               capture_output=True, text=True)
 
+    def ready_pod(self, service: str, namespace: str) -> str:
+        """A Ready, not terminating pod behind a Service (what a forward to it should reach)."""
+        svc = json.loads(self.kubectl("get", "service", service, "-o", "json", namespace=namespace).stdout)
+        selector = ",".join(f"{k}={v}" for k, v in svc["spec"]["selector"].items())
+
+        def pick():
+            pods = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace).stdout)
+            return next((p["metadata"]["name"] for p in pods["items"] if not p["metadata"].get("deletionTimestamp")
+                         and any(c["type"] == "Ready" and c["status"] == "True"
+                                 for c in p["status"].get("conditions") or [])), None)
+
+        return poll(pick, timeout=120, what=f"a Ready pod behind Service {service}")
+
     @contextmanager
     def port_forward(self, target: str, port: int, namespace: str) -> Iterator[int]:
-        """`kubectl port-forward` to a Service or pod; yields the local port on 127.0.0.1."""
+        """`kubectl port-forward` to a pod (or a Service's Ready pod); yields the local port on 127.0.0.1.
+
+        A forward is bound to one pod for its life, so ``svc/NAME`` is resolved here to a Ready
+        pod that is not terminating (kubectl would take any running one, e.g. one a rollout is
+        replacing); the Service's port must be the container's.
+        """
+        if target.startswith("svc/"):
+            target = "pod/" + self.ready_pod(target.removeprefix("svc/"), namespace)
         proc = subprocess.Popen(
             [str(REPO / ".cluster" / "bin" / "kubectl"), f"--kubeconfig={self.kubeconfig}", "-n", namespace,
              "port-forward", "--address=127.0.0.1", target, f":{port}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
         try:
-            assert proc.stdout is not None
             deadline = time.monotonic() + 30
-            line = ""
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise AssertionError(f"port-forward to {target} printed no port in 30 s") from None
                 match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
                 if match:
-                    yield int(match.group(1))
                     break
-                if proc.poll() is not None:
-                    break
-            else:
-                raise AssertionError(f"port-forward to {target} printed no port in 30 s (last line: {line!r})")
-            if proc.poll() is not None and not match:
-                raise AssertionError(f"port-forward to {target} failed: {proc.stderr.read() if proc.stderr else ''}")
+            yield int(match.group(1))
         finally:
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            if proc.poll() not in (0, -15, None) and proc.stderr:
+                print(f"port-forward to {target}: {proc.stderr.read()[-500:]}")
 
 
 def build_images(say, output: Path) -> dict[str, dict]:

@@ -300,32 +300,38 @@ def test_an_upgrade_that_changes_the_image_rolls_workers_without_losing_a_task_o
     real_cluster.node().ctr("images", "tag", "--force", f"{repository}:{tag}", f"{repository}:{tag}-next")
     with real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as port, _api(port, release.token) as api:
         submitted = api.post("/v1/tasks/batch", json={"tasks": [
-            {"task": "stalk.sleep", "args": [6], "queue": "classification"} for _ in range(10)]})
+            {"task": "stalk.sleep", "args": [12], "queue": "classification"} for _ in range(10)]})
         assert submitted.status_code == 202, submitted.text
         ids = [t["task_id"] for t in submitted.json()["tasks"]]
         poll(lambda: _replicas(real_cluster, deployment) >= 2, timeout=60, what="the operator to scale up")
-        seen: dict[str, tuple[str, str]] = {}
-        poll(lambda: _first_runs(api, ids, seen), timeout=60, what="the first tasks to start")
-        chosen = _replicas(real_cluster, deployment)
+        # The tasks at risk: running on the old pods when the rollout replaces them.
+        running: dict[str, tuple[str, str]] = {}
+        poll(lambda: len(_first_runs(api, ids, running)) >= 2, timeout=60, what="tasks to run on the old pods")
 
-        node_helm.run("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, *release.values,
-                      "--set", f"image.tag={tag}-next", "--wait", "--timeout", "300s", timeout=330)
-        # The chart leaves the replicas of autoscaled workers to the operator: while work remains,
-        # the upgrade has not put the Deployment back to the chart's minReplicas (0).
-        unfinished = [t for t in _records(api, ids).values() if t["status"] != "SUCCESS"]
-        assert not unfinished or _replicas(real_cluster, deployment) >= 1, (chosen, unfinished)
+    # The image changes for every component: the API pod is replaced too, and with it the
+    # port-forward, so the upgrade runs between two forwards.
+    node_helm.run("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, *release.values,
+                  "--set", f"image.tag={tag}-next", "--wait", "--timeout", "300s", timeout=330)
+    replicas_after = _replicas(real_cluster, deployment)
 
+    with real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as port, _api(port, release.token) as api:
+        unfinished_after_upgrade = [i for i, t in _records(api, ids).items() if t["status"] != "SUCCESS"]
         def finished():
-            _first_runs(api, ids, seen)
             records = _records(api, ids)
             return records if all(t["status"] == "SUCCESS" for t in records.values()) else None
 
         records = poll(finished, timeout=180, what="every task to finish across the upgrade")
     for task_id, task in records.items():
-        assert task["retries"] == 0 and (task["worker"], task["started_at"]) == seen[task_id], (task, seen[task_id])
+        assert task["retries"] == 0, task
+    for task_id, first in running.items():
+        # Warm shutdown: a task running on an old pod finished there, once.
+        assert (records[task_id]["worker"], records[task_id]["started_at"]) == first, (records[task_id], first)
+    # The chart leaves the replicas of autoscaled workers to the operator: while work remained,
+    # the upgrade did not put the Deployment back to the chart's minReplicas (0).
+    assert not unfinished_after_upgrade or replicas_after >= 1, (replicas_after, unfinished_after_upgrade)
     images = {c["image"] for p in _pods(real_cluster, "app.kubernetes.io/component=worker")
               for c in p["spec"]["containers"]}
-    assert images == {f"{repository}:{tag}-next"}, images
+    assert images <= {f"{repository}:{tag}-next"}, images
 
 
 def test_uninstall_leaves_only_the_crd(real_cluster, node_helm, release):
