@@ -26,6 +26,11 @@ class ApiSettings(Settings):
     # of submissions are committed on the event loop, so a Redis that accepts connections but does
     # not answer (paused, stalled fork, half-open connection) must not hold every request forever.
     broker_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Database calls in flight at once, each on a worker thread with a pooled connection of its
+    # own; more wait on the event loop (no thread, no connection held) for up to
+    # ``api_database_wait_seconds``, then are answered 503 with Retry-After.
+    api_database_connections: int = Field(8, ge=1, le=100)
+    api_database_wait_seconds: float = Field(2.0, gt=0, le=60)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

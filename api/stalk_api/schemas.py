@@ -20,7 +20,7 @@ class TaskCreate(BaseModel):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(None, description="Override the queue the task is routed to.")
-    countdown: float | None = Field(None, ge=0, description="Run no sooner than this many seconds from now.")
+    countdown: float | None = Field(None, ge=0, allow_inf_nan=False, description="Run no sooner than this many seconds from now.")
     eta: datetime | None = Field(None, description="Run no sooner than this time (ISO 8601, with a zone).")
     priority: int | None = Field(None, ge=0, le=9, description="0 is the highest priority on Redis.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from datetime import datetime
@@ -13,7 +14,7 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from stalk_api import submission
-from stalk_api.deps import GatewayDep, MetricsDep, SessionDep
+from stalk_api.deps import DatabaseDep, GatewayDep, MetricsDep
 from stalk_api.schemas import (
     BatchCreate,
     BatchSubmitted,
@@ -81,7 +82,8 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
     gateway: submission.Gateway = request.app.state.gateway
     headers = {}
     if idempotency_key is not None:
-        record, replayed = await run_in_threadpool(submission.submit, gateway, body, idempotency_key=idempotency_key)
+        record, replayed = await gateway.database.call(
+            functools.partial(submission.submit, gateway, body, idempotency_key=idempotency_key))
         if replayed:
             headers["Idempotent-Replayed"] = "true"
     else:
@@ -133,9 +135,13 @@ def batch_answer(records: list[submission.Submitted]) -> str:
     ]}, separators=(",", ":"), ensure_ascii=False)
 
 
+def _json(model) -> Response:
+    return Response(model, media_type="application/json")
+
+
 @router.get("", response_model=TasksPublic, responses=ERRORS, summary="List tasks, newest first")
-def list_tasks(
-    session: SessionDep,
+async def list_tasks(
+    database: DatabaseDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     queue: str | None = None,
     task: str | None = None,
@@ -144,14 +150,19 @@ def list_tasks(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> TasksPublic:
+) -> Response:
     where = store.TaskFilter(status=status_, queue=queue, task_name=task, dead_lettered=dead_lettered,
                              created_after=created_after, created_before=created_before)
-    try:
+
+    def page(session) -> str:
+        # Serialized on the worker thread too: a page of 500 records is milliseconds of CPU.
         rows, next_cursor = store.list_page(session, where=where, limit=limit, cursor=cursor)
+        return TasksPublic(tasks=[public(r) for r in rows], next_cursor=next_cursor).model_dump_json()
+
+    try:
+        return _json(await database.run(page))
     except store.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    return TasksPublic(tasks=[public(r) for r in rows], next_cursor=next_cursor)
 
 
 def _get_or_404(session, task_id: str) -> TaskRecord:
@@ -162,41 +173,44 @@ def _get_or_404(session, task_id: str) -> TaskRecord:
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS, summary="A task's status and result")
-def get_task(task_id: str, session: SessionDep) -> TaskPublic:
-    return public(_get_or_404(session, task_id))
+async def get_task(task_id: str, database: DatabaseDep) -> Response:
+    return _json(await database.run(lambda session: public(_get_or_404(session, task_id)).model_dump_json()))
 
 
 @router.post("/{task_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted,
              responses=ERRORS, summary="Run a failed or dead-lettered task again")
-def retry_task(task_id: str, response: Response, session: SessionDep, gateway: GatewayDep,
-               metrics: MetricsDep) -> TaskSubmitted:
-    original = _get_or_404(session, task_id)
+async def retry_task(task_id: str, database: DatabaseDep, gateway: GatewayDep, metrics: MetricsDep) -> Response:
+    original = await database.run(_get_or_404, task_id)
     if original.status not in (FAILURE, REVOKED):
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"task {task_id} is {original.status}; only FAILURE or REVOKED tasks can be retried")
     body = TaskCreate(task=original.task_name, args=original.args or [], kwargs=original.kwargs or {},
                       queue=original.queue, priority=original.priority)
-    record, _ = submission.submit(gateway, body, retry_of=original.task_id)
+    record, _ = await database.call(functools.partial(submission.submit, gateway, body, retry_of=original.task_id))
     metrics.submitted.labels(record.task_name, record.queue).inc()
-    response.headers["Location"] = f"/v1/tasks/{record.task_id}"
-    return submitted(record)
+    return Response(submitted(record).model_dump_json(), status.HTTP_202_ACCEPTED,
+                    {"Location": f"/v1/tasks/{record.task_id}"}, media_type="application/json")
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS, summary="Revoke a task")
-def cancel_task(
+async def cancel_task(
     task_id: str,
-    session: SessionDep,
+    database: DatabaseDep,
     gateway: GatewayDep,
     terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM).")] = False,
-) -> TaskPublic:
-    record = _get_or_404(session, task_id)
+) -> Response:
+    record = await database.run(_get_or_404, task_id)
     if record.status in FINAL_STATES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already finished as {record.status}")
     try:
-        gateway.celery.control.revoke(task_id, terminate=terminate)
+        # Not inside a database call: a broker that does not answer holds no connection.
+        await run_in_threadpool(functools.partial(gateway.celery.control.revoke, task_id, terminate=terminate))
     except Exception as exc:  # noqa: BLE001
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the broker is unavailable: {exc}") from exc
-    store.mark_revoked(session, task_id=task_id)
-    session.commit()
-    session.refresh(record)
-    return public(record)
+
+    def revoke(session) -> str:
+        store.mark_revoked(session, task_id=task_id)
+        session.commit()
+        return public(_get_or_404(session, task_id)).model_dump_json()
+
+    return _json(await database.run(revoke))

@@ -62,8 +62,8 @@ def pending_row(
     return {
         "task_id": task_id, "task_name": task_name, "queue": queue, "status": PENDING, "args": args,
         "kwargs": kwargs, "priority": priority, "eta": eta, "idempotency_key": idempotency_key,
-        "retry_of": retry_of, "retries": 0, "dead_lettered": False, "source": "api", "created_at": now,
-        "updated_at": now,
+        "retry_of": retry_of, "retries": 0, "dead_lettered": False, "source": "api", "published": False,
+        "created_at": now, "updated_at": now,
     }
 
 
@@ -129,6 +129,27 @@ def _bound(rows: list[dict], columns: tuple[str, ...], processors: tuple) -> lis
             values.append(value)
         out.append(tuple(values))
     return out
+
+
+def mark_published(session: Session, *, task_ids: list[str]) -> None:
+    """The tasks' messages are in Redis: their records are no longer leftovers to sweep."""
+    session.execute(sa.update(TABLE).where(TABLE.c.task_id.in_(task_ids)).values(published=True))
+
+
+def discard_unpublished(session: Session, *, task_ids: list[str]) -> None:
+    """Remove the records of tasks whose messages never reached Redis."""
+    session.execute(sa.delete(TABLE).where(TABLE.c.task_id.in_(task_ids), ~TABLE.c.published))
+
+
+def sweep_unpublished(session: Session, *, older_than: datetime) -> int:
+    """Settle records an API process left unpublished (it crashed, or the database failed while it
+    settled them) once no submission can still be under way: a task a worker has seen was sent;
+    a record still PENDING is removed. If its message did get out after all, the worker that runs
+    it records it again on first sight, which beats publishing a second copy that would run twice.
+    Returns how many records were removed."""
+    unsettled = (~TABLE.c.published, TABLE.c.created_at < older_than)
+    session.execute(sa.update(TABLE).where(*unsettled, TABLE.c.status != PENDING).values(published=True))
+    return session.execute(sa.delete(TABLE).where(*unsettled, TABLE.c.status == PENDING)).rowcount
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
