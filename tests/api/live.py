@@ -53,3 +53,61 @@ def live_api(env: dict[str, str], workdir: Path, name: str = "api") -> Iterator[
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+
+
+@dataclass
+class Submissions:
+    """What clients were told: the task ids answered 202, and every status seen."""
+
+    accepted: set[str]
+    statuses: dict
+
+    def count(self, status) -> int:
+        return self.statuses.get(status, 0)
+
+
+def submit_while(url: str, keep_going, *, connections: int = 16, batch_every: int = 5,
+                 statuses: dict | None = None) -> Submissions:
+    """Submit from ``connections`` clients (single tasks, and a batch of 10 every ``batch_every``-th
+    request) until ``keep_going()`` is false; runs in the calling thread. ``statuses``, if given,
+    is counted into as answers arrive (another thread may watch it)."""
+    import asyncio
+    from collections import Counter
+
+    accepted: set[str] = set()
+    statuses = statuses if statuses is not None else Counter()
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            async def connection(n: int) -> None:
+                i = 0
+                while keep_going():
+                    i += 1
+                    try:
+                        if i % batch_every == 0:
+                            response = await client.post("/v1/tasks/batch", json={"tasks": [
+                                {"task": "stalk.echo", "args": [n, i, k]} for k in range(10)]})
+                            ids = [t["task_id"] for t in response.json()["tasks"]] if response.status_code == 202 else []
+                        else:
+                            response = await client.post("/v1/tasks", json={"task": "stalk.echo", "args": [n, i]})
+                            ids = [response.json()["task_id"]] if response.status_code == 202 else []
+                    except httpx.TimeoutException:
+                        statuses["timeout"] += 1
+                        continue
+                    statuses[response.status_code] += 1
+                    accepted.update(ids)
+                    if response.status_code == 503:
+                        await asyncio.sleep(0.02)  # as a client honouring Retry-After would, briefly
+
+            await asyncio.gather(*(connection(n) for n in range(connections)))
+
+    asyncio.run(run())
+    return Submissions(accepted=accepted, statuses=dict(statuses))
+
+
+def queued_task_ids(client, queue: str = "default") -> list[str]:
+    """The task id of every message waiting in a queue's Redis list."""
+    import json
+
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
