@@ -122,8 +122,9 @@ async def load(host: str, port: int, task_ids: list[str], connections: int, seco
 class PrivatePostgres:
     """A PostgreSQL server of the benchmark's own, in its work directory, run as the postgres user."""
 
-    def __init__(self, work: Path) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="stalk-bench-pg-", dir=work))
+    def __init__(self) -> None:
+        # Not under the work directory: that is private to root, and the server runs as postgres.
+        self.base = Path(tempfile.mkdtemp(prefix="stalk-bench-pg-"))
         self.port = free_port()
         self.ctl = [str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.base / "data"), "-w", "-l", str(self.base / "log")]
 
@@ -157,6 +158,7 @@ class PrivatePostgres:
     def stop(self) -> None:
         with contextlib.suppress(BenchError):
             self._run([*self.ctl, "-m", "fast", "stop"])
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def scenario(bench: Bench, postgres: PrivatePostgres | None, database: str, connections: int,
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="stalk-bench-api-"))
     processes = Processes(work)
     bench = Bench(plan=None, work=work, processes=processes, say=print)
-    postgres = PrivatePostgres(work) if "postgres" in args.database else None
+    postgres = PrivatePostgres() if "postgres" in args.database else None
     results = []
     try:
         print(bench.start_redis(), flush=True)

@@ -46,8 +46,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # The API reads task records, never Celery results: without a result backend, send_task
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
-        celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
-                                                "socket_timeout": settings.broker_timeout_seconds}
+        # A request never sits in kombu's reconnect loop (100 retries by default, on the event loop
+        # for group commits): one connection attempt, bounded like every Redis answer, then a 503.
+        timeout = settings.broker_timeout_seconds
+        celery.conf.broker_transport_options = {**celery.conf.broker_transport_options, "socket_timeout": timeout,
+                                                "socket_connect_timeout": timeout, "max_retries": 0,
+                                                "connect_retries_timeout": timeout}
+        celery.conf.broker_connection_timeout = timeout
         app.state.gateway = Gateway(celery=celery, database=database, settings=settings)
         # Everything loaded so far (FastAPI, Celery, SQLAlchemy, pydantic: ~140,000 objects) lives as
         # long as the process: out of the collector's sight, a full collection no longer walks it.
