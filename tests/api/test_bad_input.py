@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 CASES = [
     # (name, method, path, json body or raw bytes, expected status, words the message must contain)
     ("not json", "POST", "/v1/tasks", b"{nope", 422, "json"),
@@ -21,6 +28,21 @@ CASES = [
      400, "visibility timeout"),
     ("countdown beyond visibility timeout", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 86400},
      400, "beyond the limit"),
+    ("lone surrogate in args", "POST", "/v1/tasks", b'{"task": "stalk.echo", "args": ["\\ud800"]}', 422,
+     "lone surrogates"),
+    ("lone surrogate in a kwargs name", "POST", "/v1/tasks", b'{"task": "stalk.echo", "kwargs": {"\\udfff": 1}}',
+     422, "lone surrogates"),
+    ("args nested 300 deep", "POST", "/v1/tasks", {"task": "stalk.echo", "args": nested(300)},
+     422, "nested at most"),
+    ("countdown 1e12", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 1e12}, 400, "beyond the limit"),
+    ("countdown 1e308", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 1e308}, 400, "beyond the limit"),
+    ("countdown Infinity", "POST", "/v1/tasks", b'{"task": "stalk.echo", "countdown": Infinity}', 422, "countdown"),
+    ("eta past year 9999 in UTC", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "9999-12-31T23:59:59-01:00"},
+     400, "out of range"),
+    ("eta before year 1 in UTC", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "0001-01-01T00:00:00+01:00"},
+     400, "out of range"),
+    ("batch with a huge countdown", "POST", "/v1/tasks/batch", {"tasks": [{"task": "stalk.echo", "countdown": 1e15}]},
+     400, "tasks[0]"),
     ("unregistered task", "POST", "/v1/tasks", {"task": "myapp.nothing"}, 404, "not registered"),
     ("celery internal task", "POST", "/v1/tasks", {"task": "celery.chord_unlock"}, 404, "not registered"),
     ("unknown queue", "POST", "/v1/tasks", {"task": "stalk.echo", "queue": "nowhere"}, 400, "does not exist"),
@@ -91,3 +113,27 @@ def test_too_long_idempotency_key_is_422_and_documented(stack):
     parameters = spec["paths"]["/v1/tasks"]["post"]["parameters"]
     assert {"name": "Idempotency-Key", "in": "header", "required": False, "description": "Same key, same task.",
             "schema": {"type": "string", "maxLength": 255}} in parameters
+
+
+def test_records_that_json_cannot_show_are_shown_marked_never_a_500(stack):
+    # Written as a worker writes them: a result with a lone surrogate, arguments nested 300 deep
+    # (from a plain Celery client, which the API's checks never saw).
+    from stalk_workers.records import db, store
+
+    engine = db.create_engine(stack.settings.database_url)
+    broken = store.SeenTask(task_id="odd-result", task_name="stalk.echo", queue="default", args=["ok"], kwargs={})
+    deep = store.SeenTask(task_id="odd-args", task_name="stalk.echo", queue="default", args=nested(300), kwargs={})
+    store.write(engine, [store.succeeded(broken, result={"text": "\ud800"}),
+                         store.failed(deep, error=ValueError("bad \udfff"), traceback=None, dead_lettered=False)])
+    engine.dispose()
+    fine = stack.submit("stalk.echo", args=["fine"])
+
+    result = stack.client.get("/v1/tasks/odd-result")
+    assert result.status_code == 200, result.text
+    assert result.json()["unreadable"] == ["result"] and result.json()["args"] == ["ok"]
+    args = stack.client.get("/v1/tasks/odd-args").json()
+    assert args["unreadable"] == ["args"] and args["error"]["message"] == "bad \\udfff"
+    listed = stack.client.get("/v1/tasks", params={"limit": 500})
+    assert listed.status_code == 200, listed.text
+    by_id = {t["task_id"]: t for t in listed.json()["tasks"]}
+    assert by_id["odd-result"]["unreadable"] == ["result"] and by_id[fine]["unreadable"] == []

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError
 from starlette.concurrency import run_in_threadpool
 
 from stalk_api import submission
@@ -25,6 +26,7 @@ from stalk_api.schemas import (
     TasksPublic,
     TaskStatus,
     TaskSubmitted,
+    json_problem,
 )
 from stalk_workers.records import store
 from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, TaskRecord
@@ -48,19 +50,43 @@ def submitted(record: TaskRecord | submission.Submitted) -> TaskSubmitted:
                                          retry_of=record.retry_of)
 
 
-def public(record: TaskRecord) -> TaskPublic:
+def public(record: TaskRecord, *, repair: bool = False) -> TaskPublic:
+    """A record as the API shows it. ``repair``: for a record that would not serialize (written
+    before arguments were checked, or a result a worker stored): odd values shown empty and named
+    in ``unreadable``, broken text with its surrogates escaped, instead of a 500 for every page
+    that holds it."""
     started, finished = store.as_utc(record.started_at), store.as_utc(record.finished_at)
+    values = {"args": record.args or [], "kwargs": record.kwargs or {}, "result": record.result}
+    texts = {"message": record.error_message, "traceback": record.traceback}
+    unreadable = []
+    if repair:
+        for name, empty in (("args", []), ("kwargs", {}), ("result", None)):
+            if json_problem(values[name]):
+                values[name] = empty
+                unreadable.append(name)
+        texts = {k: v.encode("utf-8", "backslashreplace").decode() if v else v for k, v in texts.items()}
     error = None
     if record.error_type or record.error_message:
-        error = TaskError(type=record.error_type, message=record.error_message, traceback=record.traceback)
+        error = TaskError(type=record.error_type, traceback=texts["traceback"], message=texts["message"])
     return TaskPublic(
         task_id=record.task_id, task=record.task_name, status=record.status, queue=record.queue,
-        args=record.args or [], kwargs=record.kwargs or {}, priority=record.priority, eta=store.as_utc(record.eta),
-        result=record.result, error=error, retries=record.retries, dead_lettered=record.dead_lettered,
-        worker=record.worker, retry_of=record.retry_of, source=record.source,
+        priority=record.priority, eta=store.as_utc(record.eta), error=error, retries=record.retries,
+        dead_lettered=record.dead_lettered, worker=record.worker, retry_of=record.retry_of, source=record.source,
         created_at=store.as_utc(record.created_at), started_at=started, finished_at=finished,
         runtime_seconds=(finished - started).total_seconds() if started and finished else None,
+        unreadable=unreadable, **values,
     )
+
+
+_ODD = (ValueError, RecursionError, PydanticSerializationError)
+
+
+def shown(records: list[TaskRecord], page) -> str:
+    """``page(tasks)`` as JSON; the few records that do not serialize are repaired, not a 500."""
+    try:
+        return page([public(r) for r in records]).model_dump_json()
+    except _ODD:
+        return page([public(r, repair=True) for r in records]).model_dump_json()
 
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -157,12 +183,16 @@ async def list_tasks(
     def page(session) -> str:
         # Serialized on the worker thread too: a page of 500 records is milliseconds of CPU.
         rows, next_cursor = store.list_page(session, where=where, limit=limit, cursor=cursor)
-        return TasksPublic(tasks=[public(r) for r in rows], next_cursor=next_cursor).model_dump_json()
+        return shown(rows, lambda tasks: TasksPublic(tasks=tasks, next_cursor=next_cursor))
 
     try:
         return _json(await database.run(page))
     except store.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+def _one(tasks: list[TaskPublic]) -> TaskPublic:
+    return tasks[0]
 
 
 def _get_or_404(session, task_id: str) -> TaskRecord:
@@ -174,7 +204,7 @@ def _get_or_404(session, task_id: str) -> TaskRecord:
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS, summary="A task's status and result")
 async def get_task(task_id: str, database: DatabaseDep) -> Response:
-    return _json(await database.run(lambda session: public(_get_or_404(session, task_id)).model_dump_json()))
+    return _json(await database.run(lambda session: shown([_get_or_404(session, task_id)], _one)))
 
 
 @router.post("/{task_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted,
@@ -211,6 +241,6 @@ async def cancel_task(
     def revoke(session) -> str:
         store.mark_revoked(session, task_id=task_id)
         session.commit()
-        return public(_get_or_404(session, task_id)).model_dump_json()
+        return shown([_get_or_404(session, task_id)], _one)
 
     return _json(await database.run(revoke))

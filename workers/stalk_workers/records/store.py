@@ -313,9 +313,14 @@ def record_revoked(engine: Engine, *, task_id: str) -> None:
 def _error_fields(error: BaseException, traceback: str | None) -> dict:
     return {
         "error_type": type(error).__name__,
-        "error_message": str(error)[:MAX_TRACEBACK_CHARS],
-        "traceback": _summarize_traceback(traceback),
+        "error_message": _text(str(error)[:MAX_TRACEBACK_CHARS]),
+        "traceback": _text(_summarize_traceback(traceback)),
     }
+
+
+def _text(value: str | None) -> str | None:
+    # A lone surrogate in an exception's text cannot be stored as UTF-8: the write failed whole.
+    return value.encode("utf-8", "backslashreplace").decode() if value else value
 
 
 def _summarize_traceback(traceback: str | None) -> str | None:
