@@ -150,6 +150,7 @@ class WorkersPublic(BaseModel):
 class TaskTypePublic(BaseModel):
     name: str
     queue: str
+    can_terminate: bool = Field(description="Whether cancel?terminate=true can stop it while it runs (prefork pool).")
     max_retries: int | None
     retries_automatically: bool
     description: str | None

@@ -93,6 +93,12 @@ class Gateway:
     def _routed(self) -> dict[str, str]:
         return {}
 
+    def can_terminate(self, queue: str) -> bool:
+        """Whether the queue's pool can stop a running task: only prefork's processes can be killed
+        (Celery's threads and solo pools raise NotImplementedError in the worker, and the task runs on)."""
+        spec = next((q for q in self.celery.conf.stalk_queues if q.name == queue), None)
+        return spec is None or spec.pool == "prefork"
+
     def has_queue(self, name: str) -> bool:
         return name in self._queue_set
 
@@ -194,13 +200,13 @@ class Submitted:
 def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[Submitted]:
     """Record and publish many tasks: one transaction and one pipelined Redis round trip."""
     prepared = [prepare(gateway, body, where=f"tasks[{i}]: ") for i, body in enumerate(bodies)]
-    return record_and_publish(gateway, [(p, None, None) for p in prepared])
+    return record_and_publish(gateway, [(p, None, None) for p in prepared], on_loop=True)
 
 
 Item = tuple[Prepared, str | None, str | None]  # a validated submission, the task it re-runs, its Idempotency-Key
 
 
-def record_and_publish(gateway: Gateway, items: list[Item]) -> list[Submitted]:
+def record_and_publish(gateway: Gateway, items: list[Item], *, on_loop: bool = False) -> list[Submitted]:
     """Validated submissions recorded and published as one unit: the one sequence behind single
     submissions (grouped, or alone with an Idempotency-Key) and batches.
 
@@ -208,10 +214,15 @@ def record_and_publish(gateway: Gateway, items: list[Item]) -> list[Submitted]:
     2. The messages are published. If that fails, the records are removed again: 503.
     3. The records are marked published. If that fails, both exist all the same: 202, and the
        mark is retried later.
-    A record whose removal or mark failed is settled by the next submission or, after a crash, by
+    A record whose removal or mark failed is settled by a later submission or, after a crash, by
     ``store.sweep_unpublished``; a message never exists without a committed record.
+
+    ``on_loop`` (group commits and batches, on the event loop): the mark rides on the next
+    group's transaction, or a flush 50 ms later when none comes, instead of a commit of its own
+    (a second commit per group cost single submissions about a third of their API CPU).
     """
-    gateway.leftovers.settle(gateway)
+    leftovers = gateway.leftovers
+    leftovers.settle(gateway)
     now = store.utcnow()
     rows = [
         store.pending_row(task_id=task_id, task_name=p.body.task, queue=p.queue, args=p.body.args,
@@ -223,47 +234,79 @@ def record_and_publish(gateway: Gateway, items: list[Item]) -> list[Submitted]:
     problem = gateway.database.writable_problem()
     if problem:
         raise Unavailable(f"the task database is unavailable, nothing was submitted: {problem}")
+    marks = leftovers.take_marks()
     with gateway.sessions() as session:
         try:
+            if marks:
+                store.mark_published(session, task_ids=marks)
             store.insert_pending(session, rows)
             session.commit()
-        except IntegrityError:
-            session.rollback()
-            raise
         except SQLAlchemyError as exc:
             session.rollback()
+            leftovers.mark_later(marks)
+            if isinstance(exc, IntegrityError):
+                raise
             raise Unavailable(f"the task database is unavailable, nothing was submitted: {short_error(exc)}") from exc
     try:
         _publish(gateway.celery, rows)
     except Exception as exc:
-        gateway.leftovers.discard(gateway, task_ids)
+        leftovers.discard(gateway, task_ids)
         raise Unavailable(f"the broker is unavailable, nothing was submitted: {short_error(exc)}") from exc
-    gateway.leftovers.mark(gateway, task_ids)
+    if on_loop:
+        leftovers.mark_later(task_ids)
+        leftovers.flush_soon(gateway)
+    else:
+        leftovers.mark(gateway, task_ids)
     return [Submitted(task_id=r["task_id"], task_name=r["task_name"], queue=r["queue"], created_at=now,
                       retry_of=r["retry_of"]) for r in rows]
 
 
 class Leftovers:
-    """Records the sequence could not settle at once (the database failed right after the commit),
-    kept to settle with a later submission; and, now and then, the sweep of what any API process
-    left unpublished when it crashed."""
+    """Records not settled yet: marks that wait for the next transaction, and what the database
+    refused right after a commit, settled with a later submission; now and then, the sweep of what
+    any API process left unpublished when it crashed."""
 
     # Far beyond the longest a submission can take (database and broker timeouts, ~1 min), so the
     # sweep never touches a record another API process is still publishing.
     SWEEP_AGE = timedelta(minutes=10)
     SWEEP_EVERY_SECONDS = 60.0
+    FLUSH_SECONDS = 0.05
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._discard: list[str] = []
         self._mark: list[str] = []
         self._next_sweep = 0.0
+        self._flush: asyncio.TimerHandle | None = None
 
     def discard(self, gateway: Gateway, task_ids: list[str]) -> None:
         self._apply(gateway, store.discard_unpublished, task_ids, self._discard)
 
     def mark(self, gateway: Gateway, task_ids: list[str]) -> None:
         self._apply(gateway, store.mark_published, task_ids, self._mark)
+
+    def mark_later(self, task_ids: list[str]) -> None:
+        with self._lock:
+            self._mark.extend(task_ids)
+
+    def take_marks(self) -> list[str]:
+        with self._lock:
+            marks, self._mark = self._mark, []
+        return marks
+
+    def flush_soon(self, gateway: Gateway) -> None:
+        """On the event loop: mark what is waiting shortly, if no transaction takes it first."""
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush, gateway)
+
+    def flush(self, gateway: Gateway) -> None:
+        """Mark what is waiting now (also when the API stops: unmarked records would be swept)."""
+        if self._flush is not None:
+            self._flush.cancel()
+        self._flush = None
+        marks = self.take_marks()
+        if marks:
+            self.mark(gateway, marks)
 
     def _apply(self, gateway: Gateway, change, task_ids: list[str], pending: list[str]) -> None:
         with gateway.sessions() as session:
@@ -279,18 +322,15 @@ class Leftovers:
             pending.extend(task_ids)
 
     def settle(self, gateway: Gateway) -> None:
-        """Retry what failed before, and sweep when it is due; cheap when there is nothing to do."""
+        """Retry removals that failed before, and sweep when it is due; cheap when there is nothing to do."""
         now = time.monotonic()
-        if not (self._discard or self._mark) and now < self._next_sweep:
+        if not self._discard and now < self._next_sweep:
             return
         with self._lock:
             discard, self._discard = self._discard, []
-            mark, self._mark = self._mark, []
             sweep, self._next_sweep = now >= self._next_sweep, now + self.SWEEP_EVERY_SECONDS
         if discard:
             self.discard(gateway, discard)
-        if mark:
-            self.mark(gateway, mark)
         if sweep:
             self.sweep(gateway)
 
@@ -342,7 +382,8 @@ class GroupCommitter:
         if self._waiting:
             loop.call_soon(self._commit_waiting, loop)
         try:
-            submitted = record_and_publish(self._gateway, [(p, retry_of, None) for p, retry_of, _ in group])
+            submitted = record_and_publish(self._gateway, [(p, retry_of, None) for p, retry_of, _ in group],
+                                           on_loop=True)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             for _, _, future in group:
                 if not future.done():  # a client that went away cancelled its future

@@ -29,7 +29,7 @@ from stalk_api.schemas import (
     json_problem,
 )
 from stalk_workers.records import store
-from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, TaskRecord
+from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, STARTED, TaskRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -227,11 +227,22 @@ async def cancel_task(
     task_id: str,
     database: DatabaseDep,
     gateway: GatewayDep,
-    terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM).")] = False,
+    terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM); only on queues "
+                                                 "whose pool can (see can_terminate in GET /v1/task-types).")] = False,
 ) -> Response:
     record = await database.run(_get_or_404, task_id)
     if record.status in FINAL_STATES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already finished as {record.status}")
+    # Never answer REVOKED for a task that will run to its end.
+    if terminate and not gateway.can_terminate(record.queue):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"queue {record.queue!r} runs tasks in a pool that cannot stop a running task; "
+                            "cancel without terminate to revoke it before it starts")
+    if record.status == STARTED and not terminate:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"task {task_id} is running; a revoke does not stop it"
+                            + (": pass terminate=true" if gateway.can_terminate(record.queue) else
+                               f", and queue {record.queue!r}'s pool cannot stop it"))
     try:
         # Not inside a database call: a broker that does not answer holds no connection.
         await run_in_threadpool(functools.partial(gateway.celery.control.revoke, task_id, terminate=terminate))
