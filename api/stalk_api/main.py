@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from stalk_api.config import ApiSettings
 from stalk_api.database import RETRY_AFTER_SECONDS, Busy, Database
@@ -78,15 +79,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (tasks, queues, workers, task_types):
         app.include_router(module.router, prefix="/v1")
-    document_bearer(app)
+    if tokens:
+        document_bearer(app)
+    document_validation_problems(app)
 
     @app.exception_handler(SubmissionError)
     async def _submission_error(_: Request, exc: SubmissionError) -> JSONResponse:
         return problem(exc.status_code, exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, exc.detail, exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only (POST, not GET and POST).
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed_methods(app, request)))}
+        return problem(exc.status_code, exc.detail, headers)
 
     @app.exception_handler(Busy)
     async def _busy(_: Request, exc: Busy) -> JSONResponse:
@@ -110,12 +117,39 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     return app
 
 
+def allowed_methods(app: FastAPI, request: Request) -> set[str]:
+    # Asked method by method: included routers are nested in this FastAPI, only matches() sees inside.
+    return {method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes)}
+
+
 def problem(status_code: int, detail: str, headers: dict | None = None) -> JSONResponse:
     """An error answer; every 503 says when to try again (the condition is expected to pass)."""
     headers = dict(headers or {})
     if status_code == 503:
         headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def document_validation_problems(app: FastAPI) -> None:
+    """Describe the 422 body as ``_validation_error`` writes it: one readable ``detail`` line, and the
+    problems one by one in ``errors`` (FastAPI's default document says ``detail`` is the list)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = {
+                "title": "HTTPValidationError", "type": "object", "required": ["detail", "errors"],
+                "properties": {
+                    "detail": {"type": "string", "title": "Detail"},
+                    "errors": {"type": "array", "title": "Errors", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                },
+            }
+        return schema
+
+    app.openapi = openapi
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict]:

@@ -54,6 +54,7 @@ CASES = [
     ("bad status filter", "GET", "/v1/tasks?status=DONE", None, 422, "status"),
     ("limit too large", "GET", "/v1/tasks?limit=100000", None, 422, "limit"),
     ("bad time filter", "GET", "/v1/tasks?created_after=yesterday", None, 422, "created_after"),
+    ("time filter as a number", "GET", "/v1/tasks?created_before=1700000000", None, 422, "ISO 8601"),
     ("bad cursor", "GET", "/v1/tasks?cursor=%%%", None, 400, "cursor"),
     ("unknown task id", "GET", "/v1/tasks/does-not-exist", None, 404, "no task"),
     ("retry unknown task", "POST", "/v1/tasks/does-not-exist/retry", None, 404, "no task"),
@@ -137,3 +138,14 @@ def test_records_that_json_cannot_show_are_shown_marked_never_a_500(stack):
     assert listed.status_code == 200, listed.text
     by_id = {t["task_id"]: t for t in listed.json()["tasks"]}
     assert by_id["odd-result"]["unreadable"] == ["result"] and by_id[fine]["unreadable"] == []
+
+
+def test_wrong_method_names_every_method_the_path_allows(stack):
+    response = stack.client.delete("/v1/tasks")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+
+
+def test_time_filters_far_out_of_range_in_utc_are_answered(stack):
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        response = stack.client.get("/v1/tasks", params={"created_after": moment})
+        assert response.status_code == 200, response.text

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
 from pydantic_core import PydanticSerializationError
 from starlette.concurrency import run_in_threadpool
 
@@ -161,6 +161,16 @@ def batch_answer(records: list[submission.Submitted]) -> str:
     ]}, separators=(",", ":"), ensure_ascii=False)
 
 
+def _iso_8601(value):
+    # pydantic also takes "1700000000" (a Unix time) for a datetime; the document says ISO 8601.
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("a time must be ISO 8601, e.g. 2026-01-01T12:00:00Z")
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
 def _json(model) -> Response:
     return Response(model, media_type="application/json")
 
@@ -172,8 +182,8 @@ async def list_tasks(
     queue: str | None = None,
     task: str | None = None,
     dead_lettered: bool | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
+    created_before: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:

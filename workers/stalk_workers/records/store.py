@@ -42,6 +42,16 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def in_utc(value: datetime) -> datetime:
+    """An aware time moved to UTC; a naive one taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # within a day of year 1 or 9999: before or after every record
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
 # --- the API's side ---------------------------------------------------------------------------
 
 def pending_row(
@@ -198,10 +208,12 @@ def list_page(
     ):
         if value is not None:
             query = query.where(column == value)
+    # In UTC, as written: SQLite compares the stored text, which has no zone, so 10:00+05:00 would
+    # otherwise be taken for 10:00 UTC.
     if where.created_after is not None:
-        query = query.where(TaskRecord.created_at >= where.created_after)
+        query = query.where(TaskRecord.created_at >= in_utc(where.created_after))
     if where.created_before is not None:
-        query = query.where(TaskRecord.created_at < where.created_before)
+        query = query.where(TaskRecord.created_at < in_utc(where.created_before))
     if cursor is not None:
         created, task_id = decode_cursor(cursor)
         query = query.where(sa.tuple_(TaskRecord.created_at, TaskRecord.task_id) < (created, task_id))
