@@ -10,6 +10,15 @@ from pydantic import Field
 from stalk_workers.settings import Settings
 
 
+class InsecureBindError(RuntimeError):
+    """The API cannot start securely: it would listen beyond loopback without tokens, or its tokens
+    cannot be read. ``stalk api`` prints the message as one line."""
+
+
+class TokensFileError(InsecureBindError):
+    """STALK_API_TOKENS_FILE is missing or unreadable (starting without its tokens would be open)."""
+
+
 class ApiSettings(Settings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
@@ -35,7 +44,12 @@ class ApiSettings(Settings):
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}
         if self.api_tokens_file is not None:
-            tokens |= {line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()}
+            try:
+                text = self.api_tokens_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TokensFileError(f"cannot read STALK_API_TOKENS_FILE {self.api_tokens_file}: "
+                                      f"{getattr(exc, 'strerror', None) or exc}") from None
+            tokens |= {line.strip() for line in text.splitlines() if line.strip()}
         return frozenset(tokens)
 
     def listens_on_loopback_only(self) -> bool:

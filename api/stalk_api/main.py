@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from stalk_api.config import ApiSettings
+from stalk_api.config import ApiSettings, InsecureBindError
 from stalk_api.database import RETRY_AFTER_SECONDS, Busy, Database
 from stalk_api.auth import BearerAuth, document_bearer
 from stalk_api.metrics import ApiMetrics, BodySizeLimit, MetricsMiddleware
@@ -23,10 +23,6 @@ from stalk_workers.app import create_app as create_celery_app
 from stalk_workers.records import db
 
 log = logging.getLogger("stalk.api")
-
-
-class InsecureBindError(RuntimeError):
-    """The API would listen beyond loopback with no tokens configured."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

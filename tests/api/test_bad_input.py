@@ -75,6 +75,17 @@ def test_bad_input_gets_a_clear_4xx(stack, method, path, body, status, words):
     assert words.lower() in response.json()["detail"].lower()
 
 
+def test_oversized_chunked_body_is_413(stack):
+    def chunks():  # no Content-Length: the limit is found while reading
+        yield b'{"task": "stalk.echo", "args": ["'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    response = stack.client.post("/v1/tasks", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
+
+
 def test_oversized_body_is_413_before_it_is_read(stack):
     huge = b'{"task": "stalk.echo", "args": ["' + b"x" * 2_000_000 + b'"]}'
     response = stack.client.post("/v1/tasks", content=huge, headers={"content-type": "application/json"})
