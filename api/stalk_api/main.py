@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from stalk_api.config import ApiSettings, InsecureBindError
 from stalk_api.database import RETRY_AFTER_SECONDS, Busy, Database
@@ -114,9 +114,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 
 def allowed_methods(app: FastAPI, request: Request) -> set[str]:
-    # Asked method by method: included routers are nested in this FastAPI, only matches() sees inside.
-    return {method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes)}
+    """The methods the OpenAPI document gives the path: a literal path (``/v1/tasks/batch``) before a
+    template that also matches it (``/v1/tasks/{task_id}``), as the document reads."""
+    paths = app.openapi()["paths"]
+    path = request.url.path
+    operations = paths.get(path)
+    if operations is None:
+        operations = next((ops for template, ops in paths.items()
+                           if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", template), path)), {})
+    return {method.upper() for method in operations}
 
 
 def problem(status_code: int, detail: str, headers: dict | None = None) -> JSONResponse:
