@@ -51,7 +51,8 @@ class BearerAuth:
 
 
 def document_bearer(app: FastAPI) -> None:
-    """Declare the bearer scheme in the OpenAPI document, on every /v1 operation."""
+    """Declare the bearer scheme and its 401 in the OpenAPI document, on every /v1 operation (only
+    when tokens are configured: without them no request is refused, and the document says so)."""
     build = app.openapi
 
     def openapi() -> dict:
@@ -62,6 +63,9 @@ def document_bearer(app: FastAPI) -> None:
             if (path + "/").startswith(PROTECTED_PREFIX):
                 for operation in operations.values():
                     operation["security"] = [{SCHEME: []}]
+                    operation["responses"].setdefault("401", {
+                        "description": "Missing or invalid bearer token.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
         return schema
 
     app.openapi = openapi

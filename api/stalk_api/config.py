@@ -10,6 +10,15 @@ from pydantic import Field
 from stalk_workers.settings import Settings
 
 
+class InsecureBindError(RuntimeError):
+    """The API cannot start securely: it would listen beyond loopback without tokens, or its tokens
+    cannot be read. ``stalk api`` prints the message as one line."""
+
+
+class TokensFileError(InsecureBindError):
+    """STALK_API_TOKENS_FILE is missing or unreadable (starting without its tokens would be open)."""
+
+
 class ApiSettings(Settings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
@@ -26,11 +35,21 @@ class ApiSettings(Settings):
     # of submissions are committed on the event loop, so a Redis that accepts connections but does
     # not answer (paused, stalled fork, half-open connection) must not hold every request forever.
     broker_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Database calls in flight at once, each on a worker thread with a pooled connection of its
+    # own; more wait on the event loop (no thread, no connection held) for up to
+    # ``api_database_wait_seconds``, then are answered 503 with Retry-After.
+    api_database_connections: int = Field(8, ge=1, le=100)
+    api_database_wait_seconds: float = Field(2.0, gt=0, le=60)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}
         if self.api_tokens_file is not None:
-            tokens |= {line.strip() for line in self.api_tokens_file.read_text().splitlines() if line.strip()}
+            try:
+                text = self.api_tokens_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TokensFileError(f"cannot read STALK_API_TOKENS_FILE {self.api_tokens_file}: "
+                                      f"{getattr(exc, 'strerror', None) or exc}") from None
+            tokens |= {line.strip() for line in text.splitlines() if line.strip()}
         return frozenset(tokens)
 
     def listens_on_loopback_only(self) -> bool:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
+from stalk_api.database import Database
 from stalk_api.metrics import ApiMetrics
 from stalk_api.submission import Gateway
 
@@ -17,9 +16,10 @@ async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.gateway.sessions() as session:
-        yield session
+# No session per request: a route hands its database work to ``Database.run``, which opens and
+# closes the session on the worker thread that does the work (see stalk_api.database).
+async def get_database(request: Request) -> Database:
+    return request.app.state.gateway.database
 
 
 async def get_metrics(request: Request) -> ApiMetrics:
@@ -27,5 +27,5 @@ async def get_metrics(request: Request) -> ApiMetrics:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-SessionDep = Annotated[Session, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -74,19 +74,33 @@ class BodySizeLimit:
             await _too_large(send, self.limit)
             return
         received = 0
+        exceeded = answered = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
+                exceeded = True
                 raise _BodyTooLarge
             return message
 
+        async def guarded_send(message):
+            nonlocal answered
+            if exceeded:
+                # FastAPI turns any error while reading the body into its own 400 ("There was an
+                # error parsing the body"): a chunked body over the limit is answered 413 instead.
+                if message["type"] == "http.response.start" and not answered:
+                    answered = True
+                    await _too_large(send, self.limit)
+                return
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
-            await _too_large(send, self.limit)
+            if not answered:
+                await _too_large(send, self.limit)
 
 
 class _BodyTooLarge(Exception):

@@ -5,7 +5,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Deeper arguments are refused: pydantic stops serializing at 255 levels, so a record nested deeper
+# was stored and then answered 500 on every read (issue 12); 64 leaves room for results around them.
+MAX_NESTING = 64
+
+
+def json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` cannot be stored and read back as the JSON workers receive; None if it can."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800"): valid in a JSON escape, not in UTF-8 text.
+            return "text must be valid Unicode: lone surrogates such as \\ud800 cannot be stored"
+        return None
+    if isinstance(value, (list, dict)):
+        if depth >= MAX_NESTING:
+            return f"values may be nested at most {MAX_NESTING} levels deep"
+        items = value.items() if isinstance(value, dict) else ((None, item) for item in value)
+        for key, item in items:
+            problem = json_problem(key, depth) if key is not None else None
+            problem = problem or json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
 
 TaskStatus = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
@@ -20,9 +46,17 @@ class TaskCreate(BaseModel):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(None, description="Override the queue the task is routed to.")
-    countdown: float | None = Field(None, ge=0, description="Run no sooner than this many seconds from now.")
+    countdown: float | None = Field(None, ge=0, allow_inf_nan=False, description="Run no sooner than this many seconds from now.")
     eta: datetime | None = Field(None, description="Run no sooner than this time (ISO 8601, with a zone).")
     priority: int | None = Field(None, ge=0, le=9, description="0 is the highest priority on Redis.")
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _storable(cls, value):
+        problem = json_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _one_schedule(self) -> TaskCreate:
@@ -78,6 +112,9 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     runtime_seconds: float | None
+    unreadable: list[str] = Field(
+        default_factory=list,
+        description="Fields stored in a form JSON cannot show (too deeply nested, broken text), shown empty.")
 
 
 class TasksPublic(BaseModel):
@@ -113,6 +150,7 @@ class WorkersPublic(BaseModel):
 class TaskTypePublic(BaseModel):
     name: str
     queue: str
+    can_terminate: bool = Field(description="Whether cancel?terminate=true can stop it while it runs (prefork pool).")
     max_retries: int | None
     retries_automatically: bool
     description: str | None

@@ -1,10 +1,11 @@
 """Submitting tasks: validate, record as PENDING and publish, as one unit.
 
-Order matters. The record is written (not committed) first, then the message is published,
-then the record is committed. If publishing fails the record is rolled back; if the commit
-fails after publishing, the task is revoked. So a 202 always means both happened, and a 503
-leaves nothing behind. Workers upsert their records, so a worker that picks the task up before
-the commit simply waits for it (PostgreSQL row lock, SQLite write lock) and then updates it.
+Order matters (``record_and_publish``): the record is committed first, marked unpublished, then
+the message is published, then the record is marked published. A database that fails fails
+before anything is published; a broker that fails gets the record removed again. So a 202 always
+means both happened, a 503 leaves nothing behind, and no message exists without a record.
+(The earlier order, publish then commit, left 6,139 messages without a record or a 202 when the
+SQLite file turned read-only: the revoke meant to undo them reaches nobody while no worker runs.)
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import redis
 
 from celery import Celery
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from stalk_api import publishing
 from stalk_api.config import ApiSettings
+from stalk_api.database import Database
 from stalk_api.ids import new_task_ids
 from stalk_api.schemas import TaskCreate
 from stalk_workers.queue_reader import QueueReader
@@ -62,8 +64,16 @@ class Gateway:
     """What submitting needs: the Celery app (to route and publish) and the record store."""
 
     celery: Celery
-    sessions: sessionmaker
+    database: Database
     settings: ApiSettings
+
+    @property
+    def sessions(self) -> sessionmaker:
+        return self.database.sessions
+
+    @cached_property
+    def leftovers(self) -> Leftovers:
+        return Leftovers()
 
     def submittable(self, name: str) -> bool:
         # Celery's own tasks (celery.chord_unlock, celery.backend_cleanup, ...) are internal.
@@ -82,6 +92,12 @@ class Gateway:
     @cached_property
     def _routed(self) -> dict[str, str]:
         return {}
+
+    def can_terminate(self, queue: str) -> bool:
+        """Whether the queue's pool can stop a running task: only prefork's processes can be killed
+        (Celery's threads and solo pools raise NotImplementedError in the worker, and the task runs on)."""
+        spec = next((q for q in self.celery.conf.stalk_queues if q.name == queue), None)
+        return spec is None or spec.pool == "prefork"
 
     def has_queue(self, name: str) -> bool:
         return name in self._queue_set
@@ -119,54 +135,54 @@ def prepare(gateway: Gateway, body: TaskCreate, *, where: str = "") -> Prepared:
     queue = body.queue or gateway.routed_queue(body.task)
     if not gateway.has_queue(queue):
         raise SubmissionError(f"{where}queue {queue!r} does not exist; queues: {', '.join(gateway.queue_names())}")
-    eta = _eta(body)
     limit = gateway.settings.max_countdown_seconds
+    # A countdown is compared by its value, before a datetime is made of it (1e12 s overflows one).
+    if body.countdown and body.countdown > limit:
+        raise _beyond_limit(gateway, body.countdown, where)
+    eta = _eta(body, where)
     if eta is not None and (eta - datetime.now(UTC)).total_seconds() > limit:
-        raise SubmissionError(
-            f"{where}the task is scheduled {(eta - datetime.now(UTC)).total_seconds():.0f}s ahead, beyond the limit "
-            f"of {limit}s: Redis would deliver it again after its visibility timeout "
-            f"({gateway.settings.visibility_timeout_seconds}s) while it still waits. Schedule it closer, "
-            "or raise STALK_VISIBILITY_TIMEOUT_SECONDS"
-        )
+        raise _beyond_limit(gateway, (eta - datetime.now(UTC)).total_seconds(), where)
     return Prepared(body=body, queue=queue, eta=eta)
 
 
-def _eta(body: TaskCreate) -> datetime | None:
-    if body.countdown:
-        return datetime.now(UTC) + timedelta(seconds=body.countdown)
-    if body.eta is not None:
-        return body.eta.astimezone(UTC)
+def _beyond_limit(gateway: Gateway, ahead: float, where: str) -> SubmissionError:
+    return SubmissionError(
+        f"{where}the task is scheduled {ahead:.0f}s ahead, beyond the limit "
+        f"of {gateway.settings.max_countdown_seconds}s: Redis would deliver it again after its visibility timeout "
+        f"({gateway.settings.visibility_timeout_seconds}s) while it still waits. Schedule it closer, "
+        "or raise STALK_VISIBILITY_TIMEOUT_SECONDS"
+    )
+
+
+def _eta(body: TaskCreate, where: str) -> datetime | None:
+    try:
+        if body.countdown:
+            return datetime.now(UTC) + timedelta(seconds=body.countdown)
+        if body.eta is not None:
+            return body.eta.astimezone(UTC)
+    except OverflowError:  # times near year 1 or 9999 do not survive the move to UTC
+        raise SubmissionError(f"{where}the schedule is out of range: {body.eta or body.countdown}") from None
     return None
 
 
 def submit(
     gateway: Gateway, body: TaskCreate, *, idempotency_key: str | None = None, retry_of: str | None = None
-) -> tuple[TaskRecord, bool]:
-    """Record and publish one task. Returns (record, replayed): replayed when the key was seen before."""
+) -> tuple[TaskRecord | Submitted, bool]:
+    """Record and publish one task, on a worker thread. Returns (task, replayed): replayed when the
+    Idempotency-Key was seen before."""
     prepared = prepare(gateway, body)
-    with gateway.sessions() as session:
-        if idempotency_key is not None:
-            existing = _replay(session, idempotency_key, body)
-            if existing is not None:
-                return existing, True
-        try:
-            record = _stage(session, prepared, idempotency_key=idempotency_key, retry_of=retry_of)
-        except IntegrityError:
-            # Another request with the same Idempotency-Key committed first: answer with its task.
-            session.rollback()
-            existing = _replay(session, idempotency_key, body) if idempotency_key else None
-            if existing is None:
-                raise
+    if idempotency_key is not None:
+        existing = _replay(gateway, idempotency_key, body)
+        if existing is not None:
             return existing, True
-        except SQLAlchemyError as exc:
-            raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
-        try:
-            _publish(gateway.celery, [_row(record)])
-        except Exception as exc:
-            session.rollback()
-            raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
-        _commit_or_revoke(gateway.celery, session, [record.task_id])
-        return record, False
+    try:
+        return record_and_publish(gateway, [(prepared, retry_of, idempotency_key)])[0], False
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first: answer with its task.
+        existing = _replay(gateway, idempotency_key, body) if idempotency_key else None
+        if existing is None:
+            raise Unavailable("the task database refused the record; nothing was submitted") from None
+        return existing, True
 
 
 @dataclass(frozen=True)
@@ -184,30 +200,152 @@ class Submitted:
 def submit_batch(gateway: Gateway, bodies: list[TaskCreate]) -> list[Submitted]:
     """Record and publish many tasks: one transaction and one pipelined Redis round trip."""
     prepared = [prepare(gateway, body, where=f"tasks[{i}]: ") for i, body in enumerate(bodies)]
-    return record_and_publish(gateway, [(p, None) for p in prepared])
+    return record_and_publish(gateway, [(p, None, None) for p in prepared], on_loop=True)
 
 
-def record_and_publish(gateway: Gateway, items: list[tuple[Prepared, str | None]]) -> list[Submitted]:
-    """Validated submissions (with the task each re-runs, if any) recorded and published as one unit."""
+Item = tuple[Prepared, str | None, str | None]  # a validated submission, the task it re-runs, its Idempotency-Key
+
+
+def record_and_publish(gateway: Gateway, items: list[Item], *, on_loop: bool = False) -> list[Submitted]:
+    """Validated submissions recorded and published as one unit: the one sequence behind single
+    submissions (grouped, or alone with an Idempotency-Key) and batches.
+
+    1. The records are committed, marked unpublished. If that fails, nothing was published: 503.
+    2. The messages are published. If that fails, the records are removed again: 503.
+    3. The records are marked published. If that fails, both exist all the same: 202, and the
+       mark is retried later.
+    A record whose removal or mark failed is settled by a later submission or, after a crash, by
+    ``store.sweep_unpublished``; a message never exists without a committed record.
+
+    ``on_loop`` (group commits and batches, on the event loop): the mark rides on the next
+    group's transaction, or a flush 50 ms later when none comes, instead of a commit of its own
+    (a second commit per group cost single submissions about a third of their API CPU).
+    """
+    leftovers = gateway.leftovers
+    leftovers.settle(gateway)
     now = store.utcnow()
     rows = [
         store.pending_row(task_id=task_id, task_name=p.body.task, queue=p.queue, args=p.body.args,
-                          kwargs=p.body.kwargs, priority=p.body.priority, eta=p.eta, retry_of=retry_of, now=now)
-        for (p, retry_of), task_id in zip(items, new_task_ids(len(items)), strict=True)
+                          kwargs=p.body.kwargs, priority=p.body.priority, eta=p.eta, retry_of=retry_of,
+                          idempotency_key=key, now=now)
+        for (p, retry_of, key), task_id in zip(items, new_task_ids(len(items)), strict=True)
     ]
+    task_ids = [row["task_id"] for row in rows]
+    problem = gateway.database.writable_problem()
+    if problem:
+        raise Unavailable(f"the task database is unavailable, nothing was submitted: {problem}")
+    marks = leftovers.take_marks()
     with gateway.sessions() as session:
         try:
+            if marks:
+                store.mark_published(session, task_ids=marks)
             store.insert_pending(session, rows)
+            session.commit()
         except SQLAlchemyError as exc:
-            raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
-        try:
-            _publish(gateway.celery, rows)
-        except Exception as exc:
             session.rollback()
-            raise Unavailable(f"the broker is unavailable, nothing was submitted: {_short(exc)}") from exc
-        _commit_or_revoke(gateway.celery, session, [row["task_id"] for row in rows])
+            leftovers.mark_later(marks)
+            if isinstance(exc, IntegrityError):
+                raise
+            raise Unavailable(f"the task database is unavailable, nothing was submitted: {short_error(exc)}") from exc
+    try:
+        _publish(gateway.celery, rows)
+    except Exception as exc:
+        leftovers.discard(gateway, task_ids)
+        raise Unavailable(f"the broker is unavailable, nothing was submitted: {short_error(exc)}") from exc
+    if on_loop:
+        leftovers.mark_later(task_ids)
+        leftovers.flush_soon(gateway)
+    else:
+        leftovers.mark(gateway, task_ids)
     return [Submitted(task_id=r["task_id"], task_name=r["task_name"], queue=r["queue"], created_at=now,
                       retry_of=r["retry_of"]) for r in rows]
+
+
+class Leftovers:
+    """Records not settled yet: marks that wait for the next transaction, and what the database
+    refused right after a commit, settled with a later submission; now and then, the sweep of what
+    any API process left unpublished when it crashed."""
+
+    # Far beyond the longest a submission can take (database and broker timeouts, ~1 min), so the
+    # sweep never touches a record another API process is still publishing.
+    SWEEP_AGE = timedelta(minutes=10)
+    SWEEP_EVERY_SECONDS = 60.0
+    FLUSH_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._discard: list[str] = []
+        self._mark: list[str] = []
+        self._next_sweep = 0.0
+        self._flush: asyncio.TimerHandle | None = None
+
+    def discard(self, gateway: Gateway, task_ids: list[str]) -> None:
+        self._apply(gateway, store.discard_unpublished, task_ids, self._discard)
+
+    def mark(self, gateway: Gateway, task_ids: list[str]) -> None:
+        self._apply(gateway, store.mark_published, task_ids, self._mark)
+
+    def mark_later(self, task_ids: list[str]) -> None:
+        with self._lock:
+            self._mark.extend(task_ids)
+
+    def take_marks(self) -> list[str]:
+        with self._lock:
+            marks, self._mark = self._mark, []
+        return marks
+
+    def flush_soon(self, gateway: Gateway) -> None:
+        """On the event loop: mark what is waiting shortly, if no transaction takes it first."""
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush, gateway)
+
+    def flush(self, gateway: Gateway) -> None:
+        """Mark what is waiting now (also when the API stops: unmarked records would be swept)."""
+        if self._flush is not None:
+            self._flush.cancel()
+        self._flush = None
+        marks = self.take_marks()
+        if marks:
+            self.mark(gateway, marks)
+
+    def _apply(self, gateway: Gateway, change, task_ids: list[str], pending: list[str]) -> None:
+        with gateway.sessions() as session:
+            try:
+                change(session, task_ids=task_ids)
+                session.commit()
+                return
+            except SQLAlchemyError as exc:
+                session.rollback()
+                log.warning("%s of %d records failed, retried later: %s", change.__name__, len(task_ids),
+                            short_error(exc))
+        with self._lock:
+            pending.extend(task_ids)
+
+    def settle(self, gateway: Gateway) -> None:
+        """Retry removals that failed before, and sweep when it is due; cheap when there is nothing to do."""
+        now = time.monotonic()
+        if not self._discard and now < self._next_sweep:
+            return
+        with self._lock:
+            discard, self._discard = self._discard, []
+            sweep, self._next_sweep = now >= self._next_sweep, now + self.SWEEP_EVERY_SECONDS
+        if discard:
+            self.discard(gateway, discard)
+        if sweep:
+            self.sweep(gateway)
+
+    def sweep(self, gateway: Gateway) -> int:
+        with gateway.sessions() as session:
+            try:
+                removed = store.sweep_unpublished(session, older_than=store.utcnow() - self.SWEEP_AGE)
+                session.commit()
+            except SQLAlchemyError as exc:
+                session.rollback()
+                log.warning("the sweep of unpublished records failed: %s", short_error(exc))
+                return 0
+        if removed:
+            log.warning("removed %d records of tasks an API process left unpublished", removed)
+        return removed
 
 
 class GroupCommitter:
@@ -244,7 +382,8 @@ class GroupCommitter:
         if self._waiting:
             loop.call_soon(self._commit_waiting, loop)
         try:
-            submitted = record_and_publish(self._gateway, [(p, retry_of) for p, retry_of, _ in group])
+            submitted = record_and_publish(self._gateway, [(p, retry_of, None) for p, retry_of, _ in group],
+                                           on_loop=True)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             for _, _, future in group:
                 if not future.done():  # a client that went away cancelled its future
@@ -255,42 +394,27 @@ class GroupCommitter:
                 future.set_result(result)
 
 
-def _stage(session: Session, prepared: Prepared, *, idempotency_key=None, retry_of=None) -> TaskRecord:
-    body = prepared.body
-    return store.add_pending(
-        session, task_id=new_task_ids(1)[0], task_name=body.task, queue=prepared.queue, args=body.args,
-        kwargs=body.kwargs, priority=body.priority, eta=prepared.eta, idempotency_key=idempotency_key,
-        retry_of=retry_of,
-    )
-
-
-def _row(record: TaskRecord) -> dict:
-    return {c: getattr(record, c) for c in ("task_id", "task_name", "queue", "args", "kwargs", "eta", "priority")}
-
-
-def _replay(session: Session, key: str, body: TaskCreate) -> TaskRecord | None:
-    existing = store.get_by_idempotency_key(session, key)
-    if existing is not None and (existing.task_name, existing.args, existing.kwargs) != (body.task, body.args, body.kwargs):
-        raise Conflict(f"Idempotency-Key {key!r} was already used for a different task ({existing.task_id})")
-    return existing
+def _replay(gateway: Gateway, key: str, body: TaskCreate) -> TaskRecord | None:
+    """The task an earlier request with this Idempotency-Key made, once it is published."""
+    deadline = time.monotonic() + gateway.settings.broker_timeout_seconds + 1
+    while True:
+        with gateway.sessions() as session:
+            existing = store.get_by_idempotency_key(session, key)
+        if existing is not None and (existing.task_name, existing.args, existing.kwargs) != (body.task, body.args,
+                                                                                         body.kwargs):
+            raise Conflict(f"Idempotency-Key {key!r} was already used for a different task ({existing.task_id})")
+        if existing is None or existing.published:
+            return existing
+        # The other request is between its commit and its publish: its answer is not known yet.
+        if time.monotonic() > deadline:
+            raise Unavailable(f"a request with Idempotency-Key {key!r} is still being submitted; try again")
+        time.sleep(0.01)
 
 
 def _publish(celery: Celery, rows: list[dict]) -> None:
     publishing.publish(celery, rows, sent_at=time.time())
 
 
-def _commit_or_revoke(celery: Celery, session: Session, task_ids: list[str]) -> None:
-    try:
-        session.commit()
-    except SQLAlchemyError as exc:
-        # The messages are out; without a record the client would get a 503 for a task that runs.
-        try:
-            celery.control.revoke(task_ids)
-        except Exception:  # noqa: BLE001
-            log.exception("could not revoke %d published tasks after a failed commit", len(task_ids))
-        raise Unavailable(f"the task database is unavailable: {_short(exc)}") from exc
-
-
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

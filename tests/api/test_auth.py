@@ -67,3 +67,17 @@ def test_openapi_document_declares_the_bearer_scheme_on_v1_routes_only(secured):
 def test_bearer_scheme_is_case_insensitive_and_tolerates_spaces(secured):
     response = secured.client.get("/v1/task-types", headers={"Authorization": "bearer  alpha"})
     assert response.status_code == 200
+
+
+def test_a_missing_tokens_file_is_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-tokens"
+    env = {"PATH": "/usr/bin:/bin", "STALK_API_TOKENS_FILE": str(missing), "STALK_DATABASE_URL": "sqlite://"}
+    done = subprocess.run([sys.executable, "-m", "stalk_workers", "api", "--port", "1"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())  # the CLI wraps long lines at the terminal's width
+    assert "Traceback" not in done.stderr and message.startswith("error: cannot read STALK_API_TOKENS_FILE"), message
+    assert "No such file or directory" in message

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 CASES = [
     # (name, method, path, json body or raw bytes, expected status, words the message must contain)
     ("not json", "POST", "/v1/tasks", b"{nope", 422, "json"),
@@ -21,6 +28,21 @@ CASES = [
      400, "visibility timeout"),
     ("countdown beyond visibility timeout", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 86400},
      400, "beyond the limit"),
+    ("lone surrogate in args", "POST", "/v1/tasks", b'{"task": "stalk.echo", "args": ["\\ud800"]}', 422,
+     "lone surrogates"),
+    ("lone surrogate in a kwargs name", "POST", "/v1/tasks", b'{"task": "stalk.echo", "kwargs": {"\\udfff": 1}}',
+     422, "lone surrogates"),
+    ("args nested 300 deep", "POST", "/v1/tasks", {"task": "stalk.echo", "args": nested(300)},
+     422, "nested at most"),
+    ("countdown 1e12", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 1e12}, 400, "beyond the limit"),
+    ("countdown 1e308", "POST", "/v1/tasks", {"task": "stalk.echo", "countdown": 1e308}, 400, "beyond the limit"),
+    ("countdown Infinity", "POST", "/v1/tasks", b'{"task": "stalk.echo", "countdown": Infinity}', 422, "countdown"),
+    ("eta past year 9999 in UTC", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "9999-12-31T23:59:59-01:00"},
+     400, "out of range"),
+    ("eta before year 1 in UTC", "POST", "/v1/tasks", {"task": "stalk.echo", "eta": "0001-01-01T00:00:00+01:00"},
+     400, "out of range"),
+    ("batch with a huge countdown", "POST", "/v1/tasks/batch", {"tasks": [{"task": "stalk.echo", "countdown": 1e15}]},
+     400, "tasks[0]"),
     ("unregistered task", "POST", "/v1/tasks", {"task": "myapp.nothing"}, 404, "not registered"),
     ("celery internal task", "POST", "/v1/tasks", {"task": "celery.chord_unlock"}, 404, "not registered"),
     ("unknown queue", "POST", "/v1/tasks", {"task": "stalk.echo", "queue": "nowhere"}, 400, "does not exist"),
@@ -32,6 +54,7 @@ CASES = [
     ("bad status filter", "GET", "/v1/tasks?status=DONE", None, 422, "status"),
     ("limit too large", "GET", "/v1/tasks?limit=100000", None, 422, "limit"),
     ("bad time filter", "GET", "/v1/tasks?created_after=yesterday", None, 422, "created_after"),
+    ("time filter as a number", "GET", "/v1/tasks?created_before=1700000000", None, 422, "ISO 8601"),
     ("bad cursor", "GET", "/v1/tasks?cursor=%%%", None, 400, "cursor"),
     ("unknown task id", "GET", "/v1/tasks/does-not-exist", None, 404, "no task"),
     ("retry unknown task", "POST", "/v1/tasks/does-not-exist/retry", None, 404, "no task"),
@@ -50,6 +73,17 @@ def test_bad_input_gets_a_clear_4xx(stack, method, path, body, status, words):
     response = stack.client.request(method, path, **kwargs)
     assert response.status_code == status, response.text
     assert words.lower() in response.json()["detail"].lower()
+
+
+def test_oversized_chunked_body_is_413(stack):
+    def chunks():  # no Content-Length: the limit is found while reading
+        yield b'{"task": "stalk.echo", "args": ["'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    response = stack.client.post("/v1/tasks", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
 
 
 def test_oversized_body_is_413_before_it_is_read(stack):
@@ -91,3 +125,38 @@ def test_too_long_idempotency_key_is_422_and_documented(stack):
     parameters = spec["paths"]["/v1/tasks"]["post"]["parameters"]
     assert {"name": "Idempotency-Key", "in": "header", "required": False, "description": "Same key, same task.",
             "schema": {"type": "string", "maxLength": 255}} in parameters
+
+
+def test_records_that_json_cannot_show_are_shown_marked_never_a_500(stack):
+    # Written as a worker writes them: a result with a lone surrogate, arguments nested 300 deep
+    # (from a plain Celery client, which the API's checks never saw).
+    from stalk_workers.records import db, store
+
+    engine = db.create_engine(stack.settings.database_url)
+    broken = store.SeenTask(task_id="odd-result", task_name="stalk.echo", queue="default", args=["ok"], kwargs={})
+    deep = store.SeenTask(task_id="odd-args", task_name="stalk.echo", queue="default", args=nested(300), kwargs={})
+    store.write(engine, [store.succeeded(broken, result={"text": "\ud800"}),
+                         store.failed(deep, error=ValueError("bad \udfff"), traceback=None, dead_lettered=False)])
+    engine.dispose()
+    fine = stack.submit("stalk.echo", args=["fine"])
+
+    result = stack.client.get("/v1/tasks/odd-result")
+    assert result.status_code == 200, result.text
+    assert result.json()["unreadable"] == ["result"] and result.json()["args"] == ["ok"]
+    args = stack.client.get("/v1/tasks/odd-args").json()
+    assert args["unreadable"] == ["args"] and args["error"]["message"] == "bad \\udfff"
+    listed = stack.client.get("/v1/tasks", params={"limit": 500})
+    assert listed.status_code == 200, listed.text
+    by_id = {t["task_id"]: t for t in listed.json()["tasks"]}
+    assert by_id["odd-result"]["unreadable"] == ["result"] and by_id[fine]["unreadable"] == []
+
+
+def test_wrong_method_names_every_method_the_path_allows(stack):
+    response = stack.client.delete("/v1/tasks")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+
+
+def test_time_filters_far_out_of_range_in_utc_are_answered(stack):
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        response = stack.client.get("/v1/tasks", params={"created_after": moment})
+        assert response.status_code == 200, response.text

@@ -143,3 +143,21 @@ def test_database_down_means_503_and_nothing_published(stack_factory):
         assert client.llen("default") == 0, "a task was published without a record"
         assert stack.client.get("/readyz").status_code == 503
         assert stack.client.get("/healthz").status_code == 200
+
+
+def test_cancel_never_answers_revoked_for_a_task_that_will_finish(stack_factory):
+    # The built-in notifications queue runs the threads pool: Celery cannot stop a running task
+    # there (the worker logs NotImplementedError: kill_job and the task runs to SUCCESS).
+    with stack_factory() as stack:
+        stack.start_worker("notifications", pool="threads", concurrency=2)
+        task_id = stack.submit("stalk.sleep", args=[2], queue="notifications")
+        stack.wait_for(task_id, statuses={"STARTED"}, timeout=30)
+
+        terminate = stack.client.post(f"/v1/tasks/{task_id}/cancel", params={"terminate": "true"})
+        assert terminate.status_code == 409 and "cannot stop a running task" in terminate.json()["detail"]
+        revoke = stack.client.post(f"/v1/tasks/{task_id}/cancel")
+        assert revoke.status_code == 409 and "is running" in revoke.json()["detail"]
+        assert stack.wait_for(task_id, timeout=30)["status"] == "SUCCESS"
+
+        types = {t["name"]: t for t in stack.client.get("/v1/task-types").json()["task_types"]}
+        assert types["stalk.sleep"]["can_terminate"] is True  # routed to default, a prefork queue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from stalk_workers.records.models import FAILURE, SUCCESS
 
 
@@ -127,3 +129,22 @@ def test_metrics_count_requests_by_route_template_and_submissions(stack):
     assert task_id not in text, "ids must not become label values"
     assert 'stalk_api_tasks_submitted_total{queue="default",task="stalk.echo"}' in text
     assert "stalk_api_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("offset", ["+05:00", "-05:00", "+00:00"], ids=["east", "west", "utc"])
+def test_time_filters_honour_the_utc_offset(stack, offset):
+    from datetime import datetime, timedelta, timezone
+
+    task_id = stack.submit("stalk.echo", args=["filtered"])
+    created = datetime.fromisoformat(stack.client.get(f"/v1/tasks/{task_id}").json()["created_at"])
+    hours, minutes = int(offset[1:3]), int(offset[4:])
+    zone = timezone((1 if offset[0] == "+" else -1) * timedelta(hours=hours, minutes=minutes))
+
+    def found(**window) -> bool:
+        params = {k: (created + delta).astimezone(zone).isoformat() for k, delta in window.items()}
+        tasks = stack.client.get("/v1/tasks", params={**params, "limit": 500}).json()["tasks"]
+        return task_id in {t["task_id"] for t in tasks}
+
+    assert found(created_after=timedelta(seconds=-1), created_before=timedelta(seconds=1))
+    assert not found(created_after=timedelta(seconds=1))
+    assert not found(created_before=timedelta(seconds=-1))

@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from stalk_api.deps import GatewayDep, MetricsDep
 
 router = APIRouter(tags=["health"])
 
 
+# async: answered on the event loop, never waiting behind a busy thread pool.
 @router.get("/healthz", summary="The process is alive")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis and the database are reachable",
-            responses={503: {"description": "A dependency is unreachable; the body says which."}})
-def readyz(gateway: GatewayDep) -> JSONResponse:
-    problems = []
+def _broker_problem(gateway) -> str | None:
     try:
         with gateway.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel.client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        problems.append(f"broker: {exc}")
-    try:
-        with gateway.sessions() as session:
-            session.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"database: {str(exc).splitlines()[0]}")
+        return f"broker: {exc}"
+    return None
+
+
+@router.get("/readyz", summary="Redis and the database are reachable, and the database can be written",
+            responses={503: {"description": "A dependency is unreachable; the body says which."}})
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    problems = []
+    broker = await run_in_threadpool(_broker_problem, gateway)
+    if broker:
+        problems.append(broker)
+    database = await gateway.database.readiness_problem()
+    if database:
+        problems.append(f"database: {database}")
     if problems:
-        return JSONResponse({"status": "unavailable", "detail": "; ".join(problems)}, status_code=503)
+        return JSONResponse({"status": "unavailable", "detail": "; ".join(problems)}, status_code=503,
+                            headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready"})
 
 

@@ -19,9 +19,11 @@ def list_task_types(gateway: GatewayDep) -> TaskTypesPublic:
             continue
         task = celery.tasks[name]
         doc = (task.__doc__ or "").strip().splitlines()
+        queue = gateway.routed_queue(name)
         types.append(TaskTypePublic(
             name=name,
-            queue=celery.amqp.router.route({}, name)["queue"].name,
+            queue=queue,
+            can_terminate=gateway.can_terminate(queue),
             max_retries=task.max_retries,
             retries_automatically=bool(getattr(task, "autoretry_for", ())),
             description=doc[0] if doc else None,

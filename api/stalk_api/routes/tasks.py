@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from datetime import datetime
@@ -9,11 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
+from pydantic_core import PydanticSerializationError
 from starlette.concurrency import run_in_threadpool
 
 from stalk_api import submission
-from stalk_api.deps import GatewayDep, MetricsDep, SessionDep
+from stalk_api.deps import DatabaseDep, GatewayDep, MetricsDep
 from stalk_api.schemas import (
     BatchCreate,
     BatchSubmitted,
@@ -24,9 +26,10 @@ from stalk_api.schemas import (
     TasksPublic,
     TaskStatus,
     TaskSubmitted,
+    json_problem,
 )
 from stalk_workers.records import store
-from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, TaskRecord
+from stalk_workers.records.models import FAILURE, FINAL_STATES, REVOKED, STARTED, TaskRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -47,19 +50,43 @@ def submitted(record: TaskRecord | submission.Submitted) -> TaskSubmitted:
                                          retry_of=record.retry_of)
 
 
-def public(record: TaskRecord) -> TaskPublic:
+def public(record: TaskRecord, *, repair: bool = False) -> TaskPublic:
+    """A record as the API shows it. ``repair``: for a record that would not serialize (written
+    before arguments were checked, or a result a worker stored): odd values shown empty and named
+    in ``unreadable``, broken text with its surrogates escaped, instead of a 500 for every page
+    that holds it."""
     started, finished = store.as_utc(record.started_at), store.as_utc(record.finished_at)
+    values = {"args": record.args or [], "kwargs": record.kwargs or {}, "result": record.result}
+    texts = {"message": record.error_message, "traceback": record.traceback}
+    unreadable = []
+    if repair:
+        for name, empty in (("args", []), ("kwargs", {}), ("result", None)):
+            if json_problem(values[name]):
+                values[name] = empty
+                unreadable.append(name)
+        texts = {k: v.encode("utf-8", "backslashreplace").decode() if v else v for k, v in texts.items()}
     error = None
     if record.error_type or record.error_message:
-        error = TaskError(type=record.error_type, message=record.error_message, traceback=record.traceback)
+        error = TaskError(type=record.error_type, traceback=texts["traceback"], message=texts["message"])
     return TaskPublic(
         task_id=record.task_id, task=record.task_name, status=record.status, queue=record.queue,
-        args=record.args or [], kwargs=record.kwargs or {}, priority=record.priority, eta=store.as_utc(record.eta),
-        result=record.result, error=error, retries=record.retries, dead_lettered=record.dead_lettered,
-        worker=record.worker, retry_of=record.retry_of, source=record.source,
+        priority=record.priority, eta=store.as_utc(record.eta), error=error, retries=record.retries,
+        dead_lettered=record.dead_lettered, worker=record.worker, retry_of=record.retry_of, source=record.source,
         created_at=store.as_utc(record.created_at), started_at=started, finished_at=finished,
         runtime_seconds=(finished - started).total_seconds() if started and finished else None,
+        unreadable=unreadable, **values,
     )
+
+
+_ODD = (ValueError, RecursionError, PydanticSerializationError)
+
+
+def shown(records: list[TaskRecord], page) -> str:
+    """``page(tasks)`` as JSON; the few records that do not serialize are repaired, not a 500."""
+    try:
+        return page([public(r) for r in records]).model_dump_json()
+    except _ODD:
+        return page([public(r, repair=True) for r in records]).model_dump_json()
 
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -81,7 +108,8 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
     gateway: submission.Gateway = request.app.state.gateway
     headers = {}
     if idempotency_key is not None:
-        record, replayed = await run_in_threadpool(submission.submit, gateway, body, idempotency_key=idempotency_key)
+        record, replayed = await gateway.database.call(
+            functools.partial(submission.submit, gateway, body, idempotency_key=idempotency_key))
         if replayed:
             headers["Idempotent-Replayed"] = "true"
     else:
@@ -133,25 +161,48 @@ def batch_answer(records: list[submission.Submitted]) -> str:
     ]}, separators=(",", ":"), ensure_ascii=False)
 
 
+def _iso_8601(value):
+    # pydantic also takes "1700000000" (a Unix time) for a datetime; the document says ISO 8601.
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("a time must be ISO 8601, e.g. 2026-01-01T12:00:00Z")
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
+def _json(model) -> Response:
+    return Response(model, media_type="application/json")
+
+
 @router.get("", response_model=TasksPublic, responses=ERRORS, summary="List tasks, newest first")
-def list_tasks(
-    session: SessionDep,
+async def list_tasks(
+    database: DatabaseDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     queue: str | None = None,
     task: str | None = None,
     dead_lettered: bool | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
+    created_before: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> TasksPublic:
+) -> Response:
     where = store.TaskFilter(status=status_, queue=queue, task_name=task, dead_lettered=dead_lettered,
                              created_after=created_after, created_before=created_before)
-    try:
+
+    def page(session) -> str:
+        # Serialized on the worker thread too: a page of 500 records is milliseconds of CPU.
         rows, next_cursor = store.list_page(session, where=where, limit=limit, cursor=cursor)
+        return shown(rows, lambda tasks: TasksPublic(tasks=tasks, next_cursor=next_cursor))
+
+    try:
+        return _json(await database.run(page))
     except store.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    return TasksPublic(tasks=[public(r) for r in rows], next_cursor=next_cursor)
+
+
+def _one(tasks: list[TaskPublic]) -> TaskPublic:
+    return tasks[0]
 
 
 def _get_or_404(session, task_id: str) -> TaskRecord:
@@ -162,41 +213,55 @@ def _get_or_404(session, task_id: str) -> TaskRecord:
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS, summary="A task's status and result")
-def get_task(task_id: str, session: SessionDep) -> TaskPublic:
-    return public(_get_or_404(session, task_id))
+async def get_task(task_id: str, database: DatabaseDep) -> Response:
+    return _json(await database.run(lambda session: shown([_get_or_404(session, task_id)], _one)))
 
 
 @router.post("/{task_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted,
              responses=ERRORS, summary="Run a failed or dead-lettered task again")
-def retry_task(task_id: str, response: Response, session: SessionDep, gateway: GatewayDep,
-               metrics: MetricsDep) -> TaskSubmitted:
-    original = _get_or_404(session, task_id)
+async def retry_task(task_id: str, database: DatabaseDep, gateway: GatewayDep, metrics: MetricsDep) -> Response:
+    original = await database.run(_get_or_404, task_id)
     if original.status not in (FAILURE, REVOKED):
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"task {task_id} is {original.status}; only FAILURE or REVOKED tasks can be retried")
     body = TaskCreate(task=original.task_name, args=original.args or [], kwargs=original.kwargs or {},
                       queue=original.queue, priority=original.priority)
-    record, _ = submission.submit(gateway, body, retry_of=original.task_id)
+    record, _ = await database.call(functools.partial(submission.submit, gateway, body, retry_of=original.task_id))
     metrics.submitted.labels(record.task_name, record.queue).inc()
-    response.headers["Location"] = f"/v1/tasks/{record.task_id}"
-    return submitted(record)
+    return Response(submitted(record).model_dump_json(), status.HTTP_202_ACCEPTED,
+                    {"Location": f"/v1/tasks/{record.task_id}"}, media_type="application/json")
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS, summary="Revoke a task")
-def cancel_task(
+async def cancel_task(
     task_id: str,
-    session: SessionDep,
+    database: DatabaseDep,
     gateway: GatewayDep,
-    terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM).")] = False,
-) -> TaskPublic:
-    record = _get_or_404(session, task_id)
+    terminate: Annotated[bool, Query(description="Also stop it if it is already running (SIGTERM); only on queues "
+                                                 "whose pool can (see can_terminate in GET /v1/task-types).")] = False,
+) -> Response:
+    record = await database.run(_get_or_404, task_id)
     if record.status in FINAL_STATES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} already finished as {record.status}")
+    # Never answer REVOKED for a task that will run to its end.
+    if terminate and not gateway.can_terminate(record.queue):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"queue {record.queue!r} runs tasks in a pool that cannot stop a running task; "
+                            "cancel without terminate to revoke it before it starts")
+    if record.status == STARTED and not terminate:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"task {task_id} is running; a revoke does not stop it"
+                            + (": pass terminate=true" if gateway.can_terminate(record.queue) else
+                               f", and queue {record.queue!r}'s pool cannot stop it"))
     try:
-        gateway.celery.control.revoke(task_id, terminate=terminate)
+        # Not inside a database call: a broker that does not answer holds no connection.
+        await run_in_threadpool(functools.partial(gateway.celery.control.revoke, task_id, terminate=terminate))
     except Exception as exc:  # noqa: BLE001
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the broker is unavailable: {exc}") from exc
-    store.mark_revoked(session, task_id=task_id)
-    session.commit()
-    session.refresh(record)
-    return public(record)
+
+    def revoke(session) -> str:
+        store.mark_revoked(session, task_id=task_id)
+        session.commit()
+        return shown([_get_or_404(session, task_id)], _one)
+
+    return _json(await database.run(revoke))

@@ -17,6 +17,7 @@ def create_engine(url: str, **kwargs) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "handle_error", _sqlite_file_errors)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
@@ -28,6 +29,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+# SQLite errors after which a connection may keep failing although the file is fine again
+# (measured: a quarter of submits failed with "disk I/O error" for 40 s after a read-only spell).
+_FILE_ERRORS = ("disk i/o error", "readonly database", "database or disk is full", "unable to open database file")
+
+
+def _sqlite_file_errors(context) -> None:
+    # Treated as a disconnect: SQLAlchemy drops this connection and every pooled one older than it.
+    if any(text in str(context.original_exception).lower() for text in _FILE_ERRORS):
+        context.is_disconnect = True
 
 
 def session_factory(engine: Engine) -> sessionmaker:

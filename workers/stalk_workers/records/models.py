@@ -41,6 +41,9 @@ class TaskRecord(Base):
     retry_of: Mapped[str | None] = mapped_column(sa.String(255), index=True)
     # Where the record came from: "api" (submitted through it) or "worker" (first seen by a worker).
     source: Mapped[str] = mapped_column(sa.String(16), default="api")
+    # False from the API's commit of a submission until its message is in Redis: a record left
+    # unpublished by a fault or a crash is settled by ``store.sweep_unpublished``.
+    published: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
@@ -50,4 +53,6 @@ class TaskRecord(Base):
         sa.Index("ix_task_records_created", "created_at", "task_id"),
         sa.Index("ix_task_records_status_created", "status", "created_at"),
         sa.Index("ix_task_records_queue_created", "queue", "created_at"),
+        sa.Index("ix_task_records_unpublished", "created_at", sqlite_where=sa.text("NOT published"),
+                 postgresql_where=sa.text("NOT published")),
     )

@@ -42,6 +42,16 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def in_utc(value: datetime) -> datetime:
+    """An aware time moved to UTC; a naive one taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # within a day of year 1 or 9999: before or after every record
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
 # --- the API's side ---------------------------------------------------------------------------
 
 def pending_row(
@@ -62,8 +72,8 @@ def pending_row(
     return {
         "task_id": task_id, "task_name": task_name, "queue": queue, "status": PENDING, "args": args,
         "kwargs": kwargs, "priority": priority, "eta": eta, "idempotency_key": idempotency_key,
-        "retry_of": retry_of, "retries": 0, "dead_lettered": False, "source": "api", "created_at": now,
-        "updated_at": now,
+        "retry_of": retry_of, "retries": 0, "dead_lettered": False, "source": "api", "published": False,
+        "created_at": now, "updated_at": now,
     }
 
 
@@ -131,6 +141,27 @@ def _bound(rows: list[dict], columns: tuple[str, ...], processors: tuple) -> lis
     return out
 
 
+def mark_published(session: Session, *, task_ids: list[str]) -> None:
+    """The tasks' messages are in Redis: their records are no longer leftovers to sweep."""
+    session.execute(sa.update(TABLE).where(TABLE.c.task_id.in_(task_ids)).values(published=True))
+
+
+def discard_unpublished(session: Session, *, task_ids: list[str]) -> None:
+    """Remove the records of tasks whose messages never reached Redis."""
+    session.execute(sa.delete(TABLE).where(TABLE.c.task_id.in_(task_ids), ~TABLE.c.published))
+
+
+def sweep_unpublished(session: Session, *, older_than: datetime) -> int:
+    """Settle records an API process left unpublished (it crashed, or the database failed while it
+    settled them) once no submission can still be under way: a task a worker has seen was sent;
+    a record still PENDING is removed. If its message did get out after all, the worker that runs
+    it records it again on first sight, which beats publishing a second copy that would run twice.
+    Returns how many records were removed."""
+    unsettled = (~TABLE.c.published, TABLE.c.created_at < older_than)
+    session.execute(sa.update(TABLE).where(*unsettled, TABLE.c.status != PENDING).values(published=True))
+    return session.execute(sa.delete(TABLE).where(*unsettled, TABLE.c.status == PENDING)).rowcount
+
+
 def get(session: Session, task_id: str) -> TaskRecord | None:
     return session.get(TaskRecord, task_id)
 
@@ -177,10 +208,12 @@ def list_page(
     ):
         if value is not None:
             query = query.where(column == value)
+    # In UTC, as written: SQLite compares the stored text, which has no zone, so 10:00+05:00 would
+    # otherwise be taken for 10:00 UTC.
     if where.created_after is not None:
-        query = query.where(TaskRecord.created_at >= where.created_after)
+        query = query.where(TaskRecord.created_at >= in_utc(where.created_after))
     if where.created_before is not None:
-        query = query.where(TaskRecord.created_at < where.created_before)
+        query = query.where(TaskRecord.created_at < in_utc(where.created_before))
     if cursor is not None:
         created, task_id = decode_cursor(cursor)
         query = query.where(sa.tuple_(TaskRecord.created_at, TaskRecord.task_id) < (created, task_id))
@@ -292,9 +325,14 @@ def record_revoked(engine: Engine, *, task_id: str) -> None:
 def _error_fields(error: BaseException, traceback: str | None) -> dict:
     return {
         "error_type": type(error).__name__,
-        "error_message": str(error)[:MAX_TRACEBACK_CHARS],
-        "traceback": _summarize_traceback(traceback),
+        "error_message": _text(str(error)[:MAX_TRACEBACK_CHARS]),
+        "traceback": _text(_summarize_traceback(traceback)),
     }
+
+
+def _text(value: str | None) -> str | None:
+    # A lone surrogate in an exception's text cannot be stored as UTF-8: the write failed whole.
+    return value.encode("utf-8", "backslashreplace").decode() if value else value
 
 
 def _summarize_traceback(traceback: str | None) -> str | None:
