@@ -35,6 +35,7 @@ cluster-bins: cluster-build-deps ## Build (or reuse cached) etcd, kube-*, kubele
 	@$(CLUSTER_HACK)/tools/build.sh kwok $(CLUSTER_BIN)
 	@$(CLUSTER_HACK)/tools/build.sh coredns $(CLUSTER_BIN)
 	@$(CLUSTER_HACK)/tools/build.sh pause $(CLUSTER_BIN)
+	@$(CLUSTER_HACK)/tools/build.sh registry $(CLUSTER_BIN)
 
 tools-bins: cluster-build-deps ## Build (or reuse cached) helm and skaffold into .cluster/bin
 	@$(CLUSTER_HACK)/tools/build.sh helm $(CLUSTER_BIN)

@@ -42,11 +42,14 @@ NODE_NAME = "stalk-node"
 HOST_LINK = "stalk-node0"       # the veth's name on the machine
 CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "localhost/stalk-pause:v1"
+# An in-memory OCI registry on the node (go-containerregistry's), for skaffold's inner loop:
+# skaffold pushes what its custom builder builds and the kubelet pulls it from here.
+REGISTRY = f"{NODE_IP}:5000"
 
 # Binaries of the node that hack/tools/build.sh provides (kube, coredns and pause groups).
-BINARIES = ["kubelet", "kube-proxy", "coredns", "pause"]
+BINARIES = ["kubelet", "kube-proxy", "coredns", "pause", "registry"]
 # Start order; stop goes in reverse.
-COMPONENTS = ["containerd", "kubelet", "kube-proxy", "coredns"]
+COMPONENTS = ["containerd", "kubelet", "kube-proxy", "coredns", "registry"]
 # What the kubelet changes outside any namespace (kubelet's setupKernelTunables, v1.37):
 # recorded before it starts, written back after it stops.
 KERNEL_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
@@ -261,6 +264,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         # crun fails on this machine's hybrid cgroups; Debian's runc works.
         BinaryName = "/usr/sbin/runc"
         SystemdCgroup = false
+  # The node's own registry speaks plain HTTP, and only inside the node's network.
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{REGISTRY}"]
+    endpoint = ["http://{REGISTRY}"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.path('cni')}"
@@ -342,6 +348,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                         "--node-labels=stalk.dev/node=real", "--v=1"],
             "kube-proxy": [f"{self.bin_dir}/kube-proxy", f"--config={self.path('kube-proxy.json')}", "--v=1"],
             "coredns": [f"{self.bin_dir}/coredns", "-conf", self.path("Corefile")],
+            # Arguments after its flags are ignored: the state dir there lets `down` and `status`
+            # know the process as ours.
+            "registry": [f"{self.bin_dir}/registry", f"-address={REGISTRY}", self.root],
         }
 
     # -- namespaces --

@@ -2,7 +2,7 @@
 # Build one group of pinned test binaries from its wrapper module and link them
 # into OUTDIR (normally .cluster/bin).
 #
-#   hack/tools/build.sh GROUP OUTDIR        GROUP: kube | etcd | kwok | helm | skaffold | coredns | pause
+#   hack/tools/build.sh GROUP OUTDIR        GROUP: kube | etcd | kwok | helm | skaffold | coredns | registry | pause
 #
 # The binaries live in a cache OUTSIDE the repository,
 #   ${STALK_CACHE_DIR:-$HOME/.cache/stalk}/bin/<group>-<version>-<hash>/
@@ -87,6 +87,14 @@ coredns)
     pkgs="github.com/coredns/coredns"
     bins="coredns"
     ;;
+registry)
+    # go-containerregistry's in-memory registry behind our own main (its cmd/registry listens
+    # on localhost only): a module of ours, its version pinned in hack/tools/registry/go.mod.
+    version=v1
+    ldflags=""
+    pkgs="."
+    bins="registry"
+    ;;
 pause)
     # The pod sandbox's one process (no image can be pulled): our own module, no dependencies.
     version=v1
@@ -95,7 +103,7 @@ pause)
     bins="pause"
     ;;
 *)
-    echo "build.sh: unknown group '$group' (want kube, etcd, kwok, helm, skaffold, coredns or pause)" >&2
+    echo "build.sh: unknown group '$group' (want kube, etcd, kwok, helm, skaffold, coredns, registry or pause)" >&2
     exit 2
     ;;
 esac

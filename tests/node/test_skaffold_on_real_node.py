@@ -78,12 +78,11 @@ def test_skaffold_dev_builds_with_buildah_deploys_and_syncs_a_python_file_into_t
          "--interactive=false", "--status-check=true"],
         cwd=skaffold_repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        def deployed():
-            text = (skaffold_repo.parent / "skaffold.log").read_text()
+        deadline = time.monotonic() + 420
+        while "Watching for changes" not in (text := (skaffold_repo.parent / "skaffold.log").read_text()):
             assert proc.poll() is None, f"skaffold exited ({proc.returncode}):\n{text[-3000:]}"
-            return "Watching for changes" in text
-
-        poll(deployed, timeout=420, interval=1, what="skaffold dev to build, deploy and watch")
+            assert time.monotonic() < deadline, f"skaffold dev did not deploy in 420 s:\n{text[-3000:]}"
+            time.sleep(1)
         print(f"skaffold dev: built and deployed in {time.monotonic() - started:.0f}s")
         token = uuid.uuid4().hex[:12]
         with real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as port:
