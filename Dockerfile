@@ -40,13 +40,15 @@ RUN groupadd --system --gid 10001 stalk \
  && pip uninstall --yes --no-cache-dir pip setuptools wheel
 COPY --from=build /opt/stalk /opt/stalk
 # skaffold dev only (skaffold.yaml sets DEV_RELOAD=true): the app user may receive synced sources,
-# and every `stalk ...` command restarts when a synced Python file changes. Off in release images.
+# and the servers (`stalk api|worker|beat`) restart when a synced Python file changes; one-off
+# commands (`stalk db upgrade` in the migrations init container, `stalk submit` in `helm test`)
+# run and exit as in the release image. Off in release images.
 ARG DEV_RELOAD=false
 RUN if [ "$DEV_RELOAD" = "true" ]; then \
       site=/opt/stalk/lib/python3.11/site-packages \
       && chown -R 10001:10001 "$site/stalk_api" "$site/stalk_workers" "$site/stalk_operator" \
       && mv /opt/stalk/bin/stalk /opt/stalk/bin/stalk-app \
-      && printf '#!/bin/sh\nexec watchfiles --filter python "stalk-app $*" %s/stalk_api %s/stalk_workers %s/stalk_operator\n' \
+      && printf '#!/bin/sh\ncase "$1" in\n  api|worker|beat) exec watchfiles --filter python "stalk-app $*" %s/stalk_api %s/stalk_workers %s/stalk_operator ;;\n  *) exec stalk-app "$@" ;;\nesac\n' \
            "$site" "$site" "$site" > /opt/stalk/bin/stalk \
       && chmod 0755 /opt/stalk/bin/stalk; \
     fi

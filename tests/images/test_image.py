@@ -179,6 +179,11 @@ def test_dev_image_restarts_a_command_when_skaffold_syncs_a_python_file(image, r
         wait_until(lambda: log_of(log).count("Application startup complete") > starts
                    and httpx.get(healthz, timeout=2).status_code == 200, timeout=60,
                    what=f"the API to restart after the file changed (log: {log})")
+        # One-off commands run and exit under the wrapper: the migrations init container
+        # (`stalk db upgrade`) and `helm test` (`stalk submit`) must finish for a rollout to go on.
+        one_off = subprocess.run([str(bin_dir / "stalk"), "--help"], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert one_off.returncode == 0 and "Usage" in one_off.stdout, one_off.stderr
     finally:
         # Leave the module's image as the release build made it.
         if (bin_dir / "stalk-app").exists():
