@@ -106,7 +106,7 @@ class DevStack:
         from stalk_workers.queues import load_queue_table
 
         queues = load_queue_table(self.settings.queues_file)
-        from stalk_workers.app import create_app
+        from stalk_workers.factory import create_app
 
         # Busy workers are found with Celery's remote control on the same broker.
         control = create_app(self.settings.model_copy(update={"broker_url": broker, "record_tasks": False}))

@@ -13,7 +13,7 @@ from stalk_workers.settings import Settings
 
 
 def _celery_app(settings: Settings):
-    from stalk_workers.app import create_app
+    from stalk_workers.factory import create_app
     from stalk_workers.queues import QueueTableError
 
     try:
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     ) -> None:
         """Run a Celery worker for the given queues (node name: <queues>@<hostname>, the pod name in Kubernetes)."""
-        from stalk_workers.app import default_node_name
+        from stalk_workers.factory import default_node_name
 
         settings = load_settings()
         celery = _celery_app(settings)
