@@ -83,6 +83,7 @@ class Reporter:
         """Hand ``view`` to the status writer if the status needs it."""
         if state.pending is not None and state.pending[0] == view:
             return
-        due = now - state.status_written_at >= self._interval
-        if st.write_due(state.view_written, view, measurements_due=due):
-            self.writer.submit(state, view, now, urgent=st.is_urgent(state.view_written, view))
+        due = st.write_due(state.view_written, view,
+                           measurements_due=now - state.status_written_at >= self._interval)
+        if due:
+            self.writer.submit(state, view, now, urgent=due is st.Due.URGENT)

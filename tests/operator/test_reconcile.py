@@ -23,7 +23,7 @@ from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.policy import Behavior, History, ScalingSpec
 from stalk_operator.reconcile import apply, plan
 from stalk_operator.spec import parse_taskqueue
-from stalk_operator.state import Registry, Target, TargetCache
+from stalk_operator.state import Registry, TargetCache
 from stalk_workers.queue_reader import QueueStats
 from stalk_workers.queues import QueueSpec
 from tests.fixtures.wait import wait_until
