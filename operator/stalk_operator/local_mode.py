@@ -260,8 +260,6 @@ class LocalAutoscaler:
         }
         self._histories = {q.name: History() for q in queues}
         self._outage = Outage()
-        # The reconcile's actuator calls are coroutines; local mode runs them on a loop of its own.
-        self._loop = asyncio.new_event_loop()
 
     def tick(self) -> dict[str, Decision]:
         """One measurement and one decision per queue; replicas stay as they are if Redis is down."""
@@ -274,7 +272,9 @@ class LocalAutoscaler:
             return {}
         if self._outage.recovered(now) is not None:
             log.info("reading queues from Redis again")
-        return self._loop.run_until_complete(self._reconcile(stats, now))
+        # The reconcile's actuator calls are coroutines: each tick runs them on an event loop of its own,
+        # so stop() from another thread (stalk dev's Ctrl-C) never meets a loop in use.
+        return asyncio.run(self._reconcile(stats, now))
 
     async def _reconcile(self, stats, now: float) -> dict[str, Decision]:
         decisions = {}
@@ -300,4 +300,3 @@ class LocalAutoscaler:
             actuator.terminate()  # all at once, so their running tasks finish in parallel
         for actuator in self.actuators.values():
             actuator.stop()
-        self._loop.close()

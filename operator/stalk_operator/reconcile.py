@@ -43,7 +43,7 @@ class Actuator(Protocol):
         """Set the replicas; False when that failed (the replicas stay as they were)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built for every TaskQueue every tick, and frozen costs per field
 class Plan:
     current: int
     decision: Decision

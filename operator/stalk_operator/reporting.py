@@ -16,7 +16,7 @@ from stalk_operator.writer import StatusWriter
 from stalk_workers.queue_reader import QueueStats
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Measured:
     """One TaskQueue's share of a tick's read."""
 
