@@ -19,7 +19,7 @@ from stalk_api.auth import BearerAuth, document_bearer
 from stalk_api.metrics import ApiMetrics, BodySizeLimit, MetricsMiddleware
 from stalk_api.routes import health, queues, task_types, tasks, workers
 from stalk_api.submission import Gateway, SubmissionError, short_error
-from stalk_workers.app import create_app as create_celery_app
+from stalk_workers.factory import create_app as create_celery_app
 from stalk_workers.records import db
 
 log = logging.getLogger("stalk.api")

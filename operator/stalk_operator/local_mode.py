@@ -1,8 +1,9 @@
 """Local mode: the operator's policy, applied to Celery worker processes on this machine.
 
 ``stalk dev`` (and so ``make run``) uses it to show autoscaling without Kubernetes: every
-``poll_seconds`` one ``QueueReader.read()`` measures all queues, ``policy.decide`` picks a worker
-count per queue, and a ``LocalActuator`` per queue starts or stops ``celery worker`` processes.
+``poll_seconds`` one ``QueueReader.read()`` measures all queues, and the operator's own reconcile
+(``reconcile.plan`` then ``reconcile.apply``) runs per queue with a ``LocalActuator``, which
+starts or stops ``celery worker`` processes instead of patching a Deployment.
 
 Stopping relies on Celery's warm shutdown: on SIGTERM a worker stops consuming, finishes the tasks
 it is running, and (acks_late) gives its prefetched, unstarted tasks back to Redis (kombu restores
@@ -11,6 +12,7 @@ unacked messages when the channel closes). The actuator stops idle workers befor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import subprocess
@@ -25,7 +27,8 @@ import redis
 from celery import Celery
 from celery.utils.nodenames import host_format
 
-from stalk_operator.policy import Decision, History, Observation, ScalingSpec, decide
+from stalk_operator.policy import Decision, History, ScalingSpec
+from stalk_operator.reconcile import BUSY_FRESH_SECONDS, BUSY_RECHECK_SECONDS, Outage, apply, plan
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.queues import QueueSpec
 
@@ -39,6 +42,8 @@ STOP_TIMEOUT_SECONDS = 60.0
 
 # Given worker node names: the number of running tasks of each worker that answered.
 ActiveTasks = Callable[[list[str]], dict[str, int]]
+# Given a node name pattern (``queue-0@%h``): the command that runs one worker.
+WorkerCommand = Callable[[str], list[str]]
 
 
 def celery_active_tasks(app: Celery, *, timeout: float = INSPECT_TIMEOUT_SECONDS) -> ActiveTasks:
@@ -74,6 +79,8 @@ class LocalActuator:
         active_tasks: ActiveTasks | None = None,
         log_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        command: WorkerCommand | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.queue = queue
         self._app_module = app_module
@@ -81,8 +88,14 @@ class LocalActuator:
         self._active_tasks = active_tasks
         self._log_dir = log_dir
         self._extra_args = tuple(extra_args)
+        self._command = command or self._celery_worker
+        self._clock = clock
         self._running: list[_Worker] = []  # oldest first
         self._stopping: list[_Worker] = []
+        # The workers' last answer to "what do you run" and when it came (see reconcile's BUSY_*).
+        self._active: dict[str, int] | None = None
+        self._active_at = float("-inf")
+        self._marked: dict[str, int] | None = None
 
     @property
     def replicas(self) -> int:
@@ -101,7 +114,33 @@ class LocalActuator:
         self._reap()
         return len(self._running) + len(self._stopping)
 
+    # ---- the reconcile's actuator (reconcile.Actuator) ------------------------------------------
+    async def busy_workers(self) -> int | None:
+        active = self._ask(max_age=BUSY_RECHECK_SECONDS)
+        return None if active is None else sum(1 for running in active.values() if running)
+
+    async def mark_idle(self) -> None:
+        # Fresh within this tick: a task may have started on an "idle" worker since the last look.
+        self._marked = self._ask(max_age=BUSY_FRESH_SECONDS)
+
+    async def scale_to(self, replicas: int, decision: Decision) -> bool:
+        log.info("%s: %d -> %d workers (%s: %s)", self.queue.name, self.replicas, replicas, decision.reason,
+                 decision.message)
+        self.scale(replicas)
+        return True
+
+    def _ask(self, max_age: float) -> dict[str, int] | None:
+        """Running tasks per worker that answered, asked at most every ``max_age`` seconds."""
+        if self._active_tasks is None or not self._running:
+            return None
+        now = self._clock()
+        if self._active is None or now - self._active_at > max_age:
+            self._active, self._active_at = self._active_tasks(self.worker_names), now
+        return self._active
+
+    # ---- processes --------------------------------------------------------------------------------
     def scale(self, replicas: int) -> None:
+        """Start workers, or stop the newest idle ones (those ``mark_idle`` found idle, else asked now)."""
         self._reap()
         while len(self._running) < replicas:
             self._start()
@@ -133,11 +172,7 @@ class LocalActuator:
         used = {w.index for w in self._running + self._stopping}
         index = next(i for i in range(len(used) + 1) if i not in used)
         pattern = f"{self.queue.name}-{index}@%h"
-        command = [
-            sys.executable, "-m", "celery", "-A", self._app_module, "worker", "-Q", self.queue.name,
-            "-n", pattern, "--concurrency", str(self.queue.concurrency), "--pool", self.queue.pool,
-            *self._extra_args,
-        ]
+        command = self._command(pattern)
         output = None
         if self._log_dir is not None:
             output = open(self._log_dir / f"{self.queue.name}-{index}.log", "ab")  # noqa: SIM115 - the child owns it
@@ -155,7 +190,9 @@ class LocalActuator:
         # Idle workers first, then those that did not answer (most likely still starting; a solo
         # pool only answers between tasks), busy ones last; newest first within each, as the
         # ReplicaSet controller does. A busy one stopped anyway finishes its task (warm shutdown).
-        active = self._active_tasks([w.name for w in self._running]) if self._active_tasks else {}
+        active, self._marked = self._marked, None
+        if active is None:
+            active = self._active_tasks(self.worker_names) if self._active_tasks else {}
 
         def rank(worker: _Worker) -> int:
             running = active.get(worker.name)
@@ -169,6 +206,13 @@ class LocalActuator:
         self._stopping.append(worker)
         if worker.process.poll() is None:
             worker.process.send_signal(signal.SIGTERM)
+
+    def _celery_worker(self, pattern: str) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", self._app_module, "worker", "-Q", self.queue.name,
+            "-n", pattern, "--concurrency", str(self.queue.concurrency), "--pool", self.queue.pool,
+            *self._extra_args,
+        ]
 
     def _reap(self) -> None:
         for worker in [w for w in self._running if w.process.poll() is not None]:
@@ -215,32 +259,29 @@ class LocalAutoscaler:
             for q in queues
         }
         self._histories = {q.name: History() for q in queues}
-        self._reading_failed = False
+        self._outage = Outage()
 
     def tick(self) -> dict[str, Decision]:
         """One measurement and one decision per queue; replicas stay as they are if Redis is down."""
+        now = self._clock()
         try:
             stats = self._reader.read(list(self.actuators))
         except redis.RedisError as exc:
-            if not self._reading_failed:
+            if self._outage.failed(now):
                 log.warning("cannot read queues from Redis, keeping workers as they are: %s", exc)
-            self._reading_failed = True
             return {}
-        if self._reading_failed:
+        if self._outage.recovered(now) is not None:
             log.info("reading queues from Redis again")
-            self._reading_failed = False
-        now = self._clock()
+        # The reconcile's actuator calls are coroutines: each tick runs them on an event loop of its own,
+        # so stop() from another thread (stalk dev's Ctrl-C) never meets a loop in use.
+        return asyncio.run(self._reconcile(stats, now))
+
+    async def _reconcile(self, stats, now: float) -> dict[str, Decision]:
         decisions = {}
         for name, actuator in self.actuators.items():
-            s, current = stats[name], actuator.replicas
-            observation = Observation(waiting=s.waiting, in_flight=s.in_flight,
-                                      oldest_wait_seconds=s.oldest_wait_seconds, current_replicas=current)
-            decision = decide(observation, self.specs[name], self._histories[name], now)
-            if decision.replicas != current:
-                log.info("%s: %d -> %d workers (%s: %s)", name, current, decision.replicas, decision.reason,
-                         decision.message)
-                actuator.scale(decision.replicas)
-            decisions[name] = decision
+            spec, history = self.specs[name], self._histories[name]
+            planned = plan(stats[name], spec, history, actuator.replicas, now)
+            decisions[name] = (await apply(planned, actuator, spec, history, now)).decision
         return decisions
 
     def run(self, stop_event: threading.Event) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from stalk_operator.defaults import TASKQUEUE_DEFAULTS as _CRD
+
 # Like the HPA's default --horizontal-pod-autoscaler-tolerance: a load within 10 % of what the
 # current replicas are meant to carry keeps them, so a queue hovering at a boundary does not churn.
 TOLERANCE = 0.1
@@ -56,15 +58,17 @@ class Behavior:
 
 @dataclass(frozen=True)
 class ScalingSpec:
-    min_replicas: int = 0
-    max_replicas: int = 10
-    tasks_per_replica: int = 10
-    activation_tasks: int = 0  # below (<=) this much work a queue at zero stays at zero
+    """A TaskQueue's scaling fields; the defaults are the CRD's (``defaults.py``)."""
+
+    min_replicas: int = _CRD["minReplicas"]
+    max_replicas: int = 10  # required in the CRD: this default only serves local mode and tests
+    tasks_per_replica: int = _CRD["tasksPerReplica"]
+    activation_tasks: int = _CRD["activationTasks"]  # below (<=) this much work a queue at zero stays at zero
     max_wait_seconds: float | None = None
-    scale_up: Behavior = Behavior(stabilization_seconds=0)
-    scale_down: Behavior = Behavior(stabilization_seconds=45)
-    idle_seconds_before_zero: float = 120
-    paused: bool = False
+    scale_up: Behavior = Behavior(stabilization_seconds=_CRD["scaleUp.stabilizationSeconds"])
+    scale_down: Behavior = Behavior(stabilization_seconds=_CRD["scaleDown.stabilizationSeconds"])
+    idle_seconds_before_zero: float = _CRD["idleSecondsBeforeZero"]
+    paused: bool = _CRD["paused"]
 
     def __post_init__(self):
         # The one value decide() divides by; the CRD's schema already rejects it below 1.

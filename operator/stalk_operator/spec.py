@@ -1,7 +1,7 @@
 """Turn a TaskQueue object (as the API server returns it) into typed, immutable configuration.
 
-Pure: no I/O. The defaults repeat the CRD's schema defaults for objects that did not pass through
-the API server (tests, old objects); ``tests/operator/test_spec.py`` proves the two agree.
+Pure: no I/O. The defaults (``defaults.py``) are the CRD's schema defaults, for objects that did not
+pass through the API server (tests, old objects).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stalk_operator.defaults import TASKQUEUE_DEFAULTS as DEFAULTS
 from stalk_operator.policy import Behavior, ScalingSpec
 
 GROUP = "stalk.dev"
@@ -18,20 +19,6 @@ PLURAL = "taskqueues"
 KIND = "TaskQueue"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Mirrors of the CRD's schema defaults (k8s/crd/taskqueues.stalk.dev.yaml).
-DEFAULTS: dict[str, Any] = {
-    "minReplicas": 0,
-    "tasksPerReplica": 10,
-    "activationTasks": 0,
-    "scaleUp.stabilizationSeconds": 0,
-    "scaleDown.stabilizationSeconds": 45,
-    "idleSecondsBeforeZero": 120,
-    "pollSeconds": 1,
-    "paused": False,
-    "drain": True,
-    "broker.keyPrefix": "",
-    "scaleTargetRef.apiVersion": "apps/v1",
-}
 
 
 class SpecError(ValueError):

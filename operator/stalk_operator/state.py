@@ -35,7 +35,7 @@ class TaskQueueState:
     series: Any = None
     # The status on the object as the watch last delivered it: what a new leader resumes from.
     seen_status: dict[str, Any] = field(default_factory=dict)
-    # The target's pods as last inspected before a scale-down (see TickLoop._busy_pods).
+    # The target's pods as last inspected before a scale-down (see kube_actuator.KubeActuator).
     busy: Any = None
     busy_checked_at: float = float("-inf")
     # The status view last written (None: not yet, or resumed from the object), and the one

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import IntEnum
 from typing import Any
 
 from stalk_operator.policy import PAUSED, Decision
@@ -13,10 +14,9 @@ READY = "Ready"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 
-# Fields that follow the queue from tick to tick; written at most every status interval.
-# The fields View.measured holds, in its order; they change every tick under load.
+# The fields View.measured holds, in its order; they change every tick under load, so they are
+# written at most every status interval (write_due: ROUTINE).
 MEASURED = ("depth", "inFlight", "scheduled", "oldestWaitSeconds")
-MEASUREMENTS = frozenset(MEASURED)
 # Kept for restarts, not shown: written along with a shown change, never on its own.
 HIDDEN = frozenset({"policyHistory"})
 
@@ -45,22 +45,27 @@ class View:
     history: bool = False  # policyHistory rides along (HIDDEN: never a reason to write)
 
 
-def write_due(written: View | None, view: View, *, measurements_due: bool) -> bool:
-    """Whether ``view`` needs writing after ``written``: the rules of ``status_patch``, on views.
+class Due(IntEnum):
+    """Whether a view needs writing, and how soon (false when not at all)."""
 
-    A shown value other than a measurement (or a decision's or condition's reason) is written at
-    once; measurements, and messages whose reason stayed, only when ``measurements_due``.
+    NOT = 0
+    ROUTINE = 1  # measurements, or messages whose reason stayed: at most every status interval
+    URGENT = 2  # any other shown value (replicas, a condition's or a decision's reason): at once
+
+
+def write_due(written: View | None, view: View, *, measurements_due: bool) -> Due:
+    """Whether ``view`` needs writing after ``written``: the one statement of the rule.
+
+    Shown values other than measurements and messages are urgent (``_urgent_part``); the rest is
+    written only when ``measurements_due``. ``policyHistory`` is never a reason to write.
     """
     if written is None:
-        return True
+        return Due.URGENT
     if view == written:
-        return False
-    return is_urgent(written, view) or measurements_due
-
-
-def is_urgent(written: View | None, view: View) -> bool:
-    """Whether ``view`` changes more than measurements and messages since ``written``."""
-    return written is None or _urgent_part(view) != _urgent_part(written)
+        return Due.NOT
+    if _urgent_part(view) != _urgent_part(written):
+        return Due.URGENT
+    return Due.ROUTINE if measurements_due else Due.NOT
 
 
 def _urgent_part(view: View) -> tuple[Any, ...]:
@@ -144,32 +149,16 @@ def scaling_limited(decision: Decision) -> tuple[bool, str, str]:
     return False, "DesiredWithinRange", "the replicas the load asks for are within the limits"
 
 
-def status_patch(
-    previous: Mapping[str, Any], desired: Mapping[str, Any], *, measurements_due: bool
-) -> dict[str, Any] | None:
+def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
     """The merge patch that brings ``previous`` to ``desired``, or None when nothing shown changed.
 
-    Measurements alone make a patch only when ``measurements_due``; hidden fields never do.
+    Whether it is due is ``write_due``'s question, asked on views before anything is rendered;
+    this only leaves out what the object already says. Hidden fields alone never make a patch.
     """
     changed = {key for key, value in desired.items() if previous.get(key) != value}
-    shown = changed - HIDDEN
-    urgent = shown - MEASUREMENTS
-    if "lastDecision" in urgent and _reason(previous.get("lastDecision")) == _reason(desired["lastDecision"]):
-        # Same reason, new numbers in the message: that follows the measurements.
-        urgent.discard("lastDecision")
-    if "conditions" in urgent and _condition_states(previous.get("conditions")) == _condition_states(
-            desired["conditions"]):
-        # Same types, statuses and reasons; only messages (live numbers) moved: that follows too.
-        urgent.discard("conditions")
-    if not urgent and not (shown and measurements_due):
+    if not changed - HIDDEN:
         return None
     return {key: _merge_value(previous.get(key), desired[key]) for key in changed}
-
-
-def _condition_states(conditions: Any) -> list[tuple[Any, Any, Any]] | None:
-    if not isinstance(conditions, list):
-        return None
-    return sorted((c.get("type"), c.get("status"), c.get("reason")) for c in conditions if isinstance(c, Mapping))
 
 
 def _reason(decision: Any) -> str | None:

@@ -125,7 +125,7 @@ class StatusWriter:
             history = state.history.to_dict() if view.history else None
             desired = st.render(view, state.status, now, history)
             # The tick found the write due; status_patch leaves out what the object already says.
-            patch = st.status_patch(state.status, desired, measurements_due=True)
+            patch = st.status_patch(state.status, desired)
             if patch is None:
                 state.view_written = view
                 return

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -65,8 +64,6 @@ def test_stalk_dev_runs_a_health_check_and_stops_cleanly(tmp_path):
         dev.send_signal(signal.SIGINT)
         dev.wait(90)
     assert dev.returncode == 0, output.read_text()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(p) for p in spawned):
-        time.sleep(0.1)
-    assert not [p for p in spawned if alive(p)], "Ctrl-C must stop every process stalk dev started"
+    wait_until(lambda: not any(alive(p) for p in spawned), timeout=10,
+               what="Ctrl-C to stop every process stalk dev started")
     assert "stopped." in output.read_text()

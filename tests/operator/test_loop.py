@@ -16,12 +16,12 @@ from celery import Celery
 from stalk_operator import status as st
 from stalk_operator.config import OperatorSettings
 from stalk_operator.kube import Scale
-from stalk_operator.loop import BrokerLoop, Ticker
+from stalk_operator.loop import Ticker
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.spec import parse_taskqueue
 from stalk_operator.state import Registry, TargetCache
 from stalk_operator.writer import StatusWriter
-from tests.fixtures.servers import free_port
+from tests.fixtures.wait import free_port, wait_for_async
 
 NOW = 1_700_000_000.0
 
@@ -68,25 +68,19 @@ def make_ticker(kube: RecordingKube, clock=lambda: NOW) -> tuple[Ticker, Registr
 
 
 def tick(ticker: Ticker) -> None:
-    # The supervisor's own broker loops are cancelled before they run: the test ticks by hand.
     async def run():
-        await ticker.supervise()
-        for task in ticker._loops.values():
-            task.cancel()
-        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
-        ticker._loops.clear()
-        for key in list(ticker._members):
-            loop = BrokerLoop(key, ticker)
-            await loop.tick(ticker.members(key))
-            loop.client.close()
+        await ticker.tick_once()
         # Status is written off the tick by the writer: let it write what the tick handed over.
-        writer = asyncio.create_task(ticker.writer.run())
-        while ticker.writer.pending() and not writer.done():
-            await asyncio.sleep(0.01)
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await drain_writer(ticker.writer)
 
     asyncio.run(run())
+
+
+async def drain_writer(writer: StatusWriter) -> None:
+    task = asyncio.create_task(writer.run())
+    await wait_for_async(lambda: not writer.pending() or task.done(), timeout=30, what="the status writes")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -148,10 +142,8 @@ def test_taskqueues_on_one_redis_share_one_broker_loop(redis_urls):
 
     async def run():
         await ticker.supervise()
-        keys = set(ticker._loops)
-        for task in ticker._loops.values():
-            task.cancel()
-        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
+        keys = ticker.running_brokers()
+        await ticker.stop_brokers()
         return keys
 
     assert asyncio.run(run()) == {(redis_urls[0], ""), (redis_urls[1], "")}
@@ -220,18 +212,12 @@ def test_scale_patches_do_not_wait_for_status_writes(redis_urls, producer):
             producer.send_task("demo.send", queue=name)
 
     async def run():
-        await ticker.supervise()
-        for task in ticker._loops.values():
-            task.cancel()
-        await asyncio.gather(*ticker._loops.values(), return_exceptions=True)
         writer = asyncio.create_task(ticker.writer.run())
-        loop = BrokerLoop(next(iter(ticker._members)), ticker)
-        await asyncio.wait_for(loop.tick(ticker.members(loop.key)), 10)
-        loop.client.close()
+        await asyncio.wait_for(ticker.tick_once(), 10)
         scaled, written = sorted(kube.scales), len(kube.statuses)
         kube.release.set()
-        while ticker.writer.pending() and not writer.done():
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: not ticker.writer.pending() or writer.done(), timeout=30,
+                             what="the status writes")
         writer.cancel()
         return scaled, written
 
@@ -254,12 +240,6 @@ def test_status_writer_writes_urgent_first_and_only_the_latest_view():
     writer.submit(a, view(2), NOW, urgent=False)  # replaces the one not yet written
     writer.submit(b, view(5, ready=False), NOW, urgent=True)
 
-    async def run():
-        task = asyncio.create_task(writer.run())
-        while writer.pending() and not task.done():
-            await asyncio.sleep(0.01)
-        task.cancel()
-
-    asyncio.run(run())
+    asyncio.run(drain_writer(writer))
     assert [s.get("depth") for s in kube.statuses] == [5, 2]
     assert a.view_written == view(2) and a.status["depth"] == 2

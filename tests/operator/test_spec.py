@@ -100,3 +100,17 @@ def test_example_parses():
     body["metadata"]["namespace"] = "default"
     config = parse_taskqueue(body)
     assert config.queue == "summarization" and config.scaling.max_wait_seconds == 30
+
+
+def test_the_chart_says_the_crd_defaults():
+    # The chart writes these into every TaskQueue it renders; left alone, they must be the CRD's.
+    autoscaling = yaml.safe_load((REPO / "charts" / "stalk" / "values.yaml").read_text())["workers"]["autoscaling"]
+    for key in ("pollSeconds", "activationTasks", "idleSecondsBeforeZero", "drain"):
+        assert autoscaling[key] == DEFAULTS[key], f"values.yaml workers.autoscaling.{key}"
+    assert autoscaling["scaleUp"] == autoscaling["scaleDown"] == {}  # {}: the CRD's windows apply
+
+
+def test_the_policy_defaults_are_the_crd_defaults():
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["maxReplicas"] = ScalingSpec().max_replicas
+    assert parse_taskqueue(body).scaling == ScalingSpec()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
@@ -36,36 +38,55 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
 
 
 @pytest.mark.parametrize(
-    ("desired", "due", "expected"),
+    ("desired", "expected"),
     [
-        (dict(BASE), True, None),
-        ({**BASE, "depth": 4}, False, None),
-        ({**BASE, "depth": 4}, True, {"depth": 4}),
-        ({**BASE, "desiredReplicas": 3}, False, {"desiredReplicas": 3}),
-        ({**BASE, "policyHistory": {"idleSince": 5.0}}, True, None),
-        ({**BASE, "depth": 4, "lastDecision": "Steady: 4 waiting"}, False, None),
-        ({**BASE, "lastDecision": "StabilizingScaleDown: 0 waiting"}, False,
-         {"lastDecision": "StabilizingScaleDown: 0 waiting"}),
-        ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, False,
-         {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
-        ({**BASE, "conditions": [{**LIMITED, "message": "40 waiting needs 8"}]}, False, None),
-        ({**BASE, "conditions": [{**LIMITED, "status": "False", "reason": "DesiredWithinRange"}]}, False,
-         {"conditions": [{**LIMITED, "status": "False", "reason": "DesiredWithinRange"}]}),
+        (dict(BASE), None),
+        ({**BASE, "depth": 4}, {"depth": 4}),
+        ({**BASE, "policyHistory": {"idleSince": 5.0}}, None),
+        ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
     ],
-    ids=["nothing-changed", "measurement-not-due", "measurement-due", "replicas-at-once",
-         "hidden-alone-never", "same-reason-new-numbers-waits", "new-reason-at-once", "hidden-rides-along",
-         "condition-message-only-waits", "condition-status-at-once"],
+    ids=["nothing-changed", "only-what-changed", "hidden-alone-never", "hidden-rides-along"],
 )
-def test_status_patch_writes_only_shown_changes(desired, due, expected):
-    assert st.status_patch(BASE, desired, measurements_due=due) == expected
+def test_status_patch_writes_only_shown_changes(desired, expected):
+    assert st.status_patch(BASE, desired) == expected
 
 
 def test_removed_keys_are_sent_as_null_and_patch_applies():
     previous = {"policyHistory": {"recommendations": [[1, 2]], "idleSince": 3.0, "old": 1}, "replicas": 1}
     desired = {"policyHistory": {"recommendations": [[1, 2]], "idleSince": None}, "replicas": 2}
-    patch = st.status_patch(previous, desired, measurements_due=False)
+    patch = st.status_patch(previous, desired)
     assert patch == {"policyHistory": {"old": None, "idleSince": None}, "replicas": 2}
     assert st.apply_patch(previous, patch) == {"policyHistory": {"recommendations": [[1, 2]]}, "replicas": 2}
+
+
+LIMITED_VIEW = st.Condition(st.SCALING_LIMITED, True, "AtMaxReplicas", "30 waiting needs 6")
+WRITTEN = st.View(1, (LIMITED_VIEW,), measured=(3, 1, 0, 0), last_decision="Steady: 3 waiting",
+                  replicas=(2, 2, 2), history=True)
+URGENT, ROUTINE, NOT = st.Due.URGENT, st.Due.ROUTINE, st.Due.NOT
+
+
+@pytest.mark.parametrize(
+    ("written", "view", "measurements_due", "expected"),
+    [
+        (None, WRITTEN, False, URGENT),
+        (WRITTEN, WRITTEN, True, NOT),
+        (WRITTEN, replace(WRITTEN, measured=(4, 1, 0, 0)), False, NOT),
+        (WRITTEN, replace(WRITTEN, measured=(4, 1, 0, 0)), True, ROUTINE),
+        (WRITTEN, replace(WRITTEN, replicas=(2, 2, 3)), False, URGENT),
+        (WRITTEN, replace(WRITTEN, last_decision="Steady: 4 waiting"), False, NOT),
+        (WRITTEN, replace(WRITTEN, last_decision="StabilizingScaleDown: 0 waiting"), False, URGENT),
+        (WRITTEN, replace(WRITTEN, conditions=(replace(LIMITED_VIEW, message="40 waiting needs 8"),)), False, NOT),
+        (WRITTEN, replace(WRITTEN, conditions=(replace(LIMITED_VIEW, status=False, reason="DesiredWithinRange"),)),
+         False, URGENT),
+        (WRITTEN, replace(WRITTEN, generation=2), False, URGENT),
+        (WRITTEN, replace(WRITTEN, measured=None), False, URGENT),
+    ],
+    ids=["first-write-at-once", "nothing-changed", "measurement-not-due", "measurement-due", "replicas-at-once",
+         "same-reason-new-numbers-waits", "new-reason-at-once", "condition-message-only-waits",
+         "condition-status-at-once", "new-generation-at-once", "measurements-gone-at-once"],
+)
+def test_write_due(written, view, measurements_due, expected):
+    assert st.write_due(written, view, measurements_due=measurements_due) is expected
 
 
 @pytest.mark.parametrize(
@@ -98,14 +119,15 @@ views = st_.builds(
 
 
 @settings(max_examples=500, deadline=None)
-@given(written=views, view=views, due=st_.booleans(), history=st_.sampled_from([{"idleSince": None}, {"idleSince": 1.0}]))
-def test_the_tick_hands_over_exactly_the_views_status_patch_would_write(written, view, due, history):
-    # The tick compares cheap views; the writer renders and patches. Whatever status_patch would
-    # write must be handed over; between views of the same fields, exactly that.
+@given(written=views, view=views, history=st_.sampled_from([{"idleSince": None}, {"idleSince": 1.0}]))
+def test_the_tick_hands_over_every_view_that_changes_the_status(written, view, history):
+    # The tick compares cheap views; the writer renders and patches what changed. Once
+    # measurements are due, every view whose status differs must be handed over; between
+    # views of the same fields, exactly those.
     previous = st.render(written, {}, NOW, {"idleSince": None})
     desired = st.render(view, previous, NOW + 1, history)
-    patch = st.status_patch(previous, desired, measurements_due=due)
-    handed_over = st.write_due(written, view, measurements_due=due)
+    patch = st.status_patch(previous, desired)
+    handed_over = bool(st.write_due(written, view, measurements_due=True))
     assert handed_over or patch is None
     if shape(written) == shape(view):
         assert handed_over == (patch is not None)

@@ -1,118 +1,27 @@
-"""The Celery application: ``celery -A stalk_workers.app worker -Q <queue>``.
+"""The module ``celery -A stalk_workers.app worker -Q <queue>`` loads: the app, built on first use.
 
-Every default below is a production choice, and every one can be changed through ``Settings``.
-Creating the app opens no connection, so importing this module needs no live Redis.
+Importing this module builds nothing (the API, the operator and tests import ``create_app``
+without a Celery app made from the environment); Celery's ``-A`` looks up ``app``, and only that
+builds it, once, from ``Settings()``. ``create_app`` lives in ``factory.py``.
 """
 
 from __future__ import annotations
 
-import importlib
-import socket
+from functools import cache
 
 from celery import Celery
-from kombu import Exchange, Queue
 
-from stalk_workers.base import StalkTask
-from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
-from stalk_workers.settings import Settings
+from stalk_workers.factory import create_app, default_node_name
 
-# inspection registers the remote-control command the API uses to list workers.
-BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks", "stalk_workers.inspection")
+__all__ = ["create_app", "default_node_name"]
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
-    queues = load_queue_table(settings.queues_file)
-    transport_options = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        # Fail fast when Redis is unreachable instead of hanging a request.
-        "socket_connect_timeout": 5,
-        # kombu 5.7 sweeps for abandoned unacked tasks every interval x throttle seconds
-        # (10 x 10 by default): a dead worker's task would wait 100 s past its visibility
-        # timeout. Throttle 1 makes the interval the whole story.
-        "unacked_restore_interval": settings.unacked_restore_interval_seconds,
-        "unacked_restore_throttle": 1,
-    }
-    if settings.broker_key_prefix:
-        transport_options["global_keyprefix"] = settings.broker_key_prefix
-
-    app = Celery("stalk", set_as_current=True)
-    app.conf.update(
-        broker_url=settings.broker_url,
-        # kombu's Redis transport without a new client object per command (see transport.py).
-        broker_transport=_broker_transport(settings.broker_url),
-        result_backend=_result_backend(settings.result_backend),
-        broker_transport_options=transport_options,
-        # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
-        result_backend_transport_options=dict(transport_options),
-        redis_socket_connect_timeout=5,
-        broker_connection_retry_on_startup=True,
-        # JSON only: pickle would let anyone who can write to Redis run code in the workers.
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        # A task is acked after it ran, and redelivered if its worker process dies mid-run.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # One reserved task per process: long tasks do not sit behind another's prefetch.
-        worker_prefetch_multiplier=1,
-        task_soft_time_limit=settings.soft_time_limit_seconds,
-        task_time_limit=settings.hard_time_limit_seconds,
-        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
-        worker_send_task_events=True,
-        task_track_started=True,
-        # Sends the task events in batches (see consumer.py): same events, a fraction of the publishes.
-        worker_consumer="stalk_workers.consumer:Consumer",
-        # The API records submissions itself; a "sent" event per task would double publish cost.
-        task_send_sent_event=False,
-        result_expires=settings.result_expires_seconds,
-        task_default_queue=DEFAULT_QUEUE,
-        task_queues=[Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in queues],
-        task_routes=celery_routes(queues),
-        task_create_missing_queues=False,
-        timezone="UTC",
-        enable_utc=True,
-        beat_schedule={
-            name: {"task": entry["task"], "schedule": float(entry.get("seconds", 60)),
-                   "args": entry.get("args", []), "kwargs": entry.get("kwargs", {})}
-            for name, entry in settings.beat_schedule.items()
-        },
-        worker_hijack_root_logger=False,
-    )
-    app.conf.stalk_settings = settings
-    app.conf.stalk_queues = queues
-
-    StalkTask.configure(settings)
-    for module in (*BUILTIN_TASK_MODULES, *settings.task_module_list):
-        importlib.import_module(module)
-
-    if settings.record_tasks:
-        from stalk_workers import recording
-
-        recording.connect(app)
-    from stalk_workers import metrics
-
-    metrics.connect(app)
-    return app
+@cache
+def _app() -> Celery:
+    return create_app()
 
 
-def _broker_transport(url: str) -> str | None:
-    """``redis://`` brokers through stalk's Transport; any other URL picks kombu's own by its scheme."""
-    return "stalk_workers.transport:Transport" if url.startswith("redis://") else None
-
-
-def _result_backend(url: str) -> str:
-    """Redis results through ``StalkRedisBackend`` (one round trip per state write); others as given."""
-    if url.split("://", 1)[0] in ("redis", "rediss"):
-        # Celery's "<backend class>+<url>" form: the class, with the URL it would have had anyway.
-        return f"stalk_workers.result_backend:StalkRedisBackend+{url}"
-    return url
-
-
-def default_node_name(queue_names: list[str]) -> str:
-    """``queue@host``: the part after ``@`` is the pod name in Kubernetes, which the operator needs."""
-    return f"{'+'.join(queue_names) or 'all'}@{socket.gethostname()}"
-
-
-app = create_app()
+def __getattr__(name: str) -> Celery:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

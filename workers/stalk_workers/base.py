@@ -14,30 +14,43 @@ from stalk_workers.settings import Settings
 
 
 class StalkTask(Task):
-    """The default: retry on any exception, exponential backoff with jitter, capped."""
+    """The default: retry on any exception, exponential backoff with jitter, capped.
+
+    The retry policy is the app's (``app.conf.stalk_settings``, set by ``create_app``), read when
+    Celery builds the app's task from the class, so two apps in one process keep their own.
+    """
 
     abstract = True
     autoretry_for = (Exception,)
-    max_retries = 3
-    retry_backoff = 60
-    retry_backoff_max = 600
-    retry_jitter = True
     # Tasks may be delivered twice (acks late); subclasses should say whether that is safe.
     idempotent = False
+    # How many times the app's retry_max this class retries (see IdempotentTask).
+    retry_factor = 1
 
-    @classmethod
-    def configure(cls, settings: Settings) -> None:
-        """Apply the retry policy from settings; called by ``create_app`` before tasks are made.
+    def _policy(self) -> Settings:
+        settings = self.app.conf.get("stalk_settings")
+        # An app not made by create_app (a test's or a client's) gets the Settings defaults.
+        return settings if settings is not None else _DEFAULT_POLICY
 
-        Celery reads these attributes when it wraps a task for auto-retry, so they must be set
-        before the task modules are imported.
-        """
-        StalkTask.max_retries = settings.retry_max
-        StalkTask.retry_backoff = settings.retry_backoff_seconds
-        StalkTask.retry_backoff_max = settings.retry_backoff_max_seconds
-        StalkTask.retry_jitter = settings.retry_jitter
-        IdempotentTask.max_retries = settings.retry_max * IDEMPOTENT_RETRY_FACTOR
+    @property
+    def max_retries(self) -> int:
+        return self._policy().retry_max * self.retry_factor
 
+    @property
+    def retry_backoff(self) -> int:
+        return self._policy().retry_backoff_seconds
+
+    @property
+    def retry_backoff_max(self) -> int:
+        return self._policy().retry_backoff_max_seconds
+
+    @property
+    def retry_jitter(self) -> bool:
+        return self._policy().retry_jitter
+
+
+# The retry fields' defaults, without reading the environment (Settings() would).
+_DEFAULT_POLICY = Settings.model_construct()
 
 # Running an idempotent task again is harmless, so it can afford to keep trying for longer.
 IDEMPOTENT_RETRY_FACTOR = 3
@@ -48,7 +61,7 @@ class IdempotentTask(StalkTask):
 
     abstract = True
     idempotent = True
-    max_retries = 9
+    retry_factor = IDEMPOTENT_RETRY_FACTOR
 
 
 class CriticalTask(StalkTask):

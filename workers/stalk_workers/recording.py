@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import traceback as tb
+import weakref
 
 from celery import Celery, signals
 
@@ -93,13 +94,17 @@ class RecordWriter:
             log.exception("stalk: could not record task state (%s)", action.__name__)
 
 
-_writer: RecordWriter | None = None
+# Every writer made in this process, to flush at shutdown; each app keeps its own (``_writer``).
+_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
 
 
 def connect(app: Celery) -> None:
-    global _writer
-    _writer = RecordWriter(app.conf.stalk_settings.database_url)
+    """Record ``app``'s tasks in its database: a writer of its own, and the signal receivers."""
+    writer = RecordWriter(app.conf.stalk_settings.database_url)
+    app.conf.stalk_record_writer = writer
+    _writers.add(writer)
     # weak=False: Celery's default weak references would let these module functions be dropped.
+    # Connecting again (a second app) is a no-op: a receiver is connected once per process.
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_retry.connect(_on_retry, weak=False)
     signals.task_success.connect(_on_success, weak=False)
@@ -108,6 +113,11 @@ def connect(app: Celery) -> None:
     signals.worker_process_shutdown.connect(_flush, weak=False)
     signals.worker_shutdown.connect(_flush, weak=False)
     atexit.register(_flush)
+
+
+def _writer(task) -> RecordWriter | None:
+    """The writer of the task's app; None for an app that does not record (record_tasks off)."""
+    return task.app.conf.get("stalk_record_writer") if task is not None else None
 
 
 def _seen(task, request=None) -> store.SeenTask:
@@ -126,31 +136,37 @@ def _seen(task, request=None) -> store.SeenTask:
 
 
 def _on_prerun(sender=None, task=None, **_):
-    _writer.add(store.started(_seen(task)))
+    if (writer := _writer(task)) is not None:
+        writer.add(store.started(_seen(task)))
 
 
 def _on_success(sender=None, result=None, **_):
-    _writer.add(store.succeeded(_seen(sender), result=result))
+    if (writer := _writer(sender)) is not None:
+        writer.add(store.succeeded(_seen(sender), result=result))
 
 
 def _on_retry(sender=None, request=None, reason=None, einfo=None, **_):
+    if (writer := _writer(sender)) is None:
+        return
     error = reason if isinstance(reason, BaseException) else RuntimeError(str(reason))
-    _writer.add(store.retried(_seen(sender, request), error=error, traceback=einfo.traceback if einfo else None),
-                now=True)
+    writer.add(store.retried(_seen(sender, request), error=error, traceback=einfo.traceback if einfo else None),
+               now=True)
 
 
 def _on_failure(sender=None, exception=None, traceback=None, einfo=None, **_):
     # task_failure fires only when Celery gives up: a retry raises Retry instead. So every
     # failure recorded here is final, and the task is dead-lettered for a person to look at.
+    if (writer := _writer(sender)) is None:
+        return
     text = einfo.traceback if einfo else "".join(tb.format_tb(traceback)) if traceback else None
-    _writer.add(store.failed(_seen(sender), error=exception, traceback=text, dead_lettered=True), now=True)
+    writer.add(store.failed(_seen(sender), error=exception, traceback=text, dead_lettered=True), now=True)
 
 
 def _on_revoked(sender=None, request=None, **_):
-    if request is not None:
-        _writer.revoked(request.id)
+    if request is not None and (writer := _writer(sender)) is not None:
+        writer.revoked(request.id)
 
 
 def _flush(**_):
-    if _writer is not None:
-        _writer.flush_if_started()
+    for writer in list(_writers):
+        writer.flush_if_started()

@@ -1,10 +1,19 @@
-"""The ``stalk`` command line. Each module holds one group of commands; this one assembles them."""
+"""The ``stalk`` command line. Each module holds one group of commands; this one assembles them.
+
+The workers' own commands are here; every other component registers its commands through the
+``stalk.commands`` entry point group (pyproject.toml: ``stalk api`` from stalk_api,
+``stalk dev``/``stalk operator`` from stalk_operator), so this package never imports them.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import typer
 
-from stalk_workers.cli import client, dev, servers
+from stalk_workers.cli import client, servers
+
+ENTRY_POINT_GROUP = "stalk.commands"
 
 app = typer.Typer(
     name="stalk",
@@ -15,7 +24,9 @@ app = typer.Typer(
 )
 client.register(app)
 servers.register(app)
-dev.register(app)
+# A component that is installed but fails to import is an error to see, not a command to drop.
+for command in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+    command.load()(app)
 
 
 def main() -> None:

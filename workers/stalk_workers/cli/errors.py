@@ -1,11 +1,16 @@
-"""One readable line and a non-zero exit, never a traceback."""
+"""One readable line and a non-zero exit, never a traceback: for every component's commands."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+
+from stalk_workers.settings import Settings
+
+S = TypeVar("S", bound=Settings)
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -13,3 +18,13 @@ err_console = Console(stderr=True, highlight=False)
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
+
+
+def load_settings(cls: type[S] = Settings) -> S:
+    """The settings from the environment; invalid ones are one line naming each variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = "; ".join(f"STALK_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" if e["loc"]
+                             else e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        fail(f"invalid settings: {problems}")

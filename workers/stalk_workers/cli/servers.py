@@ -1,27 +1,19 @@
-"""Commands that run a stalk process: worker, beat, api, db upgrade, and purge (which needs the broker)."""
+"""Commands that run the workers' side: worker, beat, db upgrade, and purge (which needs the broker).
+
+``stalk api`` is the API's own (stalk_api/cli.py), ``stalk dev`` the operator's (stalk_operator/cli.py).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-
-from stalk_workers.cli.errors import fail
+from stalk_workers.cli.errors import fail, load_settings
 from stalk_workers.settings import Settings
 
 
-def load_settings(cls: type[Settings] = Settings) -> Settings:
-    try:
-        return cls()
-    except ValidationError as exc:
-        problems = "; ".join(f"STALK_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" if e["loc"]
-                             else e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        fail(f"invalid settings: {problems}")
-
-
 def _celery_app(settings: Settings):
-    from stalk_workers.app import create_app
+    from stalk_workers.factory import create_app
     from stalk_workers.queues import QueueTableError
 
     try:
@@ -45,7 +37,7 @@ def register(app: typer.Typer) -> None:
         loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     ) -> None:
         """Run a Celery worker for the given queues (node name: <queues>@<hostname>, the pod name in Kubernetes)."""
-        from stalk_workers.app import default_node_name
+        from stalk_workers.factory import default_node_name
 
         settings = load_settings()
         celery = _celery_app(settings)
@@ -69,26 +61,6 @@ def register(app: typer.Typer) -> None:
         """Run Celery beat with the periodic tasks from STALK_BEAT_SCHEDULE. Run exactly one."""
         celery = _celery_app(load_settings())
         celery.start(["beat", "--schedule", schedule_file, "--loglevel", loglevel])
-
-    @app.command()
-    def api(
-        host: Annotated[str | None, typer.Option(help="Default STALK_API_HOST (127.0.0.1).")] = None,
-        port: Annotated[int | None, typer.Option(help="Default STALK_API_PORT (8000).")] = None,
-    ) -> None:
-        """Run the task API with uvicorn."""
-        import uvicorn
-
-        from stalk_api.config import ApiSettings
-        from stalk_api.main import InsecureBindError, create_app
-
-        settings = load_settings(ApiSettings)
-        settings = settings.model_copy(update={k: v for k, v in (("api_host", host), ("api_port", port)) if v})
-        try:
-            application = create_app(settings)
-        except InsecureBindError as exc:
-            fail(str(exc))
-        uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info",
-                    proxy_headers=True, access_log=False)
 
     @db_app.command("upgrade")
     def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:

