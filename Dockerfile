@@ -44,6 +44,8 @@ COPY --from=build /opt/stalk /opt/stalk
 # commands (`stalk db upgrade` in the migrations init container, `stalk submit` in `helm test`)
 # run and exit as in the release image. Off in release images.
 ARG DEV_RELOAD=false
+# The wrapper's own "$1", "$*" and "$@" are written literally (single quotes) for it to expand at run time.
+# hadolint ignore=SC2016
 RUN if [ "$DEV_RELOAD" = "true" ]; then \
       site=/opt/stalk/lib/python3.11/site-packages \
       && chown -R 10001:10001 "$site/stalk_api" "$site/stalk_workers" "$site/stalk_operator" \
