@@ -79,6 +79,15 @@ def _pods(cluster, selector=None):
     return _json(cluster, *args)["items"]
 
 
+def _running_pod(cluster, selector) -> str:
+    """A Ready pod that is not terminating (a worker the operator scaled away may linger as Succeeded)."""
+    def pick():
+        return next((p["metadata"]["name"] for p in _pods(cluster, selector)
+                     if p["status"]["phase"] == "Running" and not p["metadata"].get("deletionTimestamp") and _ready(p)),
+                    None)
+    return poll(pick, timeout=60, what=f"a Ready pod with {selector}")
+
+
 def _ready(pod) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
@@ -144,8 +153,8 @@ def _scrape(real_cluster, target, port):
 
 
 def test_the_api_a_worker_pod_and_the_operator_pod_serve_metrics(real_cluster, release):
-    worker = _pods(real_cluster, "stalk.dev/queue=default")[0]["metadata"]["name"]
-    operator = _pods(real_cluster, "app.kubernetes.io/component=operator")[0]["metadata"]["name"]
+    worker = _running_pod(real_cluster, "stalk.dev/queue=default")
+    operator = _running_pod(real_cluster, "app.kubernetes.io/component=operator")
     assert "stalk_api_requests_total" in _scrape(real_cluster, "svc/stalk-api", 8000)
     assert "stalk_worker_" in _scrape(real_cluster, f"pod/{worker}", 9818)
     assert 'stalk_taskqueue_depth{' in _scrape(real_cluster, f"pod/{operator}", 8090)
@@ -158,7 +167,7 @@ def _exec(real_cluster, pod, *argv, container=None):
 
 def test_processes_run_as_uid_10001_with_a_read_only_root_filesystem(real_cluster, release):
     for component in ("api", "worker", "operator"):
-        pod = _pods(real_cluster, f"app.kubernetes.io/component={component}")[0]["metadata"]["name"]
+        pod = _running_pod(real_cluster, f"app.kubernetes.io/component={component}")
         ids = _exec(real_cluster, pod, "id", "-u")
         assert ids.stdout.strip() == "10001", (component, ids.stdout, ids.stderr)
         denied = _exec(real_cluster, pod, "sh", "-c", "echo x > /opt/stalk/written")
