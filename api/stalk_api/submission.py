@@ -214,7 +214,8 @@ def record_and_publish(gateway: Gateway, items: list[Item], *, on_loop: bool = F
     2. The messages are published. If that fails, the records are removed again: 503.
     3. The records are marked published. If that fails, both exist all the same: 202, and the
        mark is retried later.
-    A record whose removal or mark failed is settled by a later submission or, after a crash, by
+    A record whose removal or mark failed, or whose commit ended with the connection cut (its
+    outcome unknown), is settled by a later submission or, after a crash, by
     ``store.sweep_unpublished``; a message never exists without a committed record.
 
     ``on_loop`` (group commits and batches, on the event loop): the mark rides on the next
@@ -246,6 +247,10 @@ def record_and_publish(gateway: Gateway, items: list[Item], *, on_loop: bool = F
             leftovers.mark_later(marks)
             if isinstance(exc, IntegrityError):
                 raise
+            # A connection cut during COMMIT leaves its outcome unknown: the server may have
+            # committed rows this 503 disowns. They are unpublished, so removing them with the
+            # next submission is safe either way (seen in CI: PostgreSQL stopped mid-commit).
+            leftovers.discard_later(task_ids)
             raise Unavailable(f"the task database is unavailable, nothing was submitted: {short_error(exc)}") from exc
     try:
         _publish(gateway.celery, rows)
@@ -271,6 +276,7 @@ class Leftovers:
     SWEEP_AGE = timedelta(minutes=10)
     SWEEP_EVERY_SECONDS = 60.0
     FLUSH_SECONDS = 0.05
+    CHUNK = 500
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -284,6 +290,10 @@ class Leftovers:
 
     def mark(self, gateway: Gateway, task_ids: list[str]) -> None:
         self._apply(gateway, store.mark_published, task_ids, self._mark)
+
+    def discard_later(self, task_ids: list[str]) -> None:
+        with self._lock:
+            self._discard.extend(task_ids)
 
     def mark_later(self, task_ids: list[str]) -> None:
         with self._lock:
@@ -311,7 +321,10 @@ class Leftovers:
     def _apply(self, gateway: Gateway, change, task_ids: list[str], pending: list[str]) -> None:
         with gateway.sessions() as session:
             try:
-                change(session, task_ids=task_ids)
+                # In chunks: an outage leaves one id per refused submission here, and SQLite
+                # limits the parameters of one statement.
+                for start in range(0, len(task_ids), self.CHUNK):
+                    change(session, task_ids=task_ids[start:start + self.CHUNK])
                 session.commit()
                 return
             except SQLAlchemyError as exc:
