@@ -247,6 +247,42 @@ def test_a_worker_pod_deleted_mid_task_finishes_it_first_and_a_force_deleted_one
         assert not done["worker"].endswith(pod), done
 
 
+def test_a_worker_pods_grace_period_covers_a_task_killed_at_its_hard_time_limit(real_cluster, release):
+    """The worst case of a graceful delete: the task ignores its soft limit and runs until the hard
+    limit kills it. The chart's grace period (45 s here) is above the hard limit (30 s), so the
+    worker records the failure and exits by itself before the kubelet would SIGKILL it."""
+    grace = _json(real_cluster, "get", "deployment", "stalk-worker-default")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
+    with real_cluster.port_forward("svc/stalk-redis", 6379, NAMESPACE) as redis_port:
+        client = _celery_client(redis_port, release.redis_password)
+        # A soft limit beyond the task's length leaves the chart's hard limit (30 s) to end it.
+        task_id = client.send_task("stalk.sleep", args=[120], queue="default", soft_time_limit=1000).id
+        client.close()
+    with real_cluster.port_forward("svc/stalk-api", 8000, NAMESPACE) as port, _api(port, release.token) as api:
+        def record():
+            answer = api.get(f"/v1/tasks/{task_id}")
+            return answer.json() if answer.status_code == 200 else None
+
+        started = poll(lambda: (t := record()) and t["status"] == "STARTED" and t["worker"] and t,
+                       timeout=60, what="the task to start")
+        pod = started["worker"].split("@", 1)[1]
+        deleted_at = time.monotonic()
+        real_cluster.kubectl("delete", "pod", pod, "--wait=false", namespace=NAMESPACE)
+        done = poll(lambda: (t := record()) and t["status"] in ("SUCCESS", "FAILURE") and t,
+                    timeout=90, what="the task on the deleted pod to reach its hard limit")
+
+    def gone():
+        return not any(p["metadata"]["name"] == pod for p in _pods(real_cluster, "stalk.dev/queue=default"))
+
+    poll(gone, timeout=grace + 30, what=f"{pod} to be gone")
+    took = time.monotonic() - deleted_at
+    assert done["status"] == "FAILURE" and "TimeLimitExceeded" in str((done["error"] or {}).get("type")), done
+    # Killed at the limit, not delivered again (acks late acknowledges a task that timed out).
+    assert done["retries"] == 0 and done["worker"].endswith(pod), done
+    # The worker exited by itself: a kubelet that had to SIGKILL it would have waited the whole grace.
+    assert took < grace, f"{pod} took {took:.0f}s to go, its grace period is {grace}s"
+
+
 def _records(api, ids):
     return {i: api.get(f"/v1/tasks/{i}").json() for i in ids}
 
@@ -338,9 +374,15 @@ def test_an_upgrade_that_changes_the_image_rolls_workers_without_losing_a_task_o
     # The chart leaves the replicas of autoscaled workers to the operator: while work remained,
     # the upgrade did not put the Deployment back to the chart's minReplicas (0).
     assert not unfinished_after_upgrade or replicas_after >= 1, (replicas_after, unfinished_after_upgrade)
-    images = {c["image"] for p in _pods(real_cluster, "app.kubernetes.io/component=worker")
-              for c in p["spec"]["containers"]}
-    assert images <= {f"{repository}:{tag}-next"}, images
+    def worker_images(live_only: bool) -> set[str]:
+        return {c["image"] for p in _pods(real_cluster, "app.kubernetes.io/component=worker")
+                if not (live_only and p["metadata"].get("deletionTimestamp")) for c in p["spec"]["containers"]}
+
+    # Every worker that still takes work runs the new image; an old pod whose last task just
+    # finished may still be shutting down, and must be gone within its grace period.
+    assert worker_images(live_only=True) <= {f"{repository}:{tag}-next"}, worker_images(live_only=True)
+    poll(lambda: worker_images(live_only=False) <= {f"{repository}:{tag}-next"}, timeout=120,
+         what="the old worker pods to finish shutting down")
 
 
 def test_uninstall_leaves_only_the_crd(real_cluster, node_helm, release):
