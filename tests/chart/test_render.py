@@ -345,3 +345,16 @@ def test_the_packaged_chart_carries_the_crd_and_the_test_hook_but_not_the_unit_t
     assert "stalk/templates/tests/health-check.yaml" in names
     assert "stalk/values.schema.json" in names and "stalk/README.md" in names
     assert not [n for n in names if n.startswith(("stalk/tests/", "stalk/ci/"))]
+
+
+@pytest.mark.parametrize(("sets", "reference"), [
+    ({"image.tag": "1.2.3"}, "stalk:1.2.3"),
+    ({"image.digest": "sha256:" + "a" * 64}, "stalk@sha256:" + "a" * 64),
+    # What skaffold deploys (tag and digest): its file sync finds the pods by this exact reference.
+    ({"image.tag": "1.2.3", "image.digest": "sha256:" + "a" * 64}, "stalk:1.2.3@sha256:" + "a" * 64),
+])
+def test_every_stalk_container_runs_the_image_reference_the_values_name(helm, sets, reference):
+    images = {c["image"] for obj in helm.template(sets=sets) if obj["kind"] in POD_KINDS
+              for c in pod_spec(obj).get("initContainers", []) + pod_spec(obj)["containers"]
+              if c["image"].startswith("stalk")}
+    assert images == {reference}

@@ -54,9 +54,12 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end }}
 {{- end -}}
 
-{{/* stalk.imageRef: repository:tag or repository@digest of an image value. Takes (dict "image" .Values.x.image "default" "tag"). */}}
+{{/* stalk.imageRef: repository:tag, repository@digest or repository:tag@digest of an image value. Takes (dict "image" .Values.x.image "default" "tag"). */}}
 {{- define "stalk.imageRef" -}}
-{{- if .image.digest -}}
+{{- if and .image.digest .image.tag -}}
+{{- /* The tag for people, the digest for the runtime; skaffold's file sync finds its pods by this exact reference. */ -}}
+{{- printf "%s:%s@%s" .image.repository .image.tag .image.digest -}}
+{{- else if .image.digest -}}
 {{- printf "%s@%s" .image.repository .image.digest -}}
 {{- else -}}
 {{- printf "%s:%s" .image.repository (default .default .image.tag) -}}
