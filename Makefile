@@ -18,8 +18,9 @@ help: ## Show the targets
 run: venv ## Run everything locally: Redis, the API on :8000, autoscaled workers (Ctrl-C stops)
 	$(VENV)/bin/stalk dev
 
-test: venv system-deps test-bins ## Run the whole suite against real Redis, PostgreSQL, Celery and Kubernetes
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The Go binaries and images build in the background while the tests that need neither run (hack/test.sh).
+test: ## Run the whole suite against real Redis, PostgreSQL, Celery and Kubernetes
+	@hack/test.sh $(PYTEST_ARGS)
 
 # The Kubernetes control plane, helm (+ helm-unittest) and skaffold, built from pinned Go modules.
 # Cached outside the repository: only the first run on a machine builds (about 40 min on 2 cores).

@@ -8,4 +8,5 @@ from tests.fixtures.servers import (  # noqa: F401 - fixtures are found by name
 )
 from tests.fixtures.stack import stack, stack_factory  # noqa: F401
 # Kubernetes test cluster: fixtures, the `cluster` marker, binaries built before cluster tests.
-pytest_plugins = ["tests.fixtures.kube"]
+# Tests that need the Go binaries or images run last, after `make test`'s background build.
+pytest_plugins = ["tests.fixtures.kube", "tests.fixtures.binaries"]

@@ -18,6 +18,8 @@ import pytest
 from tests.fixtures.servers import unavailable, wait_until
 from tests.images.runc import Volume, archive_manifest, rootfs
 
+pytestmark = pytest.mark.binaries  # the images hack/images.py builds (tests/fixtures/binaries.py)
+
 REPO = Path(__file__).resolve().parents[2]
 SITE = "/opt/stalk/lib/python3.11/site-packages"
 PASSWORD = "image-test-password"

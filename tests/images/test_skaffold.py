@@ -22,6 +22,8 @@ import yaml
 
 from tests.images.dockerfile import parse
 
+pytestmark = pytest.mark.binaries  # skaffold and helm, built from Go modules (tests/fixtures/binaries.py)
+
 REPO = Path(__file__).resolve().parents[2]
 SKAFFOLD_YAML = REPO / "skaffold.yaml"
 CHART = REPO / "charts" / "stalk"
