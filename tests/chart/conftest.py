@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.kube import poll
 from tests.fixtures.servers import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,3 +124,35 @@ def helm_kube(helm, kube_cluster):
     """helm pointed at the test cluster."""
     helm.env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
     return helm
+
+
+# --- shared by the chart's cluster tests and the real node's (tests/node) ---
+
+def restrict_pod_security(kube, namespace: str) -> None:
+    """Pod Security Admission at the "restricted" level: it rejects non-compliant pods and warns about templates."""
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted",
+                 "pod-security.kubernetes.io/enforce=restricted")
+
+
+def uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str]] = frozenset()):
+    """`helm uninstall` removes every object of the release in `ns` and its cluster roles; the CRD stays."""
+    helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
+    namespaced = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout.split()
+    # What Kubernetes itself puts in every namespace, and what the test created itself.
+    expected = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt"), *keep}
+    skip = {"events", "events.events.k8s.io"}
+
+    def nothing_left():
+        items = _kubectl_json(kube, "get", ",".join(r for r in namespaced if r not in skip), namespace=ns)["items"]
+        left = [(i["kind"], i["metadata"]["name"]) for i in items if (i["kind"], i["metadata"]["name"]) not in expected]
+        assert not left, f"left behind: {left}"
+        return True
+
+    poll(nothing_left, timeout=120, what="the release's objects to be gone")
+    cluster_scoped = _kubectl_json(kube, "get", "clusterroles,clusterrolebindings", namespace=None)["items"]
+    assert [i["metadata"]["name"] for i in cluster_scoped if i["metadata"]["name"].startswith(f"{ns}-")] == []
+    kube.kubectl("get", "crd", "taskqueues.stalk.dev")
+
+
+def _kubectl_json(kube, *args, namespace):
+    return json.loads(kube.kubectl(*args, "-o", "json", namespace=namespace).stdout)

@@ -15,18 +15,13 @@ import json
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, EXTERNAL_SECRET, IMAGE, RELEASE, SCENARIOS
+from tests.chart.conftest import (CHART, EXTERNAL_SECRET, IMAGE, RELEASE, SCENARIOS, restrict_pod_security,
+                                  uninstall_leaves_only_the_crd)
 from tests.fixtures.kube import poll
 
 pytestmark = pytest.mark.cluster
 
 SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
-
-
-def restrict_pod_security(kube, namespace: str) -> None:
-    """Pod Security Admission at the "restricted" level: it rejects non-compliant pods and warns about templates."""
-    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted",
-                 "pod-security.kubernetes.io/enforce=restricted")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
@@ -162,28 +157,7 @@ def _lifecycle(helm_kube, kube, ns):
 
     # --- uninstall: nothing of the release is left in the namespace (the volume claims included) or the
     # cluster; the CRD stays
-    _uninstall_leaves_only_the_crd(helm_kube, kube, ns)
-
-
-def _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str]] = frozenset()):
-    helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
-    namespaced = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout.split()
-    # What Kubernetes itself puts in every namespace, and what the test created itself.
-    expected = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt"), *keep}
-    skip = {"events", "events.events.k8s.io"}
-
-    def nothing_left():
-        items = _json(kube, "get", ",".join(r for r in namespaced if r not in skip), namespace=ns)["items"]
-        left = [(i["kind"], i["metadata"]["name"]) for i in items if (i["kind"], i["metadata"]["name"]) not in expected]
-        assert not left, f"left behind: {left}"
-        return True
-
-    poll(nothing_left, timeout=120, what="the release's objects to be gone")
-    cluster_scoped = _json(kube, "get", "clusterroles,clusterrolebindings", namespace=None)["items"]
-    assert [i["metadata"]["name"] for i in cluster_scoped if i["metadata"]["name"].startswith(f"{ns}-")] == []
-    kube.kubectl("get", "crd", "taskqueues.stalk.dev")
-
-
+    uninstall_leaves_only_the_crd(helm_kube, kube, ns)
 
 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if not s.name.startswith("01-")],
@@ -224,4 +198,4 @@ def test_each_scenario_installs_rolls_out_and_uninstalls_cleanly(crds, helm_kube
         helm_kube.run("upgrade", RELEASE, str(CHART), "--namespace", ns, "-f", str(scenario), *IMAGE,
                       "--wait", "--timeout", "180s")
         assert api_checksum() != before
-    _uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep)
+    uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep)

@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chart.conftest import CHART
-from tests.chart.test_cluster import _uninstall_leaves_only_the_crd, restrict_pod_security
+from tests.chart.conftest import CHART, restrict_pod_security, uninstall_leaves_only_the_crd
 from tests.fixtures.kube import poll
 
 pytestmark = pytest.mark.cluster
@@ -387,6 +386,6 @@ def test_an_upgrade_that_changes_the_image_rolls_workers_without_losing_a_task_o
 
 def test_uninstall_leaves_only_the_crd(real_cluster, node_helm, release):
     node_helm.env["KUBECONFIG"] = str(real_cluster.kubeconfig)
-    _uninstall_leaves_only_the_crd(node_helm, real_cluster, NAMESPACE)
+    uninstall_leaves_only_the_crd(node_helm, real_cluster, NAMESPACE)
     # No container of the release is left on the node.
     poll(lambda: not _pods(real_cluster), timeout=120, what="every pod of the release to be gone")

@@ -21,8 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.chart.conftest import CHART
-from tests.chart.test_cluster import restrict_pod_security
+from tests.chart.conftest import CHART, restrict_pod_security
 from tests.fixtures.kube import poll
 from tests.fixtures.servers import fresh_postgres_db, fresh_redis_pair, free_port, unavailable
 from tests.node.conftest import real_node
