@@ -566,22 +566,29 @@ def stop_and_remove(state, grace=10.0):
     info = state.load()
     pids = (info or {}).get("pids", {})
     leftovers = []
+
+    def stop_control_plane():
+        # One at a time, clients before servers: an API server whose etcd is already
+        # gone hangs in its graceful shutdown instead of exiting.
+        for name in reversed(COMPONENTS):
+            pid = pids.get(name)
+            if not pid or not alive(pid, state.root):
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while alive(pid, state.root) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if alive(pid, state.root):
+                log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
+                os.kill(pid, signal.SIGKILL)
+
     if (info or {}).get("node") == "real":
-        # The node goes first: its kubelet and containers still talk to the API server.
-        leftovers = real_node.Node(state.root, info.get("bin_dir", "")).stop(log, grace)
-    # One at a time, clients before servers: an API server whose etcd is already
-    # gone hangs in its graceful shutdown instead of exiting.
-    for name in reversed(COMPONENTS):
-        pid = pids.get(name)
-        if not pid or not alive(pid, state.root):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while alive(pid, state.root) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if alive(pid, state.root):
-            log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
-            os.kill(pid, signal.SIGKILL)
+        # The node's processes go first (its kubelet and containers talk to the API server),
+        # the control plane next, while the API server's address is still on the node's link.
+        leftovers = real_node.Node(state.root, info.get("bin_dir", "")).stop(log, grace,
+                                                                             before_unplug=stop_control_plane)
+    else:
+        stop_control_plane()
     if os.path.isdir(state.root):
         # bin/ only holds links to the build cache; keep it so the next `up` needs no build.
         for entry in os.listdir(state.root):

@@ -33,6 +33,7 @@ import time
 
 # Addresses: all from 198.18.0.0/15 (RFC 2544, never routed on the internet), none from the
 # private ranges that a real network behind this machine might use.
+TEST_RANGE = "198.18.0.0/15"     # every address below; blackholed on the machine while a node lives
 HOST_IP = "198.18.0.1"          # the machine's end of the veth; the API server listens here
 NODE_IP = "198.18.0.2"          # the node's end: kubelet, kube-proxy, CoreDNS
 LINK_PREFIX = 30
@@ -126,8 +127,9 @@ def snapshot():
              ("/run/containerd", "/run/netns", "/var/lib/kubelet", "/var/lib/cni", "/var/log/pods",
               "/var/log/containers", "/etc/cni/net.d", "/var/lib/containerd", "/opt/cni")}
     netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    routes = sorted(run("ip", "-4", "route", "show", "table", "all").stdout.splitlines())
     return {"mounts": mounts, "links": links, "iptables": iptables, "cgroups": cgroups,
-            "sysctls": sysctls, "paths": paths, "netns": netns}
+            "sysctls": sysctls, "paths": paths, "netns": netns, "routes": routes}
 
 
 def differences(before, after):
@@ -372,6 +374,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return proc
 
     def _link(self, holder_pid):
+        # The routes through the link are more specific; without them (the link gone, a typo)
+        # the test range ends here instead of leaving by the machine's default route.
+        run("ip", "route", "add", "blackhole", TEST_RANGE, check=False)
         run("ip", "link", "add", HOST_LINK, "type", "veth", "peer", "name", "eth0",
             "netns", str(holder_pid))
         run("ip", "addr", "add", f"{HOST_IP}/{LINK_PREFIX}", "dev", HOST_LINK)
@@ -471,9 +476,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return sorted(line.split()[0] for line in self.ctr("images", "list", "--quiet").stdout.splitlines()
                       if line and not line.startswith("sha256:"))
 
-    def stop(self, say, grace=10.0):
-        """Stop every node process and container, then undo what the kubelet changed.
+    def stop(self, say, grace=10.0, before_unplug=lambda: None):
+        """Stop every node process and container, call ``before_unplug``, then remove the node's
+        namespaces and link and undo what the kubelet changed.
 
+        ``before_unplug`` stops what still uses the link (the control plane: its API server listens
+        on HOST_IP); once the link is gone, a connection to that address would take the
+        default route off this machine.
         Returns the ways the machine still differs from before ``prepare`` (empty: as it was).
         """
         info = self.load()
@@ -494,10 +503,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         _kill_until_gone(lambda: {p for cg in new_cgroups for p in _cgroup_pids(cg)})
         _kill_until_gone(lambda: {p for p in _all_pids()
                                   if namespaces and self._in_namespaces(p, namespaces)} - {os.getpid()})
+        before_unplug()
         holder = info.get("holder")
         if holder and _is_ours(holder, self.root):
             _terminate(holder, 2.0, say, "node namespaces")
         run("ip", "link", "del", HOST_LINK, check=False)
+        if not any(r.startswith(f"blackhole {TEST_RANGE}") for r in before.get("routes", [])):
+            run("ip", "route", "del", "blackhole", TEST_RANGE, check=False)
         for name, value in (before.get("sysctls") or {}).items():
             try:
                 with open(f"/proc/sys/{name}", "w") as f:
