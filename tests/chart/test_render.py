@@ -358,3 +358,17 @@ def test_every_stalk_container_runs_the_image_reference_the_values_name(helm, se
               for c in pod_spec(obj).get("initContainers", []) + pod_spec(obj)["containers"]
               if c["image"].startswith("stalk")}
     assert images == {reference}
+
+
+@pytest.mark.parametrize("sid", SCENARIO_IDS)
+def test_no_secret_reaches_a_command_line(rendered, sid):
+    """Kubernetes expands $(VAR) in command and args, and a process's command line is world-readable
+    (`ps`, /proc/PID/cmdline): a value from a Secret belongs in the environment or a file."""
+    for obj in rendered[sid]:
+        if obj["kind"] not in POD_KINDS:
+            continue
+        for c in pod_spec(obj).get("initContainers", []) + pod_spec(obj)["containers"]:
+            secret_vars = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            line = " ".join(c.get("command", []) + c.get("args", []))
+            leaked = sorted(v for v in secret_vars if f"$({v})" in line)
+            assert not leaked, f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}: {leaked} on its command line"

@@ -175,6 +175,19 @@ def test_processes_run_as_uid_10001_with_a_read_only_root_filesystem(real_cluste
         assert allowed.returncode == 0 and allowed.stdout.strip() == "x", (component, allowed)
 
 
+def test_no_process_shows_a_password_on_its_command_line(real_cluster, release):
+    """Command lines are world-readable (ps, /proc/PID/cmdline): Redis takes its password from a file
+    in memory, and every stalk process reads its broker URL from the environment."""
+    pods = [_running_pod(real_cluster, f"app.kubernetes.io/component={c}") for c in ("redis", "api", "worker")]
+    for pod in pods:
+        lines = _exec(real_cluster, pod, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+        assert lines.returncode == 0 and lines.stdout.strip(), (pod, lines)
+        assert release.redis_password not in lines.stdout, f"{pod}: the Redis password on a command line"
+    # And Redis does require it.
+    refused = _exec(real_cluster, pods[0], "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping")
+    assert "NOAUTH" in refused.stdout + refused.stderr, refused
+
+
 def _celery_client(port, password):
     """A plain Celery client, as another service of the user's would be: no stalk code."""
     from celery import Celery
