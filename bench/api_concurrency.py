@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/api_concurrency.py                      # 16, 64, 256, 1000 connections, 15 s each
     .venv/bin/python bench/api_concurrency.py --connections 64 --seconds 5 --database sqlite
+    .venv/bin/python bench/api_concurrency.py --connections 1000 --before cca60a2   # against an older API
 
 For each database and number of connections: a fresh API process (``stalk api``, uvicorn), a
 private ``redis-server`` and a fresh database (an SQLite file, or a private PostgreSQL server);
 every connection sends, one after another, ``GET /v1/tasks/{id}`` (4 in 5 requests, ids of tasks
-submitted before) and ``POST /v1/tasks`` (1 in 5) for ``--seconds``, while one more connection
-polls ``/healthz`` every 20 ms. Printed: requests per second, p50/p99 latency of the load and of
-``/healthz``, and the answers by status; "reset" and "timeout" (no answer in 60 s) are the
+submitted before) and ``POST /v1/tasks`` (1 in 5) for ``--seconds``, while a process of its own
+polls ``/healthz`` every 20 ms on a new connection each time (and, "inline", one more connection
+of the load client, as this script first did). ``--before REV`` and ``--variant`` run every
+scenario again, interleaved, on another revision or with other settings. Printed: requests per
+second, p50/p99 latency of the load and of ``/healthz``, and the answers by status; "reset" and "timeout" (no answer in 60 s) are the
 failures the API must not have (issue 12: 60 connections wedged it before). A benchmark, not a
 test: nothing here asserts a speed. Everything listens on 127.0.0.1; every process started here is
 stopped on exit.
@@ -194,7 +197,7 @@ def scenario(bench: Bench, postgres: PrivatePostgres | None, database: str, conn
     _, _, run_dir, env = bench.fresh_scenario(f"{database}-{connections}-{variant}")
     env.update(settings)
     if database == "postgres":
-        env["STALK_DATABASE_URL"] = postgres.fresh_url(f"bench_{connections}_{re.sub(r'\W', '_', variant)}")
+        env["STALK_DATABASE_URL"] = postgres.fresh_url(re.sub(r"\W", "_", f"bench_{connections}_{variant}"))
     port = free_port()
     name = f"api-{database}-{connections}-{variant}"
     bench.processes.start(name, [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",

@@ -40,10 +40,11 @@ class ApiSettings(Settings):
     # ``api_database_wait_seconds``, then are answered 503 with Retry-After.
     api_database_connections: int = Field(8, ge=1, le=100)
     api_database_wait_seconds: float = Field(2.0, gt=0, le=60)
-    # Requests inside the app at once (waiting for a database slot included); the next ones are
-    # answered 503 with Retry-After at once, so an overload cannot saturate the event loop that
-    # /healthz shares (stalk_api/server.py). 0: no limit. Probes and /metrics are never refused.
-    api_max_requests: int = Field(128, ge=0)
+    # Requests inside the app at once (waiting for a database slot included); the next ones wait
+    # at the door (for up to ``api_database_wait_seconds`` too), then are answered 503 with
+    # Retry-After, so an overload cannot saturate the event loop that /healthz shares
+    # (stalk_api/server.py). 0: no limit. Probes and /metrics never wait.
+    api_max_requests: int = Field(64, ge=0)
     # A request must arrive whole (line, headers, body) within this long of the connection opening
     # or of its first byte; slower clients get 408 and are disconnected (slow-loris).
     api_read_timeout_seconds: float = Field(30.0, gt=0, le=3600)

@@ -4,14 +4,15 @@ deadline for reading each request.
 Both protect the one event loop every request shares. At 1,000 connections every request used to
 go through FastAPI's whole stack (~1 ms of the loop's CPU), most of them only to wait 2 s for a
 database slot and get a 503 (issue 12): the loop stayed saturated and ``/healthz`` waited behind
-hundreds of them (p99 0.3-1.1 s). ``Admission`` answers the requests beyond the bound at the door,
-before FastAPI, in a few µs, and never refuses the probes. ``ReadDeadline`` closes connections
+hundreds of them (p99 0.3-1.1 s). ``Admission`` holds the requests beyond the bound at the door,
+before FastAPI, where waiting costs nothing, and never holds the probes. ``ReadDeadline`` closes connections
 that do not send a whole request in time (slow-loris clients), which uvicorn (0.54) allows for
 ever: its keep-alive timeout runs only between requests and stops at the first byte.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -30,13 +31,19 @@ ALWAYS_ADMITTED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Admission:
-    """At most ``limit`` requests inside the app at once; the next ones are answered 503 with
-    Retry-After at once, without reading their bodies or entering FastAPI."""
+    """At most ``limit`` requests inside the app at once. The next ones wait at the door, where
+    waiting costs the loop nothing (no parsing of their body, no FastAPI), for up to ``wait``
+    seconds; then they are answered 503 with Retry-After.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-        self.inside = 0
-        body = json.dumps({"detail": f"the API is busy: {limit} requests are in progress; "
+    Not a 503 at once: a client that retries without honouring Retry-After would come straight
+    back, and the loop would spend itself on refusals (measured at 256 connections: 29,086 503s
+    in 15 s, 2xx answers down to 0.75x, /healthz no better; docs/benchmarks.md).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, wait: float) -> None:
+        self.app, self.limit, self.wait = app, limit, wait
+        self._places = asyncio.Semaphore(limit) if limit else None
+        body = json.dumps({"detail": f"the API is busy: {limit} requests were in progress for {wait:g}s; "
                                      f"try again in {RETRY_AFTER_SECONDS}s"}).encode()
         self._start = {"type": "http.response.start", "status": 503,
                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -44,18 +51,23 @@ class Admission:
         self._body = {"type": "http.response.body", "body": body}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.limit or scope["path"] in ALWAYS_ADMITTED:
+        if self._places is None or scope["type"] != "http" or scope["path"] in ALWAYS_ADMITTED:
             await self.app(scope, receive, send)
             return
-        if self.inside >= self.limit:
-            await send(self._start)
-            await send(self._body)
-            return
-        self.inside += 1
+        if not self._places.locked():
+            await self._places.acquire()  # a free place, nobody ahead: no timer to set
+        else:
+            try:
+                async with asyncio.timeout(self.wait):
+                    await self._places.acquire()
+            except TimeoutError:
+                await send(self._start)
+                await send(self._body)
+                return
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inside -= 1
+            self._places.release()
 
 
 class ReadDeadline(HttpToolsProtocol):
@@ -112,6 +124,7 @@ def protocol(read_timeout: float) -> type[ReadDeadline]:
 
 
 def run(app: ASGIApp, settings: ApiSettings) -> None:
-    uvicorn.run(Admission(app, settings.api_max_requests), host=settings.api_host, port=settings.api_port,
+    admission = Admission(app, settings.api_max_requests, settings.api_database_wait_seconds)
+    uvicorn.run(admission, host=settings.api_host, port=settings.api_port,
                 http=protocol(settings.api_read_timeout_seconds), log_level="info", proxy_headers=True,
                 access_log=False)

@@ -23,8 +23,10 @@ CUT_WITHIN = READ_TIMEOUT + 4.0
 def api(redis_server, tmp_path_factory):
     # One API process for the module: each test leaves it as it found it (its connections cut).
     workdir = tmp_path_factory.mktemp("slow-clients")
+    # A request beyond the 4 places waits 0.2 s at the door for one, then is refused: well
+    # before the read deadline frees them.
     env = sqlite_env(redis_server, workdir, STALK_API_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
-                     STALK_API_MAX_REQUESTS="4")
+                     STALK_API_MAX_REQUESTS="4", STALK_API_DATABASE_WAIT_SECONDS="0.2")
     with live_api(env, workdir) as live:
         yield live
 
