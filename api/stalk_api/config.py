@@ -32,7 +32,7 @@ class ApiSettings(Settings):
     # How long to wait for workers to answer a remote-control inspection.
     inspect_timeout_seconds: float = Field(0.8, gt=0, le=5)
     # How long a publish may wait for Redis's answer before the submission fails with a 503. Writes
-    # go one at a time on one thread, so a Redis that accepts connections but does not answer
+    # go one at a time (stalk_api/writer.py), so a Redis that accepts connections but does not answer
     # (paused, stalled fork, half-open connection) must not hold every submission forever.
     broker_timeout_seconds: float = Field(5.0, gt=0, le=60)
     # Database calls in flight at once, each on a worker thread with a pooled connection of its

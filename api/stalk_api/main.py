@@ -44,8 +44,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # The API reads task records, never Celery results: without a result backend, send_task
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
-        # A request never sits in kombu's reconnect loop (100 retries by default, on the writing
-        # thread every submission waits for): one connection attempt, bounded like every Redis
+        # A request never sits in kombu's reconnect loop (100 retries by default, in the writer
+        # every submission waits for): one connection attempt, bounded like every Redis
         # answer, then a 503.
         timeout = settings.broker_timeout_seconds
         celery.conf.broker_transport_options = {**celery.conf.broker_transport_options, "socket_timeout": timeout,

@@ -1,11 +1,10 @@
-"""The API's one writing thread: group commits, batches and the deferred "published" marks.
+"""The API's one writer: group commits, batches and the deferred "published" marks.
 
-They used to run on the event loop, which then waited for every commit: a PostgreSQL round trip
-and its WAL flush, an SQLite checkpoint's fsync, or SQLite's busy handler while a worker held the
-write lock (up to its 30 s timeout). Every other request waited too, ``/healthz`` included
-(issue 12). On this thread the loop goes on answering while a write waits for I/O. One thread,
-not a pool: writes still go one at a time, in order, as SQLite wants them, and a group that
-waits for the thread grows, so one commit serves more requests under load.
+On PostgreSQL they run on one thread of their own. On the event loop, every request waited for
+each commit's round trip and the server's WAL flush, ``/healthz`` included (issue 12). On the
+thread the loop goes on answering while a write waits for I/O. One thread, not a pool: writes
+still go one at a time, in order, and a group that waits for the thread grows, so one commit
+serves more requests under load. On SQLite they stay on the loop (``inline``, see ``Writer``).
 """
 
 from __future__ import annotations
@@ -22,19 +21,31 @@ T = TypeVar("T")
 
 
 class Writer:
-    def __init__(self) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="stalk-writer")
+    """``inline``: the writes run on the event loop itself, for a database whose commit does not
+    wait for I/O (SQLite in WAL mode with synchronous=NORMAL: no fsync on commit). There the hand-off
+    to a thread cost more than it saved: single submissions 0.74-0.91x as many per second, p50
+    25 ms against 17 ms (GIL hand-offs between the loop and the thread; bench/core_throughput.py).
+    """
+
+    def __init__(self, *, inline: bool = False) -> None:
+        self.inline = inline
+        self._thread = None if inline else ThreadPoolExecutor(1, thread_name_prefix="stalk-writer")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, work: Callable[..., T], /, *args) -> T:
         """``work(*args)`` on the writing thread, after the writes already waiting for it."""
         self._loop = asyncio.get_running_loop()
+        if self._thread is None:
+            return work(*args)
         return await self._loop.run_in_executor(self._thread, work, *args)
 
     def later(self, delay: float, work: Callable[..., object], /, *args) -> None:
         """``work(*args)`` on the writing thread in ``delay`` seconds; callable from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
+            return
+        if self._thread is None:
+            loop.call_later(delay, work, *args)  # inline writes run on the loop: this is its thread
             return
         loop.call_soon_threadsafe(loop.call_later, delay, self._submit, work, args)
 
@@ -46,7 +57,8 @@ class Writer:
 
     def close(self) -> None:
         """Wait for the writes under way; later ones are not started."""
-        self._thread.shutdown(wait=True, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 def _log_failure(future: Future) -> None:

@@ -125,9 +125,9 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
 @router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=ERRORS,
              summary="Submit many tasks in one request")
 async def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> Response:
-    # On the writing thread, like the group commits of single submissions: one writer at a time in
-    # this process (a batch on a thread of its own waited for the group commits in SQLite's busy
-    # handler, which sleeps 1-100 ms between tries), and the event loop free meanwhile.
+    # By the writer (stalk_api/writer.py), like the group commits of single submissions: one at a
+    # time in this process (a batch on a thread of its own waited for the group commits in SQLite's
+    # busy handler, which sleeps 1-100 ms between tries), and on PostgreSQL the loop free meanwhile.
     limit = gateway.settings.max_batch_tasks
     if len(body.tasks) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
