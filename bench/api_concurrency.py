@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/api_concurrency.py                      # 16, 64, 256, 1000 connections, 15 s each
     .venv/bin/python bench/api_concurrency.py --connections 64 --seconds 5 --database sqlite
+    .venv/bin/python bench/api_concurrency.py --connections 1000 --before cca60a2   # against an older API
 
 For each database and number of connections: a fresh API process (``stalk api``, uvicorn), a
 private ``redis-server`` and a fresh database (an SQLite file, or a private PostgreSQL server);
 every connection sends, one after another, ``GET /v1/tasks/{id}`` (4 in 5 requests, ids of tasks
-submitted before) and ``POST /v1/tasks`` (1 in 5) for ``--seconds``, while one more connection
-polls ``/healthz`` every 20 ms. Printed: requests per second, p50/p99 latency of the load and of
-``/healthz``, and the answers by status; "reset" and "timeout" (no answer in 60 s) are the
+submitted before) and ``POST /v1/tasks`` (1 in 5) for ``--seconds``, while a process of its own
+polls ``/healthz`` every 20 ms on a new connection each time (and, "inline", one more connection
+of the load client, as this script first did). ``--before REV`` and ``--variant`` run every
+scenario again, interleaved, on another revision or with other settings. Printed: requests per
+second, p50/p99 latency of the load and of ``/healthz``, and the answers by status; "reset" and "timeout" (no answer in 60 s) are the
 failures the API must not have (issue 12: 60 connections wedged it before). A benchmark, not a
 test: nothing here asserts a speed. Everything listens on 127.0.0.1; every process started here is
 stopped on exit.
@@ -20,7 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -111,12 +116,36 @@ async def load(host: str, port: int, task_ids: list[str], connections: int, seco
                 health.append(time.perf_counter() - started)
                 await asyncio.sleep(0.02)
 
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    prober = context.Process(target=probe_process, args=(host, port, seconds, results), daemon=True)
+    prober.start()
     started = time.perf_counter()
     await asyncio.gather(probe(), *(connection(n) for n in range(connections)))
     elapsed = time.perf_counter() - started
+    outside = await asyncio.to_thread(results.get, timeout=REQUEST_TIMEOUT + 10)
+    prober.join(5)
     answered = sum(v for k, v in statuses.items() if k.isdigit())
     return {"connections": connections, "seconds": elapsed, "rate": answered / elapsed, "statuses": statuses,
-            **percentiles(latencies), "healthz": percentiles(health)}
+            **percentiles(latencies), "healthz_inline": percentiles(health), "healthz": percentiles(outside)}
+
+
+def probe_process(host: str, port: int, seconds: float, results) -> None:
+    """/healthz every 20 ms from a process of its own, on a new connection each time (as the
+    kubelet probes): its latency is the API's, not the load client's busy event loop."""
+    async def run() -> list[float]:
+        http = RawHttp(host, port)
+        health = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            async with http.connection() as send:
+                await asyncio.wait_for(send("GET", "/healthz"), REQUEST_TIMEOUT)
+            health.append(time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+        return health
+
+    results.put(asyncio.run(run()))
 
 
 class PrivatePostgres:
@@ -162,14 +191,15 @@ class PrivatePostgres:
 
 
 def scenario(bench: Bench, postgres: PrivatePostgres | None, database: str, connections: int,
-             seconds: float) -> dict:
+             seconds: float, variant: str, settings: dict[str, str]) -> dict:
     import httpx
 
-    _, _, run_dir, env = bench.fresh_scenario(f"{database}-{connections}")
+    _, _, run_dir, env = bench.fresh_scenario(f"{database}-{connections}-{variant}")
+    env.update(settings)
     if database == "postgres":
-        env["STALK_DATABASE_URL"] = postgres.fresh_url(f"bench_{connections}")
+        env["STALK_DATABASE_URL"] = postgres.fresh_url(re.sub(r"\W", "_", f"bench_{connections}_{variant}"))
     port = free_port()
-    name = f"api-{database}-{connections}"
+    name = f"api-{database}-{connections}-{variant}"
     bench.processes.start(name, [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, cwd=run_dir)
     base = f"http://127.0.0.1:{port}"
@@ -187,7 +217,7 @@ def scenario(bench: Bench, postgres: PrivatePostgres | None, database: str, conn
         result["recovered_s"] = time.perf_counter() - after
     finally:
         bench.processes.stop(name)
-    return {"database": database, **result}
+    return {"database": database, "variant": variant, **result}
 
 
 def row(r: dict) -> list[str]:
@@ -195,12 +225,13 @@ def row(r: dict) -> list[str]:
         return "-" if value is None else f"{value:,.1f}"
 
     statuses = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["statuses"].items()))
-    return [r["database"], f"{r['connections']:,}", f"{r['rate']:,.0f}", ms(r["p50_ms"]), ms(r["p99_ms"]),
-            ms(r["healthz"]["p50_ms"]), ms(r["healthz"]["p99_ms"]), ms(r["healthz"].get("max_ms")), statuses]
+    return [r["database"], r["variant"], f"{r['connections']:,}", f"{r['rate']:,.0f}", ms(r["p50_ms"]), ms(r["p99_ms"]),
+            ms(r["healthz"]["p50_ms"]), ms(r["healthz"]["p99_ms"]), ms(r["healthz"].get("max_ms")),
+            ms(r["healthz_inline"]["p99_ms"]), statuses]
 
 
-HEADER = ["database", "connections", "requests/s", "p50 ms", "p99 ms", "/healthz p50 ms", "/healthz p99 ms",
-          "/healthz max ms", "answers by status"]
+HEADER = ["database", "variant", "connections", "requests/s", "p50 ms", "p99 ms", "/healthz p50 ms", "/healthz p99 ms",
+          "/healthz max ms", "inline /healthz p99 ms", "answers by status"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=["sqlite", "postgres"], nargs="+", default=["sqlite", "postgres"])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, SQLite files)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also run every scenario with these STALK_* settings, interleaved with the "
+                             "defaults (a baseline in the same run), e.g. 'unbounded:STALK_API_MAX_REQUESTS=0'")
+    parser.add_argument("--before", metavar="REV",
+                        help="also run every scenario on the API of this git revision (its api/, workers/ and "
+                             "operator/ first on PYTHONPATH), interleaved: the before of a change, same run")
     args = parser.parse_args(argv)
+    variants = {"default": {}}
+    for text in args.variant:
+        name, _, pairs = text.partition(":")
+        variants[name] = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
 
     # 1,000 client sockets here and as many in the API (which inherits the limit).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -218,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes(work)
     bench = Bench(plan=None, work=work, processes=processes, say=print)
     postgres = PrivatePostgres() if "postgres" in args.database else None
+    if args.before:
+        variants["before"] = {"PYTHONPATH": checkout(args.before, work / "before")}
     results = []
     try:
         print(bench.start_redis(), flush=True)
@@ -225,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             postgres.start()
         for database in args.database:
             for connections in args.connections:
-                result = scenario(bench, postgres, database, connections, args.seconds)
-                results.append(result)
-                print(" | ".join(row(result)), flush=True)
+                for variant, settings in variants.items():
+                    result = scenario(bench, postgres, database, connections, args.seconds, variant, settings)
+                    results.append(result)
+                    print(" | ".join(row(result)), flush=True)
     except BenchError as exc:
         print(f"bench/api_concurrency.py: {exc}", file=sys.stderr)
         return 1
@@ -244,7 +288,41 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + " --- |" * len(HEADER))
     for result in results:
         print("| " + " | ".join(row(result)) + " |")
+    if len(variants) > 1:
+        print()
+        print(ratios(results))
     return 0
+
+
+def checkout(revision: str, into: Path) -> str:
+    """The Python packages of ``revision`` in ``into``, as a PYTHONPATH that puts them first."""
+    into.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", revision, "api", "workers", "operator"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"bench/api_concurrency.py: git archive {revision}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return os.pathsep.join(str(into / part) for part in ("api", "workers", "operator"))
+
+
+def ratios(results: list[dict]) -> str:
+    """Each variant against the defaults measured in the same run: /healthz p99 and 2xx answers/s."""
+    lines = ["| database | connections | variant | /healthz p99: variant / default | 2xx/s: default / variant |",
+             "| --- | --- | --- | --- | --- |"]
+
+    def ok_rate(r: dict) -> float:
+        return sum(v for k, v in r["statuses"].items() if k.startswith("2")) / r["seconds"]
+
+    defaults = {(r["database"], r["connections"]): r for r in results if r["variant"] == "default"}
+    for r in results:
+        base = defaults.get((r["database"], r["connections"]))
+        if r["variant"] == "default" or base is None:
+            continue
+        health = r["healthz"]["p99_ms"] / base["healthz"]["p99_ms"] if base["healthz"]["p99_ms"] else float("nan")
+        rate = ok_rate(base) / ok_rate(r) if ok_rate(r) else float("nan")
+        lines.append(f"| {r['database']} | {r['connections']:,} | {r['variant']} | {health:.2f}x | {rate:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

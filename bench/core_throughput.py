@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import harness  # bench/harness.py, next to this script
+from harness import BenchError, free_port
 from procfs import proc_status  # bench/procfs.py, next to this script
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -75,10 +76,6 @@ FULL = Plan(delay_tasks=5000, single_requests=5000, single_connections=64, batch
             batch_connections=2, drain_tasks=3000, concurrency=4, warmup=200, rounds=3)
 QUICK = Plan(delay_tasks=1000, single_requests=1000, single_connections=32, batch_requests=4, batch_size=1000,
              batch_connections=2, drain_tasks=1000, concurrency=4, warmup=50, rounds=1)
-
-
-class BenchError(RuntimeError):
-    """A scenario could not run (a process died, a deadline passed); the message says which."""
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -130,26 +127,12 @@ class Processes:
 
 def wait_for(ready, *, deadline: float, what: str, processes: Processes, name: str | None = None,
              interval: float = 0.05):
-    """Poll ``ready()`` until it returns something truthy; fail at the deadline or if ``name`` dies."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if name is not None:
-            processes.check(name)
-        try:
-            value = ready()
-        except Exception:  # noqa: BLE001 - not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    tail = f"\n{processes.tail(name)}" if name else ""
-    raise BenchError(f"timed out after {deadline:.0f}s waiting for {what}{tail}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """``harness.wait_for``, failing at once if process ``name`` dies, with its log's tail at the deadline."""
+    try:
+        return harness.wait_for(ready, deadline=deadline, what=what, interval=interval,
+                                alive=(lambda: processes.check(name)) if name else None)
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n{processes.tail(name)}" if name else str(exc)) from None
 
 
 def group_cpu_seconds(pgid: int) -> float:

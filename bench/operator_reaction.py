@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import BenchError, free_port, wait_for  # bench/harness.py, next to this script
 from procfs import proc_status  # bench/procfs.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,39 +61,12 @@ STARTUP_DEADLINE = 120.0
 STOP_DEADLINE = 20.0
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 class _Interrupted(BaseException):
     """SIGTERM, turned into an exception so that every ``finally`` runs."""
 
 
 def _on_sigterm(*_: Any) -> None:
     raise _Interrupted("SIGTERM")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(ready, *, deadline: float, what: str, interval: float = 0.05, alive=None):
-    """Poll ``ready()`` until it returns something truthy; fail at the deadline (or if ``alive()`` fails)."""
-    end = time.monotonic() + deadline
-    last: Exception | None = None
-    while time.monotonic() < end:
-        if alive is not None:
-            alive()
-        try:
-            value = ready()
-        except Exception as exc:  # noqa: BLE001 - not there yet
-            value, last = None, exc
-        if value:
-            return value
-        time.sleep(interval)
-    raise BenchError(f"timed out after {deadline:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
 def cpu_seconds(pid: int) -> float:

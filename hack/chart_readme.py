@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from generated import write_or_check  # hack/generated.py, next to this script
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "stalk"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-]+|\"[^\"]+\"):(?:\s|$)")
@@ -165,16 +167,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when README.md is out of date")
     args = parser.parse_args()
-    readme = CHART / "README.md"
     text = render((CHART / "values.yaml").read_text())
-    if args.check:
-        if not readme.exists() or readme.read_text() != text:
-            print(f"chart_readme: {readme.relative_to(REPO)} is out of date: run `make chart-readme`", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(text)
-    print(f"chart_readme: wrote {readme.relative_to(REPO)} ({len(text.splitlines())} lines)")
-    return 0
+    return write_or_check(CHART / "README.md", text, check=args.check, tool="chart_readme",
+                          regenerate="python3 hack/chart_readme.py")
 
 
 if __name__ == "__main__":

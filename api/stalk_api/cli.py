@@ -18,8 +18,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the task API with uvicorn."""
         # Imported on use: `stalk --help` and the client commands need neither uvicorn nor the app.
-        import uvicorn
-
+        from stalk_api import server
         from stalk_api.config import ApiSettings
         from stalk_api.main import InsecureBindError, create_app
 
@@ -29,5 +28,4 @@ def register(app: typer.Typer) -> None:
             application = create_app(settings)
         except InsecureBindError as exc:
             fail(str(exc))
-        uvicorn.run(application, host=settings.api_host, port=settings.api_port, log_level="info",
-                    proxy_headers=True, access_log=False)
+        server.run(application, settings)

@@ -31,15 +31,23 @@ class ApiSettings(Settings):
     migrate_on_start: bool = True
     # How long to wait for workers to answer a remote-control inspection.
     inspect_timeout_seconds: float = Field(0.8, gt=0, le=5)
-    # How long a publish may wait for Redis's answer before the submission fails with a 503. Groups
-    # of submissions are committed on the event loop, so a Redis that accepts connections but does
-    # not answer (paused, stalled fork, half-open connection) must not hold every request forever.
+    # How long a publish may wait for Redis's answer before the submission fails with a 503. Writes
+    # go one at a time (stalk_api/writer.py), so a Redis that accepts connections but does not answer
+    # (paused, stalled fork, half-open connection) must not hold every submission forever.
     broker_timeout_seconds: float = Field(5.0, gt=0, le=60)
     # Database calls in flight at once, each on a worker thread with a pooled connection of its
     # own; more wait on the event loop (no thread, no connection held) for up to
     # ``api_database_wait_seconds``, then are answered 503 with Retry-After.
     api_database_connections: int = Field(8, ge=1, le=100)
     api_database_wait_seconds: float = Field(2.0, gt=0, le=60)
+    # Requests inside the app at once (waiting for a database slot included); the next ones wait
+    # at the door (for up to ``api_database_wait_seconds`` too), then are answered 503 with
+    # Retry-After, so an overload cannot saturate the event loop that /healthz shares
+    # (stalk_api/server.py). 0: no limit. Probes and /metrics never wait.
+    api_max_requests: int = Field(64, ge=0)
+    # A request must arrive whole (line, headers, body) within this long of the connection opening
+    # or of its first byte; slower clients get 408 and are disconnected (slow-loris).
+    api_read_timeout_seconds: float = Field(30.0, gt=0, le=3600)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stalk_api.config import ApiSettings, InsecureBindError
 from stalk_api.database import RETRY_AFTER_SECONDS, Busy, Database
 from stalk_api.auth import BearerAuth, document_bearer
+from stalk_api.links import document_links
 from stalk_api.metrics import ApiMetrics, BodySizeLimit, MetricsMiddleware
 from stalk_api.routes import health, queues, task_types, tasks, workers
 from stalk_api.submission import Gateway, SubmissionError, short_error
@@ -43,8 +44,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # The API reads task records, never Celery results: without a result backend, send_task
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))
-        # A request never sits in kombu's reconnect loop (100 retries by default, on the event loop
-        # for group commits): one connection attempt, bounded like every Redis answer, then a 503.
+        # A request never sits in kombu's reconnect loop (100 retries by default, in the writer
+        # every submission waits for): one connection attempt, bounded like every Redis
+        # answer, then a 503.
         timeout = settings.broker_timeout_seconds
         celery.conf.broker_transport_options = {**celery.conf.broker_transport_options, "socket_timeout": timeout,
                                                 "socket_connect_timeout": timeout, "max_retries": 0,
@@ -58,6 +60,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if not tokens:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
+        app.state.gateway.writer.close()
         app.state.gateway.leftovers.flush(app.state.gateway)
         database.dispose()
         # Not celery.pool.force_close_all(): kombu keeps producer pools in a process-wide registry
@@ -78,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     if tokens:
         document_bearer(app)
     document_validation_problems(app)
+    document_links(app)
 
     @app.exception_handler(SubmissionError)
     async def _submission_error(_: Request, exc: SubmissionError) -> JSONResponse:

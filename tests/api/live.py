@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.fixtures.servers import free_port, wait_until
+from stalk_api.config import ApiSettings
+from tests.fixtures.servers import free_port, fresh_redis_pair, wait_until
+from tests.fixtures.stack import settings_env
 
 
 @dataclass
@@ -53,6 +55,14 @@ def live_api(env: dict[str, str], workdir: Path, name: str = "api") -> Iterator[
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+
+
+def sqlite_env(redis_server, workdir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an API on fresh Redis databases and an SQLite file in ``workdir``."""
+    broker, backend = fresh_redis_pair(redis_server)
+    env = settings_env(ApiSettings(broker_url=broker, result_backend=backend,
+                                   database_url=f"sqlite:///{workdir / 'records.db'}"))
+    return {**env, **extra}
 
 
 @dataclass

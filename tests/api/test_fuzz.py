@@ -3,6 +3,8 @@ the real API process with real Redis and SQLite: no 5xx, and every answer as doc
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -10,9 +12,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from stalk_api.config import ApiSettings
 from stalk_api.main import create_app
-from tests.api.live import live_api
-from tests.fixtures.servers import fresh_redis_pair
-from tests.fixtures.stack import settings_env
+from tests.api.live import live_api, sqlite_env
 
 # Bounded so that `make test` stays minutes, not hours; issue 12's run was ~59,000 cases.
 EXAMPLES = 30
@@ -21,10 +21,7 @@ EXAMPLES = 30
 @pytest.fixture(scope="module")
 def live(redis_server, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fuzz")
-    broker, backend = fresh_redis_pair(redis_server)
-    env = settings_env(ApiSettings(broker_url=broker, result_backend=backend,
-                                   database_url=f"sqlite:///{workdir / 'records.db'}"))
-    with live_api(env, workdir) as api:
+    with live_api(sqlite_env(redis_server, workdir), workdir) as api:
         yield api
 
 
@@ -40,3 +37,31 @@ def test_every_operation_answers_as_documented(case, live):
     # Not "schema-valid data is accepted": beyond the document, a task name must be registered, a
     # queue must exist and a cursor must come from a page; those are refused with a 4xx and a reason.
     case.call_and_validate(base_url=live.url, excluded_checks=[positive_data_acceptance])
+
+
+# Sequences of up to STATEFUL_STEPS calls, each following an OpenAPI link of the one before
+# (stalk_api/links.py): a task's id from a 202 into its status, cancel and retry.
+STATEFUL_EXAMPLES = 15
+STATEFUL_STEPS = 5
+
+
+def test_sequences_of_linked_calls_answer_as_documented(live):
+    reached: Counter = Counter()
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": live.url}
+
+        def after_call(self, response, case):
+            reached[(case.method.upper(), case.path, response.status_code)] += 1
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, additional_checks=additional_checks,
+                                   excluded_checks=[positive_data_acceptance])
+
+    Workflow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS,
+                                   deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)))
+    # Random ids find no task: a task's own operations answered other than 404 mean the links
+    # were followed from a 202 to that task.
+    assert reached[("GET", "/v1/tasks/{task_id}", 200)] > 0, reached
+    assert any(path.startswith("/v1/tasks/{task_id}/") and status != 404 for _, path, status in reached), reached

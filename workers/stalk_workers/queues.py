@@ -8,7 +8,7 @@ the same shape (``STALK_QUEUES_FILE`` points at a YAML file of that shape to rep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,16 +22,22 @@ CHART_ONLY_KEYS = frozenset({"resources", "nodeSelector", "tolerations", "affini
 class QueueSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The chart's values.schema.json says what these fields say (hack/chart_schema.py writes it
+    # from here): bounds and descriptions belong here, not in the schema.
     name: str = Field(pattern=QUEUE_NAME_PATTERN)
-    # Task-name globs routed here (Celery ``task_routes`` patterns). Unmatched tasks go to ``default``.
-    routes: tuple[str, ...] = ()
-    concurrency: int = Field(2, ge=1, le=256)
-    pool: Literal["prefork", "threads", "solo"] = "prefork"
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int = Field(10, ge=1)
-    tasks_per_replica: int = Field(10, ge=1)
-    # Scale up when the oldest waiting task has waited longer than this (None: depth only).
-    max_wait_seconds: int | None = Field(None, ge=1)
+    routes: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        (), description="Task-name globs routed to this queue (Celery task_routes patterns); "
+                        "tasks no queue routes go to default.")
+    concurrency: int = Field(2, ge=1, le=256, description="Tasks one worker runs at once.")
+    pool: Literal["prefork", "threads", "solo"] = Field(
+        "prefork", description="Celery worker pool; only prefork can terminate a running task.")
+    min_replicas: int = Field(0, ge=0, description="Fewest workers; 0 lets an idle queue scale to zero.")
+    # The TaskQueue CRD's maximum.
+    max_replicas: int = Field(10, ge=1, le=10000, description="Most workers.")
+    tasks_per_replica: int = Field(10, ge=1, description="Waiting plus in-flight tasks one worker should carry.")
+    max_wait_seconds: int | None = Field(
+        None, ge=1, description="Scale up while the oldest waiting task has waited longer than this; "
+                                "unset: by depth only.")
 
     @field_validator("max_replicas")
     @classmethod

@@ -125,14 +125,14 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
 @router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=ERRORS,
              summary="Submit many tasks in one request")
 async def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> Response:
-    # On the event loop, like the group commits of single submissions: one writer at a time in this
-    # process, handed over without a thread (a batch in a worker thread waited for the loop's
-    # commits in SQLite's busy handler, which sleeps 1-100 ms between tries).
+    # By the writer (stalk_api/writer.py), like the group commits of single submissions: one at a
+    # time in this process (a batch on a thread of its own waited for the group commits in SQLite's
+    # busy handler, which sleeps 1-100 ms between tries), and on PostgreSQL the loop free meanwhile.
     limit = gateway.settings.max_batch_tasks
     if len(body.tasks) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"a batch holds at most {limit} tasks; this one has {len(body.tasks)}")
-    records = submission.submit_batch(gateway, body.tasks)
+    records = await gateway.writer.run(submission.submit_batch, gateway, body.tasks)
     for (task_name, queue), count in Counter((r.task_name, r.queue) for r in records).items():
         metrics.submitted.labels(task_name, queue).inc(count)
     return Response(batch_answer(records), status.HTTP_202_ACCEPTED, media_type="application/json")
