@@ -12,7 +12,8 @@ one from a real run: a private Redis and a real Celery worker). ``--csv DIR`` wr
 (one row per trace, seed and model) and, with ``--seed``, each run's per-second replicas, waiting
 and in-flight counts (``<trace>-<model>.csv``) for plotting. Sensitivity: ``--priority-share 0``
 sends every task to the base list, the one KEDA reads; ``--tasks-per-replica`` and
-``--scale-down-seconds`` change stalk's side only (KEDA keeps its defaults).
+``--scale-down-seconds`` and ``--idle-seconds-before-zero`` change stalk's side only (KEDA and the
+reactive baseline keep theirs).
 
 One worker Deployment consumes one Celery queue, simulated second by second:
 - tasks arrive (Poisson, rate per trace), a share of them with a priority that kombu files in a
@@ -27,10 +28,15 @@ scale-down removes idle pods first (pod-deletion-cost) and the chart's grace per
 task time limit. HPA + KEDA at their defaults: KEDA polls LLEN of the base list every 30 s (it
 does 0 <-> 1, cooldown 300 s), the HPA syncs every 15 s on the same LLEN (AverageValue target,
 tolerance 0.1, scale-up at most max(2x, +4) per sync, 300 s scale-down stabilization); the
-ReplicaSet removes not-ready then newest pods whether busy or not; grace period 30 s.
+ReplicaSet removes not-ready then newest pods whether busy or not; grace period 30 s. The plain
+reactive baseline (issue 16): ``ceil((waiting + in flight) / tasksPerReplica)`` every second, the
+highest of the last 30 s, never below the busy replicas, with stalk's drain-safe idle-first removal.
+The floor: total task-seconds / slots per pod, every slot busy while a pod exists.
 
-Measured per run: worker-seconds (pods existing, starting and draining included), p95 wait from
-arrival to start, pods stopped while running a task, tasks killed mid-run. The target is met in a
+Measured per run: worker-seconds (pods existing, starting and draining included), p95 and mean wait
+from arrival to start, pods stopped while running a task, tasks killed mid-run, scale events (changes
+of the replica count asked for). Two tables: issue 5's stalk against HPA+KEDA, and issue 16's every
+model against the reactive baseline, HPA+KEDA and the floor. The target is met in a
 run when stalk spends fewer worker-seconds at an equal or better p95 wait and stops no busy pod.
 Not modelled: Celery prefetch (tasks reserved but not started), node provisioning, pod start-up
 variance.
