@@ -12,7 +12,8 @@ one from a real run: a private Redis and a real Celery worker). ``--csv DIR`` wr
 (one row per trace, seed and model) and, with ``--seed``, each run's per-second replicas, waiting
 and in-flight counts (``<trace>-<model>.csv``) for plotting. Sensitivity: ``--priority-share 0``
 sends every task to the base list, the one KEDA reads; ``--tasks-per-replica`` and
-``--scale-down-seconds`` change stalk's side only (KEDA keeps its defaults).
+``--scale-down-seconds`` and ``--idle-seconds-before-zero`` change stalk's side only (KEDA and the
+reactive baseline keep theirs).
 
 One worker Deployment consumes one Celery queue, simulated second by second:
 - tasks arrive (Poisson, rate per trace), a share of them with a priority that kombu files in a
@@ -27,10 +28,15 @@ scale-down removes idle pods first (pod-deletion-cost) and the chart's grace per
 task time limit. HPA + KEDA at their defaults: KEDA polls LLEN of the base list every 30 s (it
 does 0 <-> 1, cooldown 300 s), the HPA syncs every 15 s on the same LLEN (AverageValue target,
 tolerance 0.1, scale-up at most max(2x, +4) per sync, 300 s scale-down stabilization); the
-ReplicaSet removes not-ready then newest pods whether busy or not; grace period 30 s.
+ReplicaSet removes not-ready then newest pods whether busy or not; grace period 30 s. The plain
+reactive baseline (issue 16): ``ceil((waiting + in flight) / tasksPerReplica)`` every second, the
+highest of the last 30 s, never below the busy replicas, with stalk's drain-safe idle-first removal.
+The floor: total task-seconds / slots per pod, every slot busy while a pod exists.
 
-Measured per run: worker-seconds (pods existing, starting and draining included), p95 wait from
-arrival to start, pods stopped while running a task, tasks killed mid-run. The target is met in a
+Measured per run: worker-seconds (pods existing, starting and draining included), p95 and mean wait
+from arrival to start, pods stopped while running a task, tasks killed mid-run, scale events (changes
+of the replica count asked for). Two tables: issue 5's stalk against HPA+KEDA, and issue 16's every
+model against the reactive baseline, HPA+KEDA and the floor. The target is met in a
 run when stalk spends fewer worker-seconds at an equal or better p95 wait and stops no busy pod.
 Not modelled: Celery prefetch (tasks reserved but not started), node provisioning, pod start-up
 variance.
@@ -87,9 +93,12 @@ class Replica:
 class Result:
     worker_seconds: float = 0.0
     p95_wait: float = 0.0
+    mean_wait: float = 0.0
     p95_wait_sublists: float = 0.0  # of the tasks kombu keeps in priority sub-lists (KEDA does not read them)
     mean_waiting: float = 0.0  # tasks waiting, averaged over the run: the backlog a model lets stand
     pods_started: int = 0  # each one a pod start-up paid for (churn)
+    scale_events: int = 0  # changes of the replica count asked for (churn, as a Deployment's events show it)
+    hours: float = 1.0  # simulated time, for scale events per hour
     busy_stops: int = 0
     killed_tasks: int = 0
     series: list[tuple[int, int, int, int]] = field(default_factory=list)  # (second, replicas, waiting, in flight)
@@ -107,6 +116,7 @@ class Cluster:
         self.rng = rng
         self.busy_stops = 0
         self.killed_tasks = 0
+        self.scale_events = 0
 
     @property
     def replicas(self) -> int:
@@ -152,6 +162,7 @@ class Cluster:
 
     def scale_to(self, replicas: int, now: float) -> None:
         live = [p for p in self.pods if p.stop_at is None]
+        self.scale_events += replicas != len(live)
         for _ in range(replicas - len(live)):
             self.pods.append(Replica(created=now, ready_at=now + STARTUP_SECONDS))
         if replicas < len(live):
@@ -189,6 +200,29 @@ class StalkController:
                                   oldest_wait_seconds=cluster.oldest_wait(now), current_replicas=cluster.replicas,
                                   busy_replicas=cluster.busy_replicas() if self.knows_busy else None)
         cluster.scale_to(decide(observation, self.spec, self.history, now).replicas, now)
+
+
+class ReactiveController:
+    """The plain reactive baseline of issue 16: what a few lines of controller code would do.
+
+    Every second it wants ``ceil((waiting + in flight) / tasksPerReplica)`` replicas, asks for the
+    highest of those over the last ``window`` seconds, and never goes below the replicas running a
+    task; with idle-first removal (pod-deletion-cost) only idle workers are ever stopped. No
+    tolerance, no idle time before zero, no activation threshold.
+    """
+
+    interval = 1
+
+    def __init__(self, tasks_per_replica: int = TARGET_PER_REPLICA, window: float = 30):
+        self.tasks_per_replica, self.window = tasks_per_replica, window
+        self.wanted: deque[tuple[float, int]] = deque()
+
+    def act(self, cluster: Cluster, now: float) -> None:
+        self.wanted.append((now, math.ceil((cluster.waiting() + cluster.in_flight()) / self.tasks_per_replica)))
+        while self.wanted[0][0] <= now - self.window:
+            self.wanted.popleft()
+        highest = max(r for _, r in self.wanted)
+        cluster.scale_to(min(MAX_REPLICAS, max(highest, cluster.busy_replicas())), now)
 
 
 class KedaHpaController:
@@ -243,11 +277,18 @@ def simulate(tasks: list[Task], make_controller: Callable[[], object], *, grace:
         if now % controller.interval == 0:
             controller.act(cluster, now)
         series.append((now, cluster.replicas, cluster.waiting(), cluster.in_flight()))
-    waits = [(t.start if t.start is not None else end) - t.arrival for t in tasks]
+    # A task that arrives within the second it is taken waited 0 (the clock here is whole seconds).
+    waits = [max(0.0, (t.start if t.start is not None else end) - t.arrival) for t in tasks]
     return Result(worker_seconds=cluster.worker_seconds(end), p95_wait=_p95(waits), pods_started=len(cluster.pods),
+                  mean_wait=statistics.fmean(waits), scale_events=cluster.scale_events, hours=end / 3600,
                   p95_wait_sublists=_p95([w for t, w in zip(tasks, waits) if t.priority_step]),
                   mean_waiting=sum(waiting for _, _, waiting, _ in series) / len(series),
                   busy_stops=cluster.busy_stops, killed_tasks=cluster.killed_tasks, series=series)
+
+
+def floor_worker_seconds(tasks: list[Task]) -> float:
+    """The physical floor: every task slot busy while a pod exists (no start-up, no idle slot)."""
+    return sum(t.duration for t in tasks) / CONCURRENCY
 
 
 def _p95(values: list[float]) -> float:
@@ -257,12 +298,21 @@ def _p95(values: list[float]) -> float:
 
 # --- traces: (arrival rate per second as a function of time, duration in seconds) -------------
 
+def short_task_seconds(rng: random.Random) -> float:
+    # Mostly short tasks with a long tail (median ~4 s, a few over a minute).
+    return min(rng.lognormvariate(math.log(4), 0.9), 300)
+
+
+def long_task_seconds(rng: random.Random) -> float:
+    # Reports, exports, model runs: 1 to 5 minutes each.
+    return rng.uniform(60, 300)
+
+
 def poisson_trace(rate: Callable[[float], float], seconds: int, rng: random.Random,
-                  bursts: dict[int, int] | None = None, priority_share: float = PRIORITY_SHARE) -> list[Task]:
+                  bursts: dict[int, int] | None = None, priority_share: float = PRIORITY_SHARE,
+                  duration: Callable[[random.Random], float] = short_task_seconds) -> list[Task]:
     def task(at: float) -> Task:
-        # Mostly short tasks with a long tail (median ~4 s, a few over a minute).
-        duration = min(rng.lognormvariate(math.log(4), 0.9), 300)
-        return Task(arrival=at, duration=duration, priority_step=6 if rng.random() < priority_share else 0)
+        return Task(arrival=at, duration=duration(rng), priority_step=6 if rng.random() < priority_share else 0)
 
     tasks = []
     for second in range(seconds):
@@ -298,6 +348,9 @@ def traces(rng: random.Random, priority_share: float = PRIORITY_SHARE) -> dict[s
                                  2 * hour, rng, priority_share=share),
         "spike": poisson_trace(lambda t: 0.3, hour, rng, priority_share=share,
                                bursts={1200 + s: 100 for s in range(15)}),
+        # Long tasks (1-5 min) in waves: every 20 minutes ~60 arrive over 2 minutes, a trickle between.
+        "long": poisson_trace(lambda t: 0.5 if t % 1200 < 120 else 0.005, 2 * hour, rng, priority_share=share,
+                              duration=long_task_seconds),
     }
 
 
@@ -317,6 +370,8 @@ class Comparison:
     stalk: Result
     blind: Result  # stalk's policy told nothing about busy replicas: only pod-deletion-cost protects them
     keda: Result
+    reactive: Result  # issue 16's plain reactive baseline, drain-safe like stalk
+    floor: float  # worker-seconds if every slot were busy while a pod exists
 
     @property
     def worker_ratio(self) -> float:
@@ -343,15 +398,33 @@ def compare(trace: str, tasks: list[Task], spec: ScalingSpec, seed: int) -> Comp
     return Comparison(trace=trace, seed=seed, tasks=len(tasks),
                       stalk=run(lambda: StalkController(spec), math.inf, True),
                       blind=run(lambda: StalkController(spec, knows_busy=False), math.inf, True),
-                      keda=run(KedaHpaController, KUBERNETES_GRACE_SECONDS, False))
+                      keda=run(KedaHpaController, KUBERNETES_GRACE_SECONDS, False),
+                      reactive=run(ReactiveController, math.inf, True), floor=floor_worker_seconds(tasks))
+
+
+# Issue 16's targets for stalk, per run: against the reactive baseline, against HPA+KEDA, churn.
+REACTIVE_WORKER_TARGET = 0.9  # at most this share of the reactive baseline's worker-seconds ...
+REACTIVE_WAIT_SLACK_SECONDS = 1.0  # ... at a p95 wait at most this much longer
+
+
+def economy_targets(c: Comparison) -> dict[str, bool]:
+    s, r, k = c.stalk, c.reactive, c.keda
+    return {"vs reactive": s.worker_seconds <= REACTIVE_WORKER_TARGET * r.worker_seconds
+            and s.p95_wait <= r.p95_wait + REACTIVE_WAIT_SLACK_SECONDS,
+            "vs KEDA": s.worker_seconds <= k.worker_seconds and s.p95_wait < k.p95_wait,
+            "no busy stop": not s.busy_stops and not s.killed_tasks,
+            "churn": s.scale_events <= r.scale_events}
 
 
 def sweep(seeds: range, *, recorded: dict[str, list[Task]] | None = None, priority_share: float = PRIORITY_SHARE,
-          scale_down_seconds: float | None = None, tasks_per_replica: int = TARGET_PER_REPLICA) -> list[Comparison]:
+          scale_down_seconds: float | None = None, tasks_per_replica: int = TARGET_PER_REPLICA,
+          idle_seconds_before_zero: float | None = None) -> list[Comparison]:
     """Every trace under every seed; a recorded trace keeps its arrivals, the seed only orders the workers."""
     spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=tasks_per_replica)
     if scale_down_seconds is not None:
         spec = replace(spec, scale_down=Behavior(scale_down_seconds))
+    if idle_seconds_before_zero is not None:
+        spec = replace(spec, idle_seconds_before_zero=idle_seconds_before_zero)
     return [compare(name, tasks, spec, seed)
             for seed in seeds
             for name, tasks in (traces(random.Random(seed), priority_share) | (recorded or {})).items()]
@@ -370,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{TARGET_PER_REPLICA})")
     parser.add_argument("--scale-down-seconds", type=float,
                         help="stalk's scale-down stabilization window (default: the TaskQueue default)")
+    parser.add_argument("--idle-seconds-before-zero", type=float,
+                        help="stalk's idle time before zero replicas (default: the TaskQueue default)")
     parser.add_argument("--csv", type=Path, help="write per-second series (--seed) or one row per seed here")
     parser.add_argument("--strict", action="store_true", help="exit with status 2 when the target is missed")
     args = parser.parse_args(argv)
@@ -379,13 +454,16 @@ def main(argv: list[str] | None = None) -> int:
           f"replicas, {STARTUP_SECONDS}s start-up, {args.priority_share:.0%} of tasks in a priority sub-list, "
           f"seed{'s' if len(seeds) > 1 else ''} {_span(seeds)}")
     comparisons = sweep(seeds, recorded=recorded, priority_share=args.priority_share,
-                        scale_down_seconds=args.scale_down_seconds, tasks_per_replica=args.tasks_per_replica)
+                        scale_down_seconds=args.scale_down_seconds, tasks_per_replica=args.tasks_per_replica,
+                        idle_seconds_before_zero=args.idle_seconds_before_zero)
     print_summary(comparisons)
+    print()
+    print_economy(comparisons)
     if args.csv:
         _write_seeds(args.csv / "seeds.csv", comparisons)
         if args.seed is not None:
             for c in comparisons:
-                _write_series(args.csv, c.trace, {"stalk": c.stalk, "keda": c.keda})
+                _write_series(args.csv, c.trace, {"stalk": c.stalk, "keda": c.keda, "reactive": c.reactive})
     missed = [c for c in comparisons if c.verdict != MET]
     print(f"target (fewer worker-seconds at an equal or better p95 wait, no busy worker stopped): "
           f"{'met' if not missed else 'missed'}; met in {len(comparisons) - len(missed)} of {len(comparisons)} runs")
@@ -428,6 +506,43 @@ def print_summary(comparisons: list[Comparison]) -> None:
                   f"backlog {s.mean_waiting:.1f} vs {k.mean_waiting:.1f}")
 
 
+def print_economy(comparisons: list[Comparison]) -> None:
+    """Issue 16's table: every model's worker-seconds against the reactive baseline, HPA+KEDA and the floor."""
+    width = max(8, *(len(c.trace) for c in comparisons))
+    _print_header(f"{'trace':<{width}} {'model':<8} | {'worker-s':>8} {'/react':>6} {'/KEDA':>6} {'/floor':>6} | "
+                  f"{'p95 wait':>8} {'mean':>7} | {'busy':>4} {'killed':>6} | {'events/h':>8} | "
+                  f"{'stalk meets (runs): vs react, vs KEDA, no busy stop, churn':<58}")
+    for trace, runs in by_trace(comparisons).items():
+        met = [economy_targets(c) for c in runs]
+        targets = ", ".join(f"{sum(m[k] for m in met)}/{len(runs)}" for k in met[0])
+        for model in ("stalk", "reactive", "keda", "floor"):
+            if model == "floor":
+                worker = [c.floor for c in runs]
+            else:
+                worker = [getattr(c, model).worker_seconds for c in runs]
+            line = (f"{trace:<{width}} {MODEL_NAMES[model]:<8} | {_median(worker):>8.0f} "
+                    f"{_median(w / c.reactive.worker_seconds for w, c in zip(worker, runs)):>6.2f} "
+                    f"{_median(w / c.keda.worker_seconds for w, c in zip(worker, runs)):>6.2f} "
+                    f"{_median(w / c.floor for w, c in zip(worker, runs)):>6.2f} | ")
+            if model != "floor":
+                results = [getattr(c, model) for c in runs]
+                line += (f"{_median(r.p95_wait for r in results):>7.1f}s {_median(r.mean_wait for r in results):>6.1f}s"
+                         f" | {sum(r.busy_stops for r in results):>4} {sum(r.killed_tasks for r in results):>6} | "
+                         f"{_median(r.scale_events / r.hours for r in results):>8.0f} | ")
+                line += targets if model == "stalk" else ""
+            print(line.rstrip(" |"))
+    print("worker-s, its ratios, waits and scale events per hour: medians over the seeds (a ratio is the median of "
+          "the per-seed ratios); busy: pods sent SIGTERM while running a task, killed: tasks cut off by the grace "
+          "period, totals over the seeds. reactive: replicas = ceil((waiting + in flight) / tasks per replica), the "
+          "highest of the last 30 s, never below the busy replicas, idle-first removal; floor: task-seconds / "
+          f"{CONCURRENCY} slots. Targets (issue 16): vs react: worker-s <= {REACTIVE_WORKER_TARGET}x at a p95 wait "
+          f"<= +{REACTIVE_WAIT_SLACK_SECONDS:g}s; vs KEDA: worker-s <= and p95 wait <; churn: scale events <= "
+          "reactive's")
+
+
+MODEL_NAMES = {"stalk": "stalk", "reactive": "reactive", "keda": "HPA+KEDA", "floor": "floor"}
+
+
 def _total(runs: list[Comparison], model: str, field: str) -> int:
     return sum(getattr(getattr(c, model), field) for c in runs)
 
@@ -449,12 +564,15 @@ def _write_seeds(path: Path, comparisons: list[Comparison]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trace", "seed", "tasks", "verdict", "model", "worker_seconds", "p95_wait",
-                         "p95_wait_sublists", "mean_waiting", "pods_started", "busy_stops", "killed_tasks"])
+                         "p95_wait_sublists", "mean_waiting", "pods_started", "busy_stops", "killed_tasks",
+                         "mean_wait", "scale_events", "floor_worker_seconds"])
         for c in comparisons:
-            for model, r in (("stalk", c.stalk), ("stalk_blind", c.blind), ("keda", c.keda)):
+            for model, r in (("stalk", c.stalk), ("stalk_blind", c.blind), ("keda", c.keda),
+                             ("reactive", c.reactive)):
                 writer.writerow([c.trace, c.seed, c.tasks, c.verdict, model, round(r.worker_seconds, 1),
                                  round(r.p95_wait, 2), round(r.p95_wait_sublists, 2), round(r.mean_waiting, 2),
-                                 r.pods_started, r.busy_stops, r.killed_tasks])
+                                 r.pods_started, r.busy_stops, r.killed_tasks, round(r.mean_wait, 2),
+                                 r.scale_events, round(c.floor, 1)])
 
 
 def _median(values) -> float:

@@ -323,14 +323,19 @@ def test_a_full_history_in_status_is_read_and_compacted():
     assert decide(obs(waiting=15, current=8), SPEC, history, NOW + 6).replicas == 3
 
 
-def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(monkeypatch):
-    # bench/policy_sim.py runs decide() against a simulated Deployment; a short bursty trace here
-    # keeps the simulator working and checks the drain-safe promise end to end.
+@pytest.fixture
+def sim(monkeypatch):
+    """bench/policy_sim.py, which runs decide() against a simulated Deployment."""
     path = Path(__file__).resolve().parents[2] / "bench" / "policy_sim.py"
     loaded = importlib.util.spec_from_file_location("policy_sim", path)
-    sim = importlib.util.module_from_spec(loaded)
-    monkeypatch.setitem(sys.modules, "policy_sim", sim)  # dataclasses look their module up there
-    loaded.loader.exec_module(sim)
+    module = importlib.util.module_from_spec(loaded)
+    monkeypatch.setitem(sys.modules, "policy_sim", module)  # dataclasses look their module up there
+    loaded.loader.exec_module(module)
+    return module
+
+
+def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(sim):
+    # A short bursty trace keeps the simulator working and checks the drain-safe promise end to end.
     tasks = sim.poisson_trace(lambda t: 0.5, 600, random.Random(5), bursts={s: 40 for s in range(100, 110)})
     spec = ScalingSpec(max_replicas=sim.MAX_REPLICAS, tasks_per_replica=sim.TARGET_PER_REPLICA)
     result = sim.simulate(tasks, lambda: sim.StalkController(spec), grace=sim.KUBERNETES_GRACE_SECONDS,
@@ -338,6 +343,25 @@ def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(monkeypat
     assert (result.busy_stops, result.killed_tasks) == (0, 0)
     assert max(replicas for _, replicas, _, _ in result.series) > 1  # it did scale up and down
     assert result.series[-1][1] == 0
+
+
+def test_the_simulators_baselines_on_long_tasks(sim):
+    # Issue 16's measurements rest on these: the reactive baseline is drain-safe like stalk, keeps
+    # the highest need of the last 30 s, and no model spends less than the floor.
+    tasks = sim.poisson_trace(lambda t: 0.4 if t % 600 < 60 else 0.0, 1200, random.Random(3),
+                              duration=sim.long_task_seconds)
+    spec = ScalingSpec(min_replicas=0, max_replicas=sim.MAX_REPLICAS, tasks_per_replica=sim.TARGET_PER_REPLICA)
+    c = sim.compare("waves", tasks, spec, seed=3)
+    assert all(60 <= t.duration <= 300 for t in tasks)
+    assert c.floor == pytest.approx(sum(t.duration for t in tasks) / sim.CONCURRENCY)
+    assert min(r.worker_seconds for r in (c.stalk, c.reactive, c.keda)) > c.floor
+    assert (c.reactive.busy_stops, c.reactive.killed_tasks) == (0, 0)
+    assert c.keda.killed_tasks > 0  # HPA+KEDA stops busy pods with a 30 s grace period: long tasks die
+    series = c.reactive.series
+    last_work = max(second for second, _, waiting, in_flight in series if waiting + in_flight)
+    first_zero = min(second for second, replicas, _, _ in series if second > last_work and replicas == 0)
+    assert first_zero - last_work == 30
+    assert c.reactive.scale_events >= 4 and c.reactive.mean_wait <= c.reactive.p95_wait
 
 
 def test_a_resumed_history_keeps_the_replicas_it_finds_for_one_window():
