@@ -61,7 +61,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             log.warning("no API tokens configured: listening on %s only, without authentication", settings.api_host)
         yield
         app.state.gateway.writer.close()
-        app.state.gateway.leftovers.flush(app.state.gateway)
+        app.state.gateway.leftovers.close(app.state.gateway)
         database.dispose()
         # Not celery.pool.force_close_all(): kombu keeps producer pools in a process-wide registry
         # keyed by broker URL, so a later app on the same URL would get a closed pool.

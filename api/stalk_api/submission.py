@@ -243,22 +243,23 @@ def record_and_publish(gateway: Gateway, items: list[Item], *, defer_mark: bool 
     if problem:
         raise Unavailable(f"the task database is unavailable, nothing was submitted: {problem}")
     marks = leftovers.take_marks()
-    with gateway.sessions() as session:
-        try:
+    try:
+        # The session's close is inside the try too: on a connection cut mid-commit, closing
+        # (or rolling back) can raise as well, and that 503 must disown the rows like any other.
+        with gateway.sessions() as session:
             if marks:
                 store.mark_published(session, task_ids=marks)
             store.insert_pending(session, rows)
             session.commit()
-        except SQLAlchemyError as exc:
-            session.rollback()
-            leftovers.mark_later(marks)
-            if isinstance(exc, IntegrityError):
-                raise
-            # A connection cut during COMMIT leaves its outcome unknown: the server may have
-            # committed rows this 503 disowns. They are unpublished, so removing them with the
-            # next submission is safe either way (seen in CI: PostgreSQL stopped mid-commit).
-            leftovers.discard_later(task_ids)
-            raise Unavailable(f"the task database is unavailable, nothing was submitted: {short_error(exc)}") from exc
+    except SQLAlchemyError as exc:
+        leftovers.mark_later(marks)
+        if isinstance(exc, IntegrityError):
+            raise
+        # A connection cut during COMMIT leaves its outcome unknown: the server may have
+        # committed rows this 503 disowns. They are unpublished, so removing them with the
+        # next submission is safe either way (seen in CI: PostgreSQL stopped mid-commit).
+        leftovers.discard_later(task_ids)
+        raise Unavailable(f"the task database is unavailable, nothing was submitted: {short_error(exc)}") from exc
     try:
         _publish(gateway.celery, rows)
     except Exception as exc:
@@ -325,6 +326,15 @@ class Leftovers:
         marks = self.take_marks()
         if marks:
             self.mark(gateway, marks)
+
+    def close(self, gateway: Gateway) -> None:
+        """When the API stops: mark what waits, and remove the records of refused submissions now
+        rather than leave them to another process's sweep ten minutes later."""
+        self.flush(gateway)
+        with self._lock:
+            discard, self._discard = self._discard, []
+        if discard:
+            self.discard(gateway, discard)
 
     def _apply(self, gateway: Gateway, change, task_ids: list[str], pending: list[str]) -> None:
         with gateway.sessions() as session:
