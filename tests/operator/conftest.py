@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.foreign_workers import stop_workers  # noqa: F401 - tests import it from here
 from tests.fixtures.kube import poll
 from tests.fixtures.wait import wait_for_async
 from tests.fixtures.servers import free_port
@@ -187,17 +188,6 @@ def start_worker(pod: str, redis_urls: tuple[str, str], tmp_path: Path) -> subpr
              "-P", "threads", "-c", "1", "--without-mingle", "--without-gossip", "-l", "INFO"],
             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         )
-
-
-def stop_workers(workers: list[subprocess.Popen]) -> None:
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        try:
-            w.wait(15)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait(5)
 
 
 def tick(ticker: Ticker) -> None:

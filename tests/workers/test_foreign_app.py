@@ -1,0 +1,80 @@
+"""The queue reader against a team's own Celery app (tests/fixtures/foreign_app.py): ten priority
+lists per queue, a topic exchange whose routing keys are task names, a key prefix, its own worker
+processes. The truth is what kombu and Celery themselves say: kombu's ``_size`` through the app's
+own channel (it knows the app's priority steps), and Celery's standard ``inspect().active()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from stalk_workers.queue_reader import QueueReader
+from tests.fixtures import foreign_app
+from tests.fixtures.foreign_workers import errors_in, start_foreign_worker, stop_workers
+from tests.fixtures.wait import wait_until
+
+
+@pytest.fixture
+def tracker(redis_urls):
+    app = foreign_app.make_app(redis_urls[0])
+    foreign_app.declare_queues(app)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def reader(redis_urls) -> Iterator[QueueReader]:
+    client = redis.Redis.from_url(redis_urls[0])
+    yield QueueReader(client, key_prefix=foreign_app.KEY_PREFIX)
+    client.close()
+
+
+def kombu_size(app, queue: str) -> int:
+    """What waits in ``queue`` by kombu's own count, with the app's own priority steps."""
+    with app.connection_for_read() as conn:
+        return conn.default_channel._size(queue)  # noqa: SLF001 - kombu's own answer is the truth here
+
+
+def test_waiting_counts_every_priority_list_of_an_app_with_ten_steps(tracker, reader):
+    enrich = tracker.tasks["tracker.issues.enrich_issue"]
+    for i in range(38):
+        enrich.apply_async(args=[0], priority=i % 10)
+    for i in range(5):
+        tracker.tasks["tracker.reports.build_report"].apply_async(args=[0], priority=9 - i)
+
+    stats = reader.read(["issues", "reports"])
+
+    assert kombu_size(tracker, "issues") == 38 and kombu_size(tracker, "reports") == 5
+    assert (stats["issues"].waiting, stats["reports"].waiting) == (38, 5)
+
+
+def test_in_flight_is_attributed_by_the_queue_a_message_came_from(tracker, reader, redis_urls, tmp_path):
+    """Routing keys like tracker.issues.enrich_issue, resolved through kombu's _kombu.binding.* sets."""
+    for _ in range(3):
+        tracker.tasks["tracker.issues.enrich_issue"].apply_async(args=[60])
+    tracker.tasks["tracker.reports.build_report"].apply_async(args=[60])
+    logs = [tmp_path / "issues.log", tmp_path / "reports.log"]
+    workers = []
+    try:
+        workers.append(start_foreign_worker(redis_urls[0], "issues", "issues", logs[0], concurrency=2))
+        workers.append(start_foreign_worker(redis_urls[0], "reports", "reports", logs[1], concurrency=1))
+
+        def active() -> dict[str, int]:
+            replies = tracker.control.inspect(timeout=1).active() or {}
+            out = {"issues": 0, "reports": 0}
+            for tasks in replies.values():
+                for task in tasks:
+                    out[task["name"].split(".")[1]] += 1
+            return out
+
+        truth = wait_until(lambda: (a := active()) == {"issues": 2, "reports": 1} and a, timeout=30,
+                           what="two issues tasks and one report running (Celery's inspect().active())")
+        stats = reader.read(["issues", "reports"])
+        assert {q: s.in_flight for q, s in stats.items()} == truth
+        assert stats["issues"].waiting == 1 and stats["reports"].waiting == 0
+    finally:
+        stop_workers(workers)
+    for log in logs:
+        assert errors_in(log) == [], log.read_text()[-3000:]
