@@ -5,6 +5,7 @@ own channel (it knows the app's priority steps), and Celery's standard ``inspect
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,31 @@ def test_in_flight_is_attributed_by_the_queue_a_message_came_from(tracker, reade
         stop_workers(workers)
     for log in logs:
         assert errors_in(log) == [], log.read_text()[-3000:]
+
+
+def test_listing_workers_counts_foreign_workers_and_never_makes_them_log_an_error(tracker, redis_urls, tmp_path):
+    """What GET /v1/queues and /v1/workers call: Celery's standard inspection, which every worker answers."""
+    from celery import Celery
+
+    from stalk_workers.inspection import online_workers
+
+    log = tmp_path / "issues.log"
+    workers = [start_foreign_worker(redis_urls[0], "issues,reports", "tracker", log, concurrency=3)]
+    client = Celery("client", broker=redis_urls[0], set_as_current=False)
+    client.conf.broker_transport_options = {"global_keyprefix": foreign_app.KEY_PREFIX}
+    try:
+        tracker.tasks["tracker.issues.enrich_issue"].apply_async(args=[60])
+        wait_until(lambda: tracker.control.inspect(timeout=1).active(), timeout=30, what="the task running")
+        started = time.monotonic()
+        found = online_workers(client, timeout=1.0, max_age=0)
+        took = time.monotonic() - started
+        again = online_workers(client, timeout=1.0)  # within the cache's age: no broadcast
+    finally:
+        stop_workers(workers)
+        client.close()
+    assert [(w.queues, w.active_tasks, w.pool, w.concurrency) for w in found] == [
+        (["issues", "reports"], 1, "thread", 3)]
+    assert found[0].name.startswith("tracker@")
+    assert took < 2.0, "three inspections at once: about one timeout, not three"
+    assert again is found
+    assert errors_in(log) == [], log.read_text()[-3000:]
