@@ -34,6 +34,7 @@ from stalk_operator.reporting import Measured, Reporter
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
 from stalk_operator.writer import StatusWriter
 from stalk_workers.queue_reader import QueueReader, QueueStats
+from stalk_workers.unconsumed import unconsumed_lists
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
 # A Redis read that takes longer than this counts as a failed read, not a stalled tick.
 REDIS_TIMEOUT_SECONDS = 2.0
+# Looking for lists nobody consumes walks the keyspace and asks the workers: once a minute.
+UNCONSUMED_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -74,13 +77,35 @@ class BrokerLoop:
         self._reads = ThreadPoolExecutor(1, thread_name_prefix=f"read {self.label}")
         self._inspector: CeleryInspector | None = None
         self._outage = Outage()
+        self._unconsumed: dict[str, int] = {}
+        self._unconsumed_at = float("-inf")
+        self._unconsumed_task: asyncio.Task[None] | None = None
+
+    @property
+    def inspector(self) -> CeleryInspector:
+        if self._inspector is None:  # only needed now and then, so built on first use
+            timeout = self._ticker.settings.inspect_timeout_seconds
+            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
+        return self._inspector
 
     def active_tasks(self) -> dict:
         """What every worker on this broker runs (blocking: Celery's remote control waits for replies)."""
-        if self._inspector is None:  # only needed on scale-down, so built on the first one
-            timeout = self._ticker.settings.inspect_timeout_seconds
-            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
-        return self._inspector.active()
+        return self.inspector.active()
+
+    def look_for_unconsumed(self, queues: list[str]) -> None:
+        """Report lists holding messages that no TaskQueue names and no worker consumes (blocking)."""
+        claimed = set(queues) | self.inspector.consumed_queues()
+        found = unconsumed_lists(self.client, key_prefix=self.key_prefix, claimed=claimed)
+        gauge = self._ticker.metrics.unconsumed
+        for name in self._unconsumed.keys() - found.keys():
+            gauge.remove(self.label, name)
+        for name, count in found.items():
+            if name not in self._unconsumed:
+                log.warning("%d messages in list %r on %s: no TaskQueue names its queue and no worker "
+                            "consumes it (a send_task without a queue lands in Celery's default list 'celery')",
+                            count, name, self.label)
+            gauge.labels(self.label, name).set(count)
+        self._unconsumed = found
 
     async def run(self) -> None:
         try:
@@ -98,6 +123,10 @@ class BrokerLoop:
             self.close()
 
     def close(self) -> None:
+        if self._unconsumed_task is not None:
+            self._unconsumed_task.cancel()
+        for name in self._unconsumed:
+            self._ticker.metrics.unconsumed.remove(self.label, name)
         self._reads.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         if self._inspector is not None:
@@ -119,8 +148,18 @@ class BrokerLoop:
             if lasted is not None:
                 log.info("reading %s again after %.0fs", self.label, lasted)
             steps = self._each(members, lambda m: self.prepare(m, stats[m.config.queue], now))
+            if now - self._unconsumed_at >= UNCONSUMED_INTERVAL_SECONDS and (
+                    self._unconsumed_task is None or self._unconsumed_task.done()):
+                self._unconsumed_at = now
+                self._unconsumed_task = asyncio.create_task(self._unconsumed_look(queues))
         if steps:
             await asyncio.gather(*(self.actuate(step) for step in steps))
+
+    async def _unconsumed_look(self, queues: list[str]) -> None:
+        try:
+            await asyncio.to_thread(self.look_for_unconsumed, queues)
+        except Exception as exc:  # noqa: BLE001 - a courtesy: never a reason to stop ticking
+            log.warning("cannot look for unconsumed lists on %s: %s", self.label, exc)
 
     @staticmethod
     def _each(members: list[TaskQueueState], prepare: Callable[[TaskQueueState], Step | None]) -> list[Step]:

@@ -107,3 +107,17 @@ def test_listing_workers_counts_foreign_workers_and_never_makes_them_log_an_erro
     assert took < 2.0, "three inspections at once: about one timeout, not three"
     assert again is found
     assert errors_in(log) == [], log.read_text()[-3000:]
+
+
+def test_unconsumed_lists_are_found_by_exact_name_and_claimed_ones_are_not(tracker, redis_urls):
+    from stalk_workers.unconsumed import unconsumed_lists
+
+    tracker.tasks["tracker.issues.enrich_issue"].apply_async(args=[0], priority=7)
+    tracker.tasks["tracker.reports.build_report"].apply_async(args=[0])
+    for _ in range(3):
+        tracker.send_task("team.forgotten")  # Celery's default list
+    client = redis.Redis.from_url(redis_urls[0])
+    client.lpush("tracker:not-celery", "a job of another program")  # not a kombu message: not ours to report
+    found = unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed={"issues"})
+    assert found == {"tracker:reports\x06\x165": 1, "tracker:celery": 3}
+    assert unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed={"issues", "reports", "celery"}) == {}
