@@ -213,8 +213,10 @@ class BrokerLoop:
         """Redis could not be read: keep the replicas as they are and say so (an Event once)."""
         cfg = state.config
         message = f"cannot read queue {cfg.queue} from {self.label}: {exc}"[:512]
-        self._ticker.reporter.conditions(state, now,
-                                         st.Condition(st.METRICS_AVAILABLE, False, unreadable_reason(exc), message))
+        reason = unreadable_reason(exc)
+        # Ready too: it does not scale, and `kubectl get tq` shows Ready's reason.
+        self._ticker.reporter.conditions(state, now, st.Condition(st.METRICS_AVAILABLE, False, reason, message),
+                                         st.Condition(st.READY, False, reason, message))
         if state.metrics_down:
             return None
         state.metrics_down = True
