@@ -354,10 +354,9 @@ def run_read_cost(args: argparse.Namespace) -> int:
 
     import redis
     from celery import Celery
-    from kombu.transport.redis import PRIORITY_STEPS
     from redis.utils import HIREDIS_AVAILABLE
 
-    from stalk_workers.queue_reader import QueueReader
+    from stalk_workers.queue_reader import PRIORITY_LISTS, QueueReader
 
     rng = random.Random(args.seed)
     with harness("stalk-bench-readcost-", keep=args.keep) as h:
@@ -400,7 +399,7 @@ def run_read_cost(args: argparse.Namespace) -> int:
             in_flight = sum(s.in_flight for s in reader.read(queues).values())
             consumer.default_channel.close()
         client.close()
-    print(f"client cost of reading {args.count:,} queues ({len(PRIORITY_STEPS)} lists each, {args.with_tasks} with "
+    print(f"client cost of reading {args.count:,} queues ({len(PRIORITY_LISTS)} lists each, {args.with_tasks} with "
           f"tasks, {in_flight} in flight), {args.reads} reads each; hiredis "
           f"{'installed' if HIREDIS_AVAILABLE else 'not installed'}; load average {load_average()}")
     print("| read | CPU median (min-max) | wall median (min-max) |")

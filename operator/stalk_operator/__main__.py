@@ -69,8 +69,7 @@ async def run(settings: OperatorSettings) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
-    settings = OperatorSettings()
+def main(settings: OperatorSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf logs every watch event's handler at INFO: one line per Deployment change is noise here.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -78,4 +77,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import typer
+
+    from stalk_operator.command import operator_command
+
+    typer.run(operator_command)

@@ -65,5 +65,10 @@ class CeleryInspector:
         """Node name -> running tasks, from every worker that answered within the timeout."""
         return self._app.control.inspect(timeout=self._timeout).active() or {}
 
+    def consumed_queues(self) -> set[str]:
+        """The queues the workers that answered consume (Celery's standard ``active_queues``)."""
+        replies = self._app.control.inspect(timeout=self._timeout).active_queues() or {}
+        return {q["name"] for queues in replies.values() for q in queues or () if isinstance(q, dict) and "name" in q}
+
     def close(self) -> None:
         self._app.close()

@@ -16,12 +16,9 @@ console = Console(highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("operator")
-    def operator_() -> None:
-        """Run the TaskQueue operator against the cluster in KUBECONFIG (or the pod's service account)."""
-        from stalk_operator.__main__ import main
+    from stalk_operator.command import operator_command
 
-        main()
+    app.command("operator")(operator_command)
 
     @app.command()
     def dev(

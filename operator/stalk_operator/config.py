@@ -29,7 +29,8 @@ class OperatorSettings(BaseSettings):
     lease_renew_seconds: float = Field(2.0, gt=0)
     identity: str = Field(default_factory=_default_identity)
 
-    metrics_host: str = "0.0.0.0"
+    # Loopback unless asked: the chart and the kustomize base pass --metrics-host 0.0.0.0 in the pod.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(8090, ge=0, le=65535)
 
     # Celery remote-control inspection before a scale-down: how long to wait for worker replies.

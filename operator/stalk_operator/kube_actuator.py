@@ -54,6 +54,8 @@ class KubeActuator:
         self._clock = clock
         cfg = state.config
         self._ref = (cfg.namespace, cfg.target.kind, cfg.target.name)
+        # Why the scale was refused, when it was (the TaskQueue shows it, with a Warning event).
+        self.failure: str | None = None
 
     @property
     def replicas(self) -> int:
@@ -83,6 +85,7 @@ class KubeActuator:
             self._metrics.api_errors.labels("patch_scale").inc()
             log.warning("cannot scale %s %s/%s to %d: %s", cfg.target.kind, cfg.namespace, cfg.target.name,
                         replicas, exc.reason)
+            self.failure = f"cannot scale {cfg.target.kind} {cfg.target.name} to {replicas}: {exc.status} {exc.reason}"
             return False
         self._targets.expect(*self._ref, replicas, version)
         self.state.last_scale_time = st.utc_iso(self._clock())

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
+from kubernetes.client.exceptions import ApiException
 
 from stalk_operator import status as st
 from stalk_operator.busy import CeleryInspector
@@ -32,6 +34,7 @@ from stalk_operator.reporting import Measured, Reporter
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
 from stalk_operator.writer import StatusWriter
 from stalk_workers.queue_reader import QueueReader, QueueStats
+from stalk_workers.unconsumed import unconsumed_lists
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
 # A Redis read that takes longer than this counts as a failed read, not a stalled tick.
 REDIS_TIMEOUT_SECONDS = 2.0
+# Looking for lists nobody consumes walks the keyspace and asks the workers: once a minute.
+UNCONSUMED_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -67,15 +72,40 @@ class BrokerLoop:
             self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         )
         self.reader = QueueReader(self.client, key_prefix=self.key_prefix)
+        # Reads run on this broker's own thread: a Redis that does not answer holds it for the
+        # timeout, and would otherwise hold threads of the pool every other broker reads through.
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix=f"read {self.label}")
         self._inspector: CeleryInspector | None = None
         self._outage = Outage()
+        self._unconsumed: dict[str, int] = {}
+        self._unconsumed_at = float("-inf")
+        self._unconsumed_task: asyncio.Task[None] | None = None
+
+    @property
+    def inspector(self) -> CeleryInspector:
+        if self._inspector is None:  # only needed now and then, so built on first use
+            timeout = self._ticker.settings.inspect_timeout_seconds
+            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
+        return self._inspector
 
     def active_tasks(self) -> dict:
         """What every worker on this broker runs (blocking: Celery's remote control waits for replies)."""
-        if self._inspector is None:  # only needed on scale-down, so built on the first one
-            timeout = self._ticker.settings.inspect_timeout_seconds
-            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
-        return self._inspector.active()
+        return self.inspector.active()
+
+    def look_for_unconsumed(self, queues: list[str]) -> None:
+        """Report lists holding messages that no TaskQueue names and no worker consumes (blocking)."""
+        claimed = set(queues) | self.inspector.consumed_queues()
+        found = unconsumed_lists(self.client, key_prefix=self.key_prefix, claimed=claimed)
+        gauge = self._ticker.metrics.unconsumed
+        for name in self._unconsumed.keys() - found.keys():
+            gauge.remove(self.label, name)
+        for name, count in found.items():
+            if name not in self._unconsumed:
+                log.warning("%d messages in list %r on %s: no TaskQueue names its queue and no worker "
+                            "consumes it (a send_task without a queue lands in Celery's default list 'celery')",
+                            count, name, self.label)
+            gauge.labels(self.label, name).set(count)
+        self._unconsumed = found
 
     async def run(self) -> None:
         try:
@@ -93,6 +123,11 @@ class BrokerLoop:
             self.close()
 
     def close(self) -> None:
+        if self._unconsumed_task is not None:
+            self._unconsumed_task.cancel()
+        for name in self._unconsumed:
+            self._ticker.metrics.unconsumed.remove(self.label, name)
+        self._reads.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         if self._inspector is not None:
             self._inspector.close()
@@ -101,7 +136,8 @@ class BrokerLoop:
         queues = sorted({m.config.queue for m in members})
         now = self._ticker.clock()
         try:
-            stats: dict[str, QueueStats] | None = await asyncio.to_thread(self.reader.read, queues)
+            stats: dict[str, QueueStats] | None = await asyncio.get_running_loop().run_in_executor(
+                self._reads, self.reader.read, queues)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep replicas, report
             self._ticker.metrics.broker_errors.labels(self.label).inc()
             if self._outage.failed(now):  # once per outage; the error counter counts every tick
@@ -112,8 +148,18 @@ class BrokerLoop:
             if lasted is not None:
                 log.info("reading %s again after %.0fs", self.label, lasted)
             steps = self._each(members, lambda m: self.prepare(m, stats[m.config.queue], now))
+            if now - self._unconsumed_at >= UNCONSUMED_INTERVAL_SECONDS and (
+                    self._unconsumed_task is None or self._unconsumed_task.done()):
+                self._unconsumed_at = now
+                self._unconsumed_task = asyncio.create_task(self._unconsumed_look(queues))
         if steps:
             await asyncio.gather(*(self.actuate(step) for step in steps))
+
+    async def _unconsumed_look(self, queues: list[str]) -> None:
+        try:
+            await asyncio.to_thread(self.look_for_unconsumed, queues)
+        except Exception as exc:  # noqa: BLE001 - a courtesy: never a reason to stop ticking
+            log.warning("cannot look for unconsumed lists on %s: %s", self.label, exc)
 
     @staticmethod
     def _each(members: list[TaskQueueState], prepare: Callable[[TaskQueueState], Step | None]) -> list[Step]:
@@ -150,7 +196,7 @@ class BrokerLoop:
         target = self._ticker.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
         if target is None:
             return Step(state, measured, event=event, find_target=True)
-        state.target_missing = False
+        state.target_problem = None
         planned = self._plan(state, measured, target)
         if event is None and not planned.scales:
             return None
@@ -167,8 +213,10 @@ class BrokerLoop:
         """Redis could not be read: keep the replicas as they are and say so (an Event once)."""
         cfg = state.config
         message = f"cannot read queue {cfg.queue} from {self.label}: {exc}"[:512]
-        self._ticker.reporter.conditions(state, now,
-                                         st.Condition(st.METRICS_AVAILABLE, False, "RedisUnavailable", message))
+        reason = unreadable_reason(exc)
+        # Ready too: it does not scale, and `kubectl get tq` shows Ready's reason.
+        self._ticker.reporter.conditions(state, now, st.Condition(st.METRICS_AVAILABLE, False, reason, message),
+                                         st.Condition(st.READY, False, reason, message))
         if state.metrics_down:
             return None
         state.metrics_down = True
@@ -183,9 +231,7 @@ class BrokerLoop:
             if step.find_target:
                 step.target = await self._find_target(state, step.measured.now)
                 if step.target is None:
-                    cfg = state.config
-                    message = f"{cfg.target.kind} {cfg.target.name} not found in namespace {cfg.namespace}"
-                    ticker.reporter.problem(state, step.measured, "TargetNotFound", message, message)
+                    await self._problem(state, step.measured, *state.target_problem)
                     return
                 step.plan = self._plan(state, step.measured, step.target)
             if step.plan is None or not step.plan.scales:
@@ -194,28 +240,66 @@ class BrokerLoop:
                                     metrics=ticker.metrics, active_tasks=self.active_tasks,
                                     api_slots=ticker.api_slots, clock=ticker.clock)
             applied = await apply(step.plan, actuator, state.config.scaling, state.history, step.measured.now)
+            if actuator.failure is not None:
+                await self._problem(state, step.measured, "ScaleFailed", actuator.failure)
+                return
             ticker.reporter.decision(state, step.target, step.measured, applied.decision, applied.replicas)
         except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
             log.exception("TaskQueue %s/%s: tick failed", *state.config.key)
 
+    async def _problem(self, state: TaskQueueState, measured: Measured, reason: str, message: str) -> None:
+        """Measured, but this TaskQueue cannot scale: Ready is False, and a Warning event once."""
+        self._ticker.reporter.problem(state, measured, reason, message, f"{reason}: {message}")
+        if state.announce(reason):
+            log.warning("TaskQueue %s/%s: %s: %s", *state.config.key, reason, message)
+            await send_event(self._ticker.kube, state, "Warning", reason, message)
+
     async def _find_target(self, state: TaskQueueState, now: float) -> Target | None:
-        """A target not (yet) seen by the watch: ask the API server, for a missing one only now and then."""
+        """A target not (yet) seen by the watch: ask the API server, for a missing one only now and then.
+        None leaves why in ``state.target_problem``."""
         cfg, ticker = state.config, self._ticker
         ref = (cfg.namespace, cfg.target.kind, cfg.target.name)
         target = ticker.targets.get(*ref)
         if target is not None:
-            state.target_missing = False
+            state.target_problem = None
             return target
-        if state.target_missing and now - state.target_checked_at < RESOLVE_INTERVAL_SECONDS:
+        if state.target_problem is not None and now - state.target_checked_at < RESOLVE_INTERVAL_SECONDS:
             return None
         state.target_checked_at = now
-        async with ticker.api_slots:
-            scale = await asyncio.to_thread(ticker.kube.read_scale, *ref)
-        state.target_missing = scale is None
-        if scale is None:
+        try:
+            async with ticker.api_slots:
+                scale = await asyncio.to_thread(ticker.kube.read_scale, *ref)
+                other = None
+                if scale is None:  # the most common mistake: the right name, the other kind
+                    other = await asyncio.to_thread(ticker.kube.read_scale, cfg.namespace,
+                                                    OTHER_KIND[cfg.target.kind], cfg.target.name)
+        except ApiException as exc:
+            ticker.metrics.api_errors.labels("read_scale").inc()
+            state.target_problem = ("TargetUnreadable", f"cannot read the scale of {cfg.target.kind} "
+                                                        f"{cfg.target.name}: {exc.status} {exc.reason}")
             return None
+        if scale is None:
+            message = f"{cfg.target.kind} {cfg.target.name} not found in namespace {cfg.namespace}"
+            if other is not None:
+                message += (f"; a {OTHER_KIND[cfg.target.kind]} of that name exists "
+                            f"(set scaleTargetRef.kind to {OTHER_KIND[cfg.target.kind]})")
+            state.target_problem = ("TargetNotFound", message)
+            return None
+        state.target_problem = None
         ticker.targets.expect(*ref, scale.replicas, None)  # until the watch reports it
         return ticker.targets.get(*ref)
+
+
+# The kinds a TaskQueue may scale (the CRD's enum), each with the one a user may have meant.
+OTHER_KIND = {"Deployment": "StatefulSet", "StatefulSet": "Deployment"}
+
+
+def unreadable_reason(exc: Exception) -> str:
+    """The MetricsAvailable reason for a failed read: a wrong password is the user's to fix, not an outage."""
+    if isinstance(exc, redis.AuthenticationError) or (
+            isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))):
+        return "BrokerAuthFailed"
+    return "RedisUnavailable"
 
 
 class Ticker:
@@ -252,7 +336,10 @@ class Ticker:
         writer = asyncio.create_task(self.writer.run(), name="status writer")
         try:
             while True:
-                await self.supervise()
+                try:
+                    await self.supervise()
+                except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure, loudly
+                    log.exception("supervising the broker loops failed; trying again")
                 await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
         finally:
             writer.cancel()

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
+from redis.connection import parse_url
 
 from stalk_operator import status as st
 from stalk_operator.kube import KubeApi
+from stalk_operator.kube_actuator import send_event
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.reporting import Reporter
 from stalk_operator.state import Registry, TaskQueueState
@@ -25,6 +27,11 @@ log = logging.getLogger(__name__)
 RESOLVE_INTERVAL_SECONDS = 10.0
 
 BrokerKey = tuple[str, str]  # (url, key prefix)
+
+# The Ready reason of a TaskQueue whose broker URL redis-py cannot use.
+BROKER_INVALID = "BrokerInvalid"
+# The schemes redis-py's from_url accepts.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def broker_label(url: str) -> str:
@@ -88,7 +95,11 @@ class Membership:
         mark_conflicts(self.registry)
         groups: dict[BrokerKey, list[TaskQueueState]] = {}
         for state in self.registry:
-            url = await self._resolve_broker(state, now)
+            try:
+                url = await self._resolve_broker(state, now)
+            except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
+                log.exception("TaskQueue %s/%s: cannot resolve its broker", *state.config.key)
+                continue
             if url is not None:
                 groups.setdefault((url, state.config.broker.key_prefix), []).append(state)
         self._groups = groups
@@ -101,27 +112,63 @@ class Membership:
         return self._groups.get(key, [])
 
     async def _resolve_broker(self, state: TaskQueueState, now: float) -> str | None:
+        """The broker URL of one TaskQueue, or None with the TaskQueue told why (a condition, and a
+        Warning event once): whatever is wrong with one TaskQueue's broker stays with it."""
         broker = state.config.broker
         if broker.url:
-            state.broker_url, state.broker_problem = broker.url, None
-            return broker.url
+            return await self._accept(state, now, broker.url, "spec.broker.url")
         if now - state.broker_checked_at < RESOLVE_INTERVAL_SECONDS:
             return state.broker_url
         state.broker_checked_at = now
         cfg = state.config
+        where = f"key {broker.secret_key!r} of Secret {broker.secret_name}"
         try:
             url = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, broker.secret_name,
                                           broker.secret_key)
         except ApiException as exc:
             self._metrics.api_errors.labels("read_secret").inc()
             log.warning("cannot read Secret %s/%s: %s", cfg.namespace, broker.secret_name, exc.reason)
-            return state.broker_url
+            if state.broker_url is not None:  # an API server hiccup: go on with the URL read before
+                return state.broker_url
+            return await self._fault(state, now, "BrokerSecretUnreadable",
+                                     f"cannot read Secret {broker.secret_name}: {exc.status} {exc.reason}")
+        except UnicodeDecodeError:
+            return await self._fault(state, now, BROKER_INVALID, f"the {where} is not text, so not a Redis URL")
         if url is None:
-            state.broker_url = None
-            state.broker_problem = f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)"
-            if self._leadership.leading:
-                self._reporter.conditions(state, now, st.Condition(st.READY, False, "BrokerSecretNotFound",
-                                                                   state.broker_problem))
-            return None
+            return await self._fault(state, now, "BrokerSecretNotFound",
+                                     f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)")
+        # A value written with `echo` or from a file ends with a newline the user never meant.
+        return await self._accept(state, now, url.strip(), where)
+
+    async def _accept(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
+        if url == state.broker_url:  # checked when it was first seen (spec URLs come by every second)
+            return url
+        problem = broker_url_problem(url, where)
+        if problem is not None:
+            return await self._fault(state, now, BROKER_INVALID, problem)
         state.broker_url, state.broker_problem = url, None
         return url
+
+    async def _fault(self, state: TaskQueueState, now: float, reason: str, message: str) -> None:
+        state.broker_url, state.broker_problem = None, (reason, message)
+        if not self._leadership.leading:
+            return None
+        self._reporter.conditions(state, now, st.Condition(st.READY, False, reason, message))
+        if state.announce(reason):
+            log.warning("TaskQueue %s/%s: %s: %s", *state.config.key, reason, message)
+            await send_event(self._kube, state, "Warning", reason, message)
+        return None
+
+
+def broker_url_problem(url: str, where: str) -> str | None:
+    """Why redis-py would refuse ``url`` (as ``redis.Redis.from_url`` parses it, without I/O), or None.
+
+    The message never quotes the value: a Secret's key may hold anything, API tokens included.
+    """
+    try:
+        parse_url(url)
+    except (ValueError, TypeError):
+        if not url.startswith(REDIS_SCHEMES):
+            return f"the {where} is not a Redis URL: it does not start with {', '.join(REDIS_SCHEMES)}"
+        return f"the {where} is not a valid Redis URL (look at its port, database number and options)"
+    return None

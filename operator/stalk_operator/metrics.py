@@ -81,6 +81,10 @@ class OperatorMetrics:
         self.is_leader = Gauge("stalk_operator_is_leader", "1 while this operator holds the leader lease.",
                                registry=r)
         self.taskqueues = Gauge("stalk_operator_taskqueues", "TaskQueues this operator knows.", registry=r)
+        self.unconsumed = Gauge(
+            "stalk_operator_unconsumed_messages",
+            "Messages in a Redis list that no TaskQueue names and no worker consumes (e.g. Celery's default "
+            "list 'celery' after a send_task without a queue), by exact list name.", ("broker", "list"), registry=r)
 
     def for_taskqueue(self, namespace: str, name: str, queue: str) -> TaskQueueSeries:
         """The series of one TaskQueue; looked up once and kept, since labels() is not free at 1,000 a tick."""

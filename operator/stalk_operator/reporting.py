@@ -52,6 +52,7 @@ class Reporter:
                  replicas: int) -> None:
         """Measured and scaling: Ready, the decision, and the replicas as they are now."""
         cfg = state.config
+        state.fault = None  # it scales again: a fault from now on is a new one
         state.series.set_replicas(decision.replicas, replicas)
         limited, reason, message = st.scaling_limited(decision)
         self.show(state, st.View(

@@ -25,9 +25,11 @@ class TaskQueueState:
     # Set by the tick loop: the Redis URL in use (from spec.broker.url or the Secret).
     broker_url: str | None = None
     broker_checked_at: float = float("-inf")
-    broker_problem: str | None = None
+    # Why the broker cannot be used (reason, message); None when it can.
+    broker_problem: tuple[str, str] | None = None
     target_checked_at: float = float("-inf")
-    target_missing: bool = False
+    # Why the target cannot be scaled (reason, message), as last looked up; None when it was found.
+    target_problem: tuple[str, str] | None = None
     # Set when another TaskQueue names the same workload (then neither scales it).
     target_conflict: str | None = None
     last_scale_time: str | None = None
@@ -45,9 +47,17 @@ class TaskQueueState:
     pending_urgent: bool = False
     # MetricsAvailable is False (or was, on the object at first sight): a good read says so once.
     metrics_down: bool = False
+    # The reason of the fault last announced with a Warning event; None once the TaskQueue scales again.
+    fault: str | None = None
 
     def __post_init__(self) -> None:
         self.metrics_down = _metrics_down(self.status)
+
+    def announce(self, reason: str) -> bool:
+        """Record a fault of this TaskQueue; True when it is new (a Warning event is due), so a fault
+        that lasts is announced once, not every tick."""
+        new, self.fault = self.fault != reason, reason
+        return new
 
     def resume_from_seen(self) -> None:
         """Take over status and history from the object, as another leader left them."""

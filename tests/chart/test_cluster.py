@@ -119,12 +119,15 @@ def _lifecycle(helm_kube, kube, ns):
 
     # --- kubectl get taskqueues: one per queue, with the CRD's columns
     table = kube.kubectl("get", "taskqueues", namespace=ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX", "AGE"]
+    assert table[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
+                                "STATUS", "AGE"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert {name: row[1] for name, row in rows.items()} == {
         "stalk-worker-classification": "classification", "stalk-worker-default": "default",
         "stalk-worker-notifications": "notifications", "stalk-worker-summarization": "summarization"}
-    assert rows["stalk-worker-default"][-3:-1] == ["1", "10"]  # MIN, MAX
+    # STATUS is blank until the operator has written a condition: cut the row by the header.
+    row = next(line for line in table[1:] if line.startswith("stalk-worker-default "))
+    assert row[table[0].index("MIN"):table[0].index("STATUS")].split() == ["1", "10"]  # MIN, MAX
     # The generated broker Secret holds the URL each TaskQueue points at.
     secret = _json(kube, "get", "secret", "stalk-redis", namespace=ns)
     assert set(secret["data"]) == {"password", "broker-url", "result-backend-url"}
@@ -144,7 +147,7 @@ def _lifecycle(helm_kube, kube, ns):
     assert sorted(workers) == ["classification", "default", "reports", "summarization"]
     assert workers["classification"]["spec"]["replicas"] == 3, "helm upgrade reset the operator's replicas"
     assert workers["default"]["spec"]["replicas"] == 2, "helm upgrade reset the operator's replicas"
-    assert workers["reports"]["spec"]["replicas"] == 1  # a new Deployment starts at one until the operator acts
+    assert workers["reports"]["spec"]["replicas"] == 0  # a new Deployment starts at its minReplicas, 0 here
     assert "warning" in workers["classification"]["spec"]["template"]["spec"]["containers"][0]["args"]
     queues = {t["spec"]["queue"]: t for t in _json(kube, "get", "taskqueues", namespace=ns)["items"]}
     assert sorted(queues) == ["classification", "default", "reports", "summarization"]

@@ -88,7 +88,7 @@ def queue_names(objects: list[dict]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("sid", ["01-defaults", "02-everything-on"])
-def test_each_queue_gets_a_worker_deployment_without_replicas_and_a_taskqueue_pointing_at_it(rendered, sid):
+def test_each_queue_gets_a_worker_deployment_starting_at_min_replicas_and_a_taskqueue_pointing_at_it(rendered, sid):
     objects = rendered[sid]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     scenario = yaml.safe_load(SCENARIOS[SCENARIO_IDS.index(sid)].read_text()) or {}
@@ -100,7 +100,9 @@ def test_each_queue_gets_a_worker_deployment_without_replicas_and_a_taskqueue_po
     assert sorted(taskqueues) == sorted(workers)
     for name, queue in workers.items():
         deployment = by_kind(objects, "Deployment")[name]
-        assert "replicas" not in deployment["spec"], f"{name}: helm upgrade would reset the operator's replicas"
+        # A first install (no live Deployment for `lookup`) starts at minReplicas, 0 included; an upgrade
+        # keeps the live replicas (tests/chart/test_cluster.py).
+        assert deployment["spec"]["replicas"] == queues[queue].get("minReplicas", 0), name
         spec = taskqueues[name]["spec"]
         assert spec["queue"] == queue
         assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}

@@ -3,6 +3,7 @@ a real Redis from tests/fixtures/servers.py, and the operator itself as a subpro
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,13 +12,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.foreign_workers import stop_workers  # noqa: F401 - tests import it from here
 from tests.fixtures.kube import poll
+from tests.fixtures.wait import wait_for_async
 from tests.fixtures.servers import free_port
+
+if TYPE_CHECKING:
+    from stalk_operator.loop import Ticker
+    from stalk_operator.writer import StatusWriter
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "k8s" / "crd" / "taskqueues.stalk.dev.yaml"
@@ -183,12 +190,17 @@ def start_worker(pod: str, redis_urls: tuple[str, str], tmp_path: Path) -> subpr
         )
 
 
-def stop_workers(workers: list[subprocess.Popen]) -> None:
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        try:
-            w.wait(15)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait(5)
+def tick(ticker: Ticker) -> None:
+    async def run():
+        await ticker.tick_once()
+        # Status is written off the tick by the writer: let it write what the tick handed over.
+        await drain_writer(ticker.writer)
+
+    asyncio.run(run())
+
+
+async def drain_writer(writer: StatusWriter) -> None:
+    task = asyncio.create_task(writer.run())
+    await wait_for_async(lambda: not writer.pending() or task.done(), timeout=30, what="the status writes")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

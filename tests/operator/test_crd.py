@@ -64,9 +64,34 @@ def test_get_taskqueues_prints_the_columns(kube_cluster, taskqueue_crd, kube_nam
     apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
                                                   target="w", minReplicas=1, maxReplicas=7))
     lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX", "AGE"]
+    assert lines[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
+                                "STATUS", "AGE"]
     # Cells without a value yet (no status before an operator runs) print as blanks: cut by the header.
-    starts = [lines[0].index(name) for name in ("QUEUE", "MIN", "MAX", "AGE")]
+    starts = [lines[0].index(name) for name in ("QUEUE", "MIN", "MAX", "STATUS")]
     row = lines[1]
     assert row[starts[0]:starts[1]].split() == ["emails"]
     assert row[starts[1]:starts[2]].strip() == "1" and row[starts[2]:starts[3]].strip() == "7"
+
+
+def _field_paths(node: dict, path: str = "") -> list[str]:
+    paths = []
+    for name, sub in (node.get("properties") or {}).items():
+        paths.append(f"{path}.{name}")
+        paths += _field_paths(sub.get("items", sub), f"{path}.{name}")
+    return paths
+
+
+def test_kubectl_explain_describes_every_field_of_spec_and_status(kube_cluster, taskqueue_crd):
+    import yaml
+
+    schema = yaml.safe_load(taskqueue_crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fields = [p for p in _field_paths(schema) if p.startswith((".spec", ".status"))]
+    assert len(fields) > 30
+    undescribed = []
+    for field in fields:
+        out = kube_cluster.kubectl("explain", f"taskqueue{field}").stdout
+        # kubectl explain prints DESCRIPTION: and then the text, or <empty> when there is none.
+        text = out.split("DESCRIPTION:", 1)[1].split("FIELDS:", 1)[0].strip() if "DESCRIPTION:" in out else ""
+        if not text or text == "<empty>":
+            undescribed.append(field)
+    assert undescribed == []

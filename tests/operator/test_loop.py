@@ -22,6 +22,7 @@ from stalk_operator.spec import parse_taskqueue
 from stalk_operator.state import Registry, TargetCache
 from stalk_operator.writer import StatusWriter
 from tests.fixtures.wait import free_port, wait_for_async
+from tests.operator.conftest import drain_writer, tick
 
 NOW = 1_700_000_000.0
 
@@ -65,22 +66,6 @@ def make_ticker(kube: RecordingKube, clock=lambda: NOW) -> tuple[Ticker, Registr
     ticker = Ticker(registry=registry, targets=TargetCache(), kube=kube, metrics=OperatorMetrics(),
                     settings=OperatorSettings(status_interval_seconds=5), is_leader=lambda: True, clock=clock)
     return ticker, registry
-
-
-def tick(ticker: Ticker) -> None:
-    async def run():
-        await ticker.tick_once()
-        # Status is written off the tick by the writer: let it write what the tick handed over.
-        await drain_writer(ticker.writer)
-
-    asyncio.run(run())
-
-
-async def drain_writer(writer: StatusWriter) -> None:
-    task = asyncio.create_task(writer.run())
-    await wait_for_async(lambda: not writer.pending() or task.done(), timeout=30, what="the status writes")
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from kombu import Exchange, Queue
 from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
 from stalk_workers.settings import Settings
 
-# inspection registers the remote-control command the API uses to list workers.
-BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks", "stalk_workers.inspection")
+BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks",)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

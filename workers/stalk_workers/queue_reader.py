@@ -2,8 +2,11 @@
 
 What it relies on, from kombu 5.x's Redis transport (``kombu/transport/redis.py``, 5.7.0 here):
 
-- A queue ``Q`` is one list per priority step: ``Q`` for step 0, ``Q<sep>3``, ``Q<sep>6``,
-  ``Q<sep>9`` (``PRIORITY_STEPS`` and ``Channel.sep``, imported below, not copied).
+- A queue ``Q`` is one list per priority step: ``Q`` for step 0, ``Q<sep>n`` for step n. The
+  steps are the sending app's transport option ``priority_steps`` (default ``[0, 3, 6, 9]``), which
+  no reader can know; but kombu clamps every priority into ``[min_priority, max_priority]`` (0-9)
+  first, so a step in use is one of those ten numbers: the reader looks at all ten lists of every
+  queue, whatever the app's steps (``Channel.sep`` and the bounds are kombu's, not copies).
 - Publishers ``LPUSH``; consumers ``BRPOP``/``RPOP``; so the oldest message of each list is at
   index -1. (kombu puts a restored message back with ``RPUSH``, so it is the next one out: also -1.)
 - A delivered message leaves its list for one hash per database, ``unacked`` (delivery tag ->
@@ -12,10 +15,14 @@ What it relies on, from kombu 5.x's Redis transport (``kombu/transport/redis.py`
   delivered at once and held by the worker until their time, so they sit in ``unacked`` too.
 - ``global_keyprefix`` is prepended to every one of these keys.
 
-In-flight messages are attributed to queues by routing key: Celery routes ``{"queue": name}`` to
-a queue declared as ``Queue(name, Exchange(name), routing_key=name)``, so the routing key is the
-queue name. The reader keeps what it parsed from ``unacked`` between reads (delivery tag ->
-queue and eta), so each read fetches only the entries delivered since the last one.
+In-flight messages are attributed to the queue they were delivered from. An ``unacked`` entry
+keeps only the exchange and routing key it was published with; which queue that reached is what
+kombu's ``_kombu.binding.<exchange>`` sets say (members ``routing key<sep>pattern<sep>queue``, the
+pattern a regular expression for a topic exchange), written when a queue is declared. For Celery's
+default routing the routing key is the queue name; an app's topic exchange or own routing keys
+(``tracker.issues.enrich_issue``) are resolved through the bindings (``routing.py``). The reader
+keeps what it parsed from ``unacked`` between reads (delivery tag -> exchange, routing key and
+eta), so each read fetches only the entries delivered since the last one.
 
 A read is one Lua script (EVALSHA), so it is one round trip and Redis, not the client, does the
 per-list work: at 1,000 queues the pipeline of 8,000 LLEN/LINDEX commands it replaced cost the
@@ -35,9 +42,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
-from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.transport.redis import Channel
 from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import NoScriptError
+
+from stalk_workers.routing import Bindings
 
 # The header the API stamps on every task it publishes: epoch seconds (float) of the send.
 SENT_AT_HEADER = "stalk_sent_at"
@@ -45,6 +54,8 @@ SENT_AT_HEADER = "stalk_sent_at"
 NOT_A_QUEUE = ""
 # Fetch new unacked entries in chunks inside the read script (Lua's unpack has a stack limit).
 HMGET_CHUNK = 1000
+# Every priority step a message can be in, whatever steps the sending app set (see above).
+PRIORITY_LISTS = tuple(range(Channel.min_priority, Channel.max_priority + 1))
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,7 @@ class _Delivered:
     """What the reader keeps about one ``unacked`` entry."""
 
     score: float  # delivery time in ``unacked_index``; a redelivery of the same tag changes it
-    queue: str | None  # the routing key; None when the hash entry was missing (fetched again next read)
+    route: tuple[str, str] | None  # (exchange, routing key); None when the hash entry was missing
     eta: float | None  # epoch seconds the worker holds it until; None for a plain task
 
 
@@ -81,14 +92,12 @@ class QueueReader:
         *,
         key_prefix: str = "",
         clock: Callable[[], float] = time.time,
-        priority_steps: Sequence[int] = PRIORITY_STEPS,
     ):
         self._client = client
         self._prefix = key_prefix
         self._clock = clock
-        # kombu's transport option ``priority_steps`` defaults to PRIORITY_STEPS; pass the same
-        # value here if the app changes it.
-        self._steps = tuple(priority_steps)
+        self._steps = PRIORITY_LISTS
+        self._bindings = Bindings(client, key_prefix=key_prefix, clock=clock)
         self._delivered: dict[str, _Delivered] = {}
         self._tails: dict[tuple[str, int], _Tail] = {}  # per (queue, priority step)
         # Index entries at or below the newest score fetched so far are not fetched by score again;
@@ -106,12 +115,14 @@ class QueueReader:
 
         in_flight = dict.fromkeys(queues, 0)
         scheduled = dict.fromkeys(queues, 0)
+        queue_of = self._bindings.resolver({entry.route for entry in self._delivered.values() if entry.route})
         for entry in self._delivered.values():
-            if entry.queue in in_flight:
+            queue = queue_of(entry.route) if entry.route else None
+            if queue in in_flight:
                 if entry.eta is not None and entry.eta > now:
-                    scheduled[entry.queue] += 1
+                    scheduled[queue] += 1
                 else:
-                    in_flight[entry.queue] += 1
+                    in_flight[queue] += 1
 
         # Only non-empty lists come back: their tails are all the ages there are. Rebuilding the
         # cache from them forgets the lists that emptied.
@@ -146,12 +157,12 @@ class QueueReader:
         for i in range(0, len(fetched), 2):
             tag, raw = bytes_to_str(fetched[i]), fetched[i + 1]
             if tag in current:
-                queue, eta = _parse_unacked(raw) if raw is not None else (None, None)
-                self._delivered[tag] = _Delivered(score=current[tag], queue=queue, eta=eta)
+                route, eta = _parse_unacked(raw) if raw is not None else (None, None)
+                self._delivered[tag] = _Delivered(score=current[tag], route=route, eta=eta)
         # New or redelivered under a score the script did not fetch by (see __init__): next read, by
         # tag. Until then a redelivered tag keeps what it was attributed to (the same message).
         self._refetch = [tag for tag, score in current.items()
-                         if (known := self._delivered.get(tag)) is None or known.score != score or known.queue is None]
+                         if (known := self._delivered.get(tag)) is None or known.score != score or known.route is None]
         if current:
             self._newest_score = max(self._newest_score, max(current.values()))
 
@@ -229,14 +240,14 @@ def _tag_and_sent_at(raw: bytes | str) -> tuple[str, float | None]:
     return str(tag or hash(raw)), float(sent_at) if isinstance(sent_at, int | float) else None
 
 
-def _parse_unacked(raw: bytes | str) -> tuple[str | None, float | None]:
-    """(routing key, eta as epoch seconds) of one ``unacked`` hash value."""
+def _parse_unacked(raw: bytes | str) -> tuple[tuple[str, str], float | None]:
+    """((exchange, routing key), eta as epoch seconds) of one ``unacked`` hash value."""
     try:
-        message, _exchange, routing_key = json.loads(raw)
+        message, exchange, routing_key = json.loads(raw)
         headers = message.get("headers") or {}
     except (ValueError, TypeError, AttributeError):
-        return NOT_A_QUEUE, None
-    return routing_key, _epoch(headers.get("eta"))
+        return (NOT_A_QUEUE, NOT_A_QUEUE), None
+    return (exchange or "", routing_key or ""), _epoch(headers.get("eta"))
 
 
 def _epoch(eta: str | None) -> float | None:

@@ -1,4 +1,4 @@
-"""/v1/workers: the workers online, from one remote-control broadcast."""
+"""/v1/workers: the workers online, from Celery's standard inspection (stalk_workers.inspection)."""
 
 from __future__ import annotations
 
