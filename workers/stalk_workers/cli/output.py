@@ -56,5 +56,13 @@ class _PipeSafe:
         return getattr(self._stream, "encoding", "utf-8")
 
 
+# Off a terminal (a pipe, a file, CI) rich would lay out for 80 columns, cutting ids in tables and
+# breaking command lines people paste: lay out as wide as the content instead.
+UNBOUNDED_WIDTH = 10_000
+
+
 def make_console(*, stderr: bool = False) -> Console:
-    return Console(file=_PipeSafe(stderr), highlight=False, soft_wrap=True)
+    """Never hard-wrapped: lines (errors, commands) soft-wrap; off a terminal, tables are as wide as they need."""
+    stream = _PipeSafe(stderr)
+    known_width = stream.isatty() or "COLUMNS" in os.environ  # noqa: SIM112 - rich's own variable
+    return Console(file=stream, highlight=False, soft_wrap=True, width=None if known_width else UNBOUNDED_WIDTH)
