@@ -14,6 +14,23 @@ from stalk_workers.cli.output import make_console
 console = make_console()
 
 
+def stalk_command() -> str:
+    """How to call this ``stalk`` from the current folder: ``stalk`` if PATH finds this one, else its path
+    (``make run`` users have it only in .venv/bin)."""
+    import os
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / "stalk"
+    found = shutil.which("stalk")
+    if found and Path(found).resolve() == here.resolve():
+        return "stalk"
+    try:
+        return os.path.relpath(here) if not os.path.relpath(here).startswith("..") else str(here)
+    except ValueError:
+        return str(here)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("operator")
     def operator_() -> None:
@@ -52,7 +69,8 @@ def register(app: typer.Typer) -> None:
                           f"Submit a health check:\n"
                           f"  curl -s -X POST {url}/v1/tasks -H 'Content-Type: application/json' "
                           f"-d '{{\"task\": \"stalk.health_check\"}}'\n"
-                          f"Then follow it:  curl -s {url}/v1/tasks/<task_id>   (or: stalk submit stalk.health_check --wait)\n"
+                          f"Then follow it:  curl -s {url}/v1/tasks/<task_id>   "
+                          f"(or: {stalk_command()} submit stalk.health_check --wait)\n"
                           f"\nCtrl-C stops everything.\n")
             stack.watch()
         except Interrupted:
