@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -85,6 +86,21 @@ class Gateway:
         # Celery's own tasks (celery.chord_unlock, celery.backend_cleanup, ...) are internal.
         return name in self.celery.tasks and not name.startswith("celery.")
 
+    def signature(self, name: str) -> inspect.Signature | None:
+        """The parameters a registered task takes (``self`` of a bound task left out); None if unknown."""
+        if name not in self._signatures:
+            try:
+                # A task with autoretry_for runs through Celery's wrapper, which keeps the function's
+                # own signature in __wrapped__ (vine's wraps); inspect follows it.
+                self._signatures[name] = inspect.signature(self.celery.tasks[name].run)
+            except (KeyError, TypeError, ValueError):
+                self._signatures[name] = None
+        return self._signatures[name]
+
+    @cached_property
+    def _signatures(self) -> dict[str, inspect.Signature | None]:
+        return {}
+
     def queue_names(self) -> list[str]:
         return [q.name for q in self.celery.conf.stalk_queues]
 
@@ -138,6 +154,7 @@ def prepare(gateway: Gateway, body: TaskCreate, *, where: str = "") -> Prepared:
     """Check a submission against the registry and the limits; raise a SubmissionError if it is wrong."""
     if not gateway.submittable(body.task):
         raise UnknownTask(f"{where}task {body.task!r} is not registered; GET /v1/task-types lists what can be submitted")
+    _check_arguments(gateway, body, where)
     queue = body.queue or gateway.routed_queue(body.task)
     if not gateway.has_queue(queue):
         raise SubmissionError(f"{where}queue {queue!r} does not exist; queues: {', '.join(gateway.queue_names())}")
@@ -149,6 +166,19 @@ def prepare(gateway: Gateway, body: TaskCreate, *, where: str = "") -> Prepared:
     if eta is not None and (eta - datetime.now(UTC)).total_seconds() > limit:
         raise _beyond_limit(gateway, (eta - datetime.now(UTC)).total_seconds(), where)
     return Prepared(body=body, queue=queue, eta=eta)
+
+
+def _check_arguments(gateway: Gateway, body: TaskCreate, where: str) -> None:
+    # Arguments the task cannot take would fail on every run, and its retries with them.
+    signature = gateway.signature(body.task)
+    if signature is None:
+        return
+    try:
+        signature.bind(*body.args, **body.kwargs)
+    except TypeError as exc:
+        plain = signature.replace(parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+                                  return_annotation=signature.empty)
+        raise SubmissionError(f"{where}arguments do not fit {body.task}{plain}: {exc}") from None
 
 
 def _beyond_limit(gateway: Gateway, ahead: float, where: str) -> SubmissionError:

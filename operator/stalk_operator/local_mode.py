@@ -27,6 +27,7 @@ import redis
 from celery import Celery
 from celery.utils.nodenames import host_format
 
+from stalk_operator import tethered
 from stalk_operator.policy import Decision, History, ScalingSpec
 from stalk_operator.reconcile import BUSY_FRESH_SECONDS, BUSY_RECHECK_SECONDS, Outage, apply, plan
 from stalk_workers.queue_reader import QueueReader
@@ -166,7 +167,13 @@ class LocalActuator:
                             timeout)
                 worker.process.kill()
                 worker.process.wait()
+            tethered.kill_group(worker.process)  # pool processes a killed worker left
         self._stopping.clear()
+
+    def kill(self) -> None:
+        """SIGKILL every worker and what it started, now (a second Ctrl-C while stopping)."""
+        for worker in self._running + self._stopping:
+            tethered.kill_group(worker.process)
 
     def _start(self) -> None:
         used = {w.index for w in self._running + self._stopping}
@@ -177,10 +184,9 @@ class LocalActuator:
         if self._log_dir is not None:
             output = open(self._log_dir / f"{self.queue.name}-{index}.log", "ab")  # noqa: SIM115 - the child owns it
         try:
-            # Own session: a Ctrl-C in the terminal reaches only the parent, whose stop() then gives
-            # every worker one SIGTERM (a second SIGINT would be Celery's cold shutdown).
-            process = subprocess.Popen(command, env=self._env, stdout=output,
-                                       stderr=subprocess.STDOUT if output else None, start_new_session=True)
+            # Tethered: dies with this process; out of the terminal's group, so a Ctrl-C reaches only
+            # the parent, whose stop() then gives every worker one SIGTERM (warm shutdown).
+            process = tethered.start(command, env=self._env, output=output)
         finally:
             if output is not None:
                 output.close()
@@ -293,6 +299,11 @@ class LocalAutoscaler:
                 stop_event.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
         finally:
             self.stop()
+
+    def kill(self) -> None:
+        """SIGKILL all workers of all queues now."""
+        for actuator in self.actuators.values():
+            actuator.kill()
 
     def stop(self) -> None:
         """Warm-stop all workers of all queues (running tasks finish first)."""

@@ -58,6 +58,21 @@ def test_a_failing_task_with_wait_exits_non_zero(served):
     assert "FAILURE" in done.stderr and "ValueError" in done.stderr
 
 
+def test_output_off_a_terminal_is_never_hard_wrapped(served):
+    # No COLUMNS, output to a pipe: what `stalk tasks | grep` or a CI log sees.
+    env = {k: v for k, v in served.env.items() if k != "COLUMNS"}
+    task_id = stalk(env, "submit", "stalk.health_check").stdout.strip()
+    served.wait_for(task_id)
+    listing = stalk(env, "tasks", "--limit", "5")
+    assert task_id in listing.stdout, listing.stdout
+    status = stalk(env, "status", task_id)
+    assert status.returncode == 0, status.stderr
+    long_name = "x" * 120
+    error = stalk(env, "status", long_name)
+    assert error.returncode == 1 and len(error.stderr.strip().splitlines()) == 1, error.stderr
+    assert long_name in error.stderr
+
+
 def test_queues_and_workers_tables(served):
     queues = stalk(served.env, "queues")
     assert queues.returncode == 0 and "classification" in queues.stdout and "WAITING" in queues.stdout

@@ -37,6 +37,8 @@ def test_stalk_dev_runs_a_health_check_and_stops_cleanly(tmp_path):
     port = free_port()
     # No STALK_* settings: the embedded defaults, exactly what `make run` gets on a fresh machine.
     env = {k: v for k, v in os.environ.items() if not k.startswith("STALK_")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.executable).parent.resolve())
     output = tmp_path / "dev.out"
     with output.open("wb") as out:
         dev = subprocess.Popen([sys.executable, "-m", "stalk_workers", "dev", "--api-port", str(port),
@@ -47,6 +49,9 @@ def test_stalk_dev_runs_a_health_check_and_stops_cleanly(tmp_path):
                    what=f"stalk dev to start (output: {output})")
         banner = output.read_text()
         assert f"http://127.0.0.1:{port}" in banner and "curl -s -X POST" in banner
+        # The test's PATH does not hold the venv (as after `make run`): the banner names a path that works.
+        command = banner.split("(or: ", 1)[1].split(" submit", 1)[0]
+        assert command == str(Path(sys.executable).parent / "stalk") and Path(command).exists(), banner
 
         url = f"http://127.0.0.1:{port}"
         submitted = httpx.post(f"{url}/v1/tasks", json={"task": "stalk.health_check"})

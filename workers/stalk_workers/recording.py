@@ -23,6 +23,7 @@ import traceback as tb
 import weakref
 
 from celery import Celery, signals
+from celery.exceptions import Reject
 
 from stalk_workers.records import db, store
 
@@ -153,13 +154,23 @@ def _on_retry(sender=None, request=None, reason=None, einfo=None, **_):
                now=True)
 
 
-def _on_failure(sender=None, exception=None, traceback=None, einfo=None, **_):
+def _on_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None, einfo=None, **_):
     # task_failure fires only when Celery gives up: a retry raises Retry instead. So every
     # failure recorded here is final, and the task is dead-lettered for a person to look at.
-    if (writer := _writer(sender)) is None:
+    if (writer := _writer(sender)) is None or task_id is None:
         return
+    in_task = sender.request.id == task_id
+    # Otherwise sent by the worker's main process, where the task's request is not current
+    # (Celery 5.7: a Reject(requeue=False), e.g. a retry whose arguments cannot bind; a hard
+    # time limit): what the signal carries, and the record keeps its queue and retry count.
+    seen = _seen(sender) if in_task else store.SeenTask(
+        task_id=task_id, task_name=sender.name, queue=sender.app.conf.task_default_queue,
+        args=list(args or []), kwargs=dict(kwargs or {}))
+    if isinstance(exception, Reject) and isinstance(exception.reason, BaseException):
+        exception = exception.reason  # the TypeError people need, not Celery's wrapper of it
     text = einfo.traceback if einfo else "".join(tb.format_tb(traceback)) if traceback else None
-    writer.add(store.failed(_seen(sender), error=exception, traceback=text, dead_lettered=True), now=True)
+    writer.add(store.failed(seen, error=exception, traceback=text, dead_lettered=True, keep_retries=not in_task),
+               now=True)
 
 
 def _on_revoked(sender=None, request=None, **_):

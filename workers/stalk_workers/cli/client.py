@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stalk_workers.cli.errors import fail
+from stalk_workers.cli.output import make_console
 
-console = Console(highlight=False)
+console = make_console()
 
 FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 STATUS_STYLE = {"SUCCESS": "green", "FAILURE": "red", "REVOKED": "yellow", "RETRY": "yellow", "STARTED": "cyan"}

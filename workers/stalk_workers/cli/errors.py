@@ -6,13 +6,13 @@ from typing import NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
+from stalk_workers.cli.output import make_console
 from stalk_workers.settings import Settings
 
 S = TypeVar("S", bound=Settings)
 
-err_console = Console(stderr=True, highlight=False)
+err_console = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from stalk_workers.records.models import (
     FAILURE,
+    FINAL_STATES,
     PENDING,
     RETRY,
     REVOKED,
@@ -269,9 +270,13 @@ def succeeded(seen: SeenTask, *, result: object) -> Change:
                          "error_type": None, "error_message": None, "traceback": None})
 
 
-def failed(seen: SeenTask, *, error: BaseException, traceback: str | None, dead_lettered: bool) -> Change:
+def failed(seen: SeenTask, *, error: BaseException, traceback: str | None, dead_lettered: bool,
+           keep_retries: bool = False) -> Change:
+    """``keep_retries``: the writer does not know the count (a failure seen outside the task's
+    process); the record keeps its own."""
+    retries = {} if keep_retries else {"retries": seen.retries}
     return Change(seen, {"status": FAILURE, "finished_at": utcnow(), "dead_lettered": dead_lettered,
-                         "retries": seen.retries, **_error_fields(error, traceback)})
+                         **retries, **_error_fields(error, traceback)})
 
 
 def write(engine: Engine, changes: list[Change]) -> None:
@@ -286,23 +291,34 @@ def write(engine: Engine, changes: list[Change]) -> None:
         values = {**earlier.values, **change.values} if earlier else change.values
         merged[change.seen.task_id] = Change(change.seen, values)
     now = utcnow()
-    groups: dict[tuple[str, ...], list[dict]] = {}
+    groups: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
     for change in merged.values():
         values = {**change.values, "updated_at": now}
-        groups.setdefault(tuple(sorted(values)), []).append(_insert_values(change.seen, values, now))
+        final = values.get("status") in FINAL_STATES
+        groups.setdefault((tuple(sorted(values)), final), []).append(_insert_values(change.seen, values, now))
     with engine.begin() as conn:
-        for columns, rows in groups.items():
-            _execute_many(conn, _upsert(conn.dialect.name, columns), rows)
+        for (columns, final), rows in groups.items():
+            _execute_many(conn, _upsert(conn.dialect.name, columns, final), rows)
 
 
 @functools.cache
-def _upsert(dialect_name: str, columns: tuple[str, ...]):
+def _upsert(dialect_name: str, columns: tuple[str, ...], final: bool = True):
     """The upsert that sets ``columns`` on conflict, built once: building ``excluded`` again for
-    every flush cost about a quarter of a flush's CPU (py-spy)."""
+    every flush cost about a quarter of a flush's CPU (py-spy).
+
+    A change to a state that is not final (STARTED, RETRY) never replaces a final one: two processes
+    write one task's record (a pool process buffers STARTED while the worker's main process writes the
+    FAILURE of a rejected message or a hard time limit at once), and the later write may carry the
+    earlier state."""
     dialect = sqlite if dialect_name == "sqlite" else postgresql
     statement = dialect.insert(TABLE)
     return statement.on_conflict_do_update(
-        index_elements=[TABLE.c.task_id], set_={c: statement.excluded[c] for c in columns})
+        index_elements=[TABLE.c.task_id], set_={c: statement.excluded[c] for c in columns},
+        where=None if final else _NOT_FINAL)
+
+
+# Literal, not bound: the SQLite fast path binds only the rows' own columns (``_execute_many``).
+_NOT_FINAL = TABLE.c.status.notin_([sa.literal_column(f"'{state}'") for state in sorted(FINAL_STATES)])
 
 
 def _insert_values(seen: SeenTask, values: dict, now: datetime) -> dict:
