@@ -51,7 +51,9 @@ def test_the_operator_with_the_charts_rbac_scales_a_chart_worker_deployment_from
     helm_kube.run("install", RELEASE, str(CHART), "--namespace", ns, "-f", str(EXTERNAL), *IMAGE,
                   "--wait", "--timeout", "180s")
     deployment = f"stalk-worker-{QUEUE}"
-    assert json.loads(kube.kubectl("get", "deployment", deployment, "-o", "json", namespace=ns).stdout)["spec"]["replicas"] == 1
+    # A new autoscaled Deployment starts at its queue's minReplicas (the chart's default table: 0 for
+    # classification), not at the API server's default of 1.
+    assert json.loads(kube.kubectl("get", "deployment", deployment, "-o", "json", namespace=ns).stdout)["spec"]["replicas"] == 0
 
     # The operator container's environment, as the chart renders it.
     rendered = json.loads(kube.kubectl("get", "deployment", "stalk-operator", "-o", "json", namespace=ns).stdout)
