@@ -33,7 +33,7 @@ from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as kombu_dumps
 
 from stalk_api.ids import uuid4_strings
-from stalk_workers.queue_reader import SENT_AT_HEADER
+from stalk_workers.sent_at import SENT_AT_HEADER, is_stamp
 from stalk_workers.transport import NotCapturable
 
 _json = json.dumps  # what kombu's dumps writes for JSON values (it only adds encoders for other types)
@@ -65,13 +65,20 @@ def publish(celery: Celery, rows: Iterable[dict], *, sent_at: float) -> None:
                 _send(celery, producer, row, _options(celery, producer, row, routes), sent_at)
 
 
+def _changes_messages() -> bool:
+    """Whether a publish receiver may change each message (headers, properties): then every one is
+    Celery's own. stalk's send-time stamp (a team's app may install it) sets only the header this
+    module sets itself."""
+    return (signals.after_task_publish.has_listeners()
+            or any(not is_stamp(key) for key, _ in signals.before_task_publish.receivers))
+
+
 def _render(celery: Celery, producer, rows: list[dict], sent_at: float) -> dict[str, list[str]]:
     """The payloads for every row, by Redis list, in order."""
     lists: dict[str, list[str]] = {}
     kinds: dict[tuple, _Kind] = {}
     routes: dict[tuple, dict] = {}
-    # A receiver may change each message (headers, properties): then every one is Celery's own.
-    templates = not any(signal.has_listeners() for signal in (signals.before_task_publish, signals.after_task_publish))
+    templates = not _changes_messages()
     for row, tag in zip(rows, uuid4_strings(len(rows)), strict=True):
         kind_key = (row["task_name"], row["queue"], row["priority"])
         kind = kinds.get(kind_key)

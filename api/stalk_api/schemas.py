@@ -124,10 +124,15 @@ class TasksPublic(BaseModel):
 
 class QueuePublic(BaseModel):
     name: str
-    waiting: int = Field(description="Ready messages, all priority levels counted.")
+    waiting: int = Field(description="Messages in the queue's Redis lists, all priority levels counted. An "
+                                     "eta/countdown task counts here until a worker takes it (a worker must, "
+                                     "to hold it until its time), then under scheduled.")
     in_flight: int = Field(description="Delivered to a worker and not yet acknowledged.")
     scheduled: int = Field(description="Held by workers until their eta/countdown.")
-    oldest_wait_seconds: float | None
+    oldest_wait_seconds: float | None = Field(description="Seconds the oldest waiting message has waited: from its "
+                                              "send time (tasks sent through this API, or by an app that "
+                                              "installs stalk_workers.sent_at), else from when this API's "
+                                              "reads saw it arrive; null when nothing waits.")
     workers: int = Field(description="Workers online that consume this queue.")
 
 

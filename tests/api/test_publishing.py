@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from stalk_api import publishing
 from stalk_api.config import ApiSettings
 from stalk_workers.app import create_app
-from stalk_workers.queue_reader import SENT_AT_HEADER
+from stalk_workers.sent_at import SENT_AT_HEADER
 
 SENT_AT = 1_700_000_000.25
 
@@ -184,6 +184,25 @@ def test_publish_signal_receivers_see_and_shape_every_message(celery, redis_urls
     assert built == ["id-0", "id-1", "id-2"]  # no template while someone listens
     messages = _messages(redis.Redis.from_url(redis_urls[0]))
     assert {m["headers"]["trace"] for _, m in messages.values()} == {"trace-id-0", "trace-id-1", "trace-id-2"}
+
+
+def test_the_send_time_hook_of_a_teams_app_keeps_the_rendered_path_and_the_apis_send_time(celery, redis_urls):
+    """A team's app module that installs stalk's send-time stamp (sent_at.py) is imported by the
+    API too: the stamp sets only the header the API sets itself, so messages stay rendered."""
+    from celery import signals
+
+    from stalk_workers import sent_at
+
+    sent_at.stamp_send_times()
+    try:
+        rows = [_row(f"id-{i}", args=[i]) for i in range(3)]
+        built = _count_celery_builds(celery)
+        publishing.publish(celery, rows, sent_at=SENT_AT)
+    finally:
+        signals.before_task_publish.disconnect(dispatch_uid=sent_at.__name__)
+    assert built == ["id-0"]  # the first of the kind makes the template; the rest are rendered
+    messages = _messages(redis.Redis.from_url(redis_urls[0]))
+    assert {m["headers"][SENT_AT_HEADER] for _, m in messages.values()} == {SENT_AT}
 
 
 def test_global_key_prefix_applies_to_rendered_messages(redis_urls):

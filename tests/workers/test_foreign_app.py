@@ -5,6 +5,8 @@ own channel (it knows the app's priority steps), and Celery's standard ``inspect
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ import pytest
 import redis
 
 from stalk_workers.queue_reader import QueueReader
+from stalk_workers.sent_at import SENT_AT_HEADER
 from tests.fixtures import foreign_app
 from tests.fixtures.foreign_workers import errors_in, start_foreign_worker, stop_workers
 from tests.fixtures.wait import wait_until
@@ -121,3 +124,77 @@ def test_unconsumed_lists_are_found_by_exact_name_and_claimed_ones_are_not(track
     found = unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed={"issues"})
     assert found == {"tracker:reports\x06\x165": 1, "tracker:celery": 3}
     assert unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed={"issues", "reports", "celery"}) == {}
+
+
+# --- Oldest wait of a backlog the team's own code sent --------------------------------------------
+
+ISSUES_LIST = f"{foreign_app.KEY_PREFIX}issues\x06\x165"  # priority 5, the app's default, of ten steps
+
+
+@pytest.fixture
+def stamped():
+    """The team's one-line hook, installed in this (the producing) process for one test."""
+    from celery import signals
+
+    from stalk_workers import sent_at
+
+    sent_at.stamp_send_times()
+    yield
+    signals.before_task_publish.disconnect(dispatch_uid=sent_at.__name__)
+
+
+@pytest.mark.parametrize("hook", [True, False], ids=["with the send-time hook", "without it"])
+def test_oldest_wait_of_a_backlog_drained_steadily_stays_within_10_percent_of_the_truth(
+        hook, request, tracker, reader, redis_urls, tmp_path):
+    """The backlog builds for 8 s while nothing consumes, then one worker drains it at a steady
+    rate while the reader polls, as the operator does. Before arrivals were tracked, a message
+    without a send time aged from when it reached the tail: ~0 s all through the drain."""
+    if hook:
+        request.getfixturevalue("stamped")
+    client = redis.Redis.from_url(redis_urls[0])
+    enrich = tracker.tasks["tracker.issues.enrich_issue"]
+    sent: dict[str, float] = {}
+    reader.read(["issues"])  # the reader runs before the backlog starts, as the operator would
+    enrich.apply_async(args=[0.05])
+    sent_stamp = json.loads(client.lindex(ISSUES_LIST, 0))["headers"].get(SENT_AT_HEADER)
+    assert (sent_stamp is not None) == hook, "the hook stamps the send time, and only the hook does"
+    sent[json.loads(client.lindex(ISSUES_LIST, 0))["headers"]["id"]] = sent_stamp or time.time()
+
+    def poll_and_compare(compared: list) -> None:
+        before = client.lindex(ISSUES_LIST, -1)
+        stats = reader.read(["issues"])["issues"]
+        now = time.time()
+        if before is not None and client.lindex(ISSUES_LIST, -1) == before:  # the same tail throughout
+            truth = now - sent[_task_id(before)]
+            compared.append((truth, stats.oldest_wait_seconds))
+
+    compared: list[tuple[float, float]] = []
+    next_read = time.monotonic()
+    for i in range(160):  # 20 a second for 8 s
+        sent[enrich.apply_async(args=[0.05]).id] = time.time()
+        if time.monotonic() >= next_read:
+            poll_and_compare(compared)
+            next_read += 1.0
+        time.sleep(0.05)
+    # Started on a thread: the reads go on every 0.5 s while the worker starts (the accuracy is
+    # one read interval, and the operator reads every second).
+    workers: list = []
+    starting = threading.Thread(target=lambda: workers.append(
+        start_foreign_worker(redis_urls[0], "issues", "drain", tmp_path / "drain.log", concurrency=1)))
+    starting.start()
+    try:
+        while starting.is_alive() or client.llen(ISSUES_LIST):
+            poll_and_compare(compared)
+            time.sleep(0.5)
+    finally:
+        starting.join()
+        stop_workers(workers)
+
+    draining = [(truth, est) for truth, est in compared if truth > 8]
+    assert len(draining) >= 5, f"the backlog drained too fast to compare: {compared}"
+    misses = [(round(truth, 1), round(est, 1)) for truth, est in compared if abs(est - truth) > max(2.0, 0.1 * truth)]
+    assert not misses, f"(truth, reported) beyond 10 % or 2 s: {misses} of {len(compared)} reads"
+
+
+def _task_id(raw: bytes) -> str:
+    return json.loads(raw)["headers"]["id"]

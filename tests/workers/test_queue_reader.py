@@ -18,7 +18,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from stalk_workers.queue_reader import SENT_AT_HEADER, QueueReader, QueueStats
+from stalk_workers.queue_reader import QueueReader, QueueStats
+from stalk_workers.sent_at import SENT_AT_HEADER
 from stalk_workers.settings import Settings
 from tests.fixtures.servers import wait_until
 from tests.workers.celery_app import create_app
@@ -119,18 +120,36 @@ def test_oldest_wait_comes_from_the_sent_at_header_of_any_priority_step(broker):
     assert reader.read(["q"])["q"].oldest_wait_seconds == pytest.approx(52)
 
 
-def test_oldest_wait_without_header_counts_from_first_sight(broker, reserve):
+def test_oldest_wait_without_header_never_restarts_while_a_backlog_drains(broker, reserve):
+    """Messages a plain client sent carry no send time: the reader counts their arrivals between
+    its reads (arrivals.py). What waited before its first read ages from that read, at least."""
     app, clock = celery_app(broker), Clock()
     publish(app, "q", 2)
     reader = QueueReader(redis.Redis.from_url(broker), clock=clock)
     assert reader.read(["q"])["q"].oldest_wait_seconds == 0
     clock.now += 7
     assert reader.read(["q"])["q"].oldest_wait_seconds == 7
-    reserve("q", 1)  # the oldest leaves; the next one is first seen now
+    reserve("q", 1)  # the oldest leaves; the next one waited as long, not 0 s
     clock.now += 1
-    assert reader.read(["q"])["q"].oldest_wait_seconds == 0
+    assert reader.read(["q"])["q"].oldest_wait_seconds == 8
     reserve("q", 1)
     assert reader.read(["q"])["q"].oldest_wait_seconds is None
+
+
+def test_oldest_wait_without_header_comes_from_the_reads_that_saw_the_arrivals(broker, reserve):
+    app, clock = celery_app(broker), Clock()
+    reader = QueueReader(redis.Redis.from_url(broker), clock=clock)
+    assert reader.read(["q"])["q"].oldest_wait_seconds is None
+    publish(app, "q", 4)  # between the read at 0 s and the one at 10 s: taken as evenly spread
+    clock.now += 10
+    assert reader.read(["q"])["q"].oldest_wait_seconds == pytest.approx(10 - 10 * 0.5 / 4)
+    publish(app, "q", 2)  # between 10 s and 20 s
+    clock.now += 10
+    reader.read(["q"])
+    reserve("q", 5)  # all four of the first interval and one of the second leave
+    clock.now += 1
+    # The last of the second interval's two: arrived at 10 + 10 * 1.5 / 2 = 17.5 s; now is 21 s.
+    assert reader.read(["q"])["q"].oldest_wait_seconds == pytest.approx(3.5)
 
 
 def test_reserved_messages_are_in_flight_and_countdowns_are_scheduled(broker, reserve):

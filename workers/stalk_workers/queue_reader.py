@@ -46,10 +46,10 @@ from kombu.transport.redis import Channel
 from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import NoScriptError
 
+from stalk_workers.arrivals import Arrivals
 from stalk_workers.routing import Bindings
+from stalk_workers.sent_at import SENT_AT_HEADER
 
-# The header the API stamps on every task it publishes: epoch seconds (float) of the send.
-SENT_AT_HEADER = "stalk_sent_at"
 # Where an ``unacked`` entry that cannot be parsed is attributed: no queue, and not fetched again.
 NOT_A_QUEUE = ""
 # Fetch new unacked entries in chunks inside the read script (Lua's unpack has a stack limit).
@@ -72,7 +72,7 @@ class _Tail:
 
     raw: bytes | str  # compared first, so an unchanged tail is not parsed again
     tag: str  # kombu's delivery tag
-    sent_at: float | None  # the API's header, when present
+    sent_at: float | None  # the send time stamped in its header (sent_at.py), when present
     first_seen: float
 
 
@@ -100,6 +100,10 @@ class QueueReader:
         self._bindings = Bindings(client, key_prefix=key_prefix, clock=clock)
         self._delivered: dict[str, _Delivered] = {}
         self._tails: dict[tuple[str, int], _Tail] = {}  # per (queue, priority step)
+        # Per list whose oldest message has no send time: when its messages arrived (arrivals.py).
+        self._arrivals: dict[tuple[str, int], Arrivals] = {}
+        self._last_read: float | None = None
+        self._last_queues: set[str] = set()
         # Index entries at or below the newest score fetched so far are not fetched by score again;
         # one that was missed that way (a worker's clock behind) is asked for by tag on the next read.
         self._newest_score = float("-inf")
@@ -109,7 +113,7 @@ class QueueReader:
         """Stats for each queue, in one round trip (one script) whatever the number of queues."""
         queues = list(queues)
         steps = self._steps
-        waiting, tails, index, fetched = self._run_script(queues)
+        waiting, tails, heads, index, fetched = self._run_script(queues)
         now = self._clock()
         self._sync_delivered(index, fetched)
 
@@ -125,24 +129,54 @@ class QueueReader:
                     in_flight[queue] += 1
 
         # Only non-empty lists come back: their tails are all the ages there are. Rebuilding the
-        # cache from them forgets the lists that emptied.
+        # caches from them forgets the lists that emptied.
         oldest: dict[str, float] = {}
         known, self._tails = self._tails, {}
+        self._track_arrivals(queues, heads, was_waiting=known, now=now)
         for i in range(0, len(tails), 2):
-            ordinal = int(tails[i]) - 1
-            queue, step = queues[ordinal // len(steps)], steps[ordinal % len(steps)]
-            age = self._age(known.get((queue, step)), (queue, step), tails[i + 1], now)
-            if queue not in oldest or age > oldest[queue]:
-                oldest[queue] = age
+            where = self._list_of(queues, tails[i])
+            age = self._age(known.get(where), where, tails[i + 1], now)
+            if where[0] not in oldest or age > oldest[where[0]]:
+                oldest[where[0]] = age
+        self._last_read, self._last_queues = now, set(queues)
         return {
             queue: QueueStats(waiting=int(count), in_flight=in_flight[queue], scheduled=scheduled[queue],
                               oldest_wait_seconds=oldest.get(queue) if count else None)
             for queue, count in zip(queues, waiting, strict=True)
         }
 
+    def _list_of(self, queues: list[str], ordinal) -> tuple[str, int]:
+        """(queue, priority step) of the script's 1-based list ordinal."""
+        ordinal = int(ordinal) - 1
+        return queues[ordinal // len(self._steps)], self._steps[ordinal % len(self._steps)]
+
+    def _track_arrivals(self, queues: list[str], heads: list, *, was_waiting: dict, now: float) -> None:
+        """Update the arrivals of every list whose oldest message has no send time, from what the
+        script saw at its head; forget them for the lists of these queues that no longer qualify."""
+        read = set(queues)
+        tracked = self._arrivals
+        self._arrivals = {where: a for where, a in tracked.items() if where[0] not in read}
+        for i in range(0, len(heads), 4):
+            where = self._list_of(queues, heads[i])
+            length, index, head = int(heads[i + 1]), int(heads[i + 2]), heads[i + 3]
+            arrivals = tracked.get(where)
+            if arrivals is None:
+                # Empty at the last read: everything waiting arrived since.
+                seen_empty = where[0] in self._last_queues and where not in was_waiting
+                since = self._last_read if seen_empty else None
+                arrivals = Arrivals(now=now, length=length, since=since, head=head)
+            else:
+                arrivals.observe(now=now, length=length, arrived=index if index >= 0 else None, head=head)
+            self._arrivals[where] = arrivals
+
+    def _list_key(self, where: tuple[str, int]) -> str:
+        queue, step = where
+        return self._prefix + queue + (f"{Channel.sep}{step}" if step else "")
+
     def _run_script(self, queues: list[str]) -> list:
+        heads = [x for where, arrivals in self._arrivals.items() for x in (self._list_key(where), arrivals.head)]
         args = [self._prefix, Channel.sep, len(self._steps), *self._steps, repr(self._newest_score),
-                len(queues), *queues, *self._refetch]
+                len(queues), *queues, SENT_AT_HEADER, len(heads) // 2, *heads, *self._refetch]
         keys = (self._prefix + Channel.unacked_index_key, self._prefix + Channel.unacked_key)
         try:
             return self._client.evalsha(_READ_SHA, len(keys), *keys, *args)
@@ -167,7 +201,8 @@ class QueueReader:
             self._newest_score = max(self._newest_score, max(current.values()))
 
     def _age(self, tail: _Tail | None, where: tuple[str, int], raw: bytes | str, now: float) -> float:
-        """Age of the message at the oldest end of one list: its sent-at header, or first sight."""
+        """Age of the message at the oldest end of one list: its send time, else when it arrived
+        as the list's reads saw it (arrivals.py), else first sight."""
         if tail is None or tail.raw != raw:
             tag, sent_at = _tag_and_sent_at(raw)
             # The same delivery tag may come back changed (kombu marks a restored message redelivered).
@@ -176,15 +211,22 @@ class QueueReader:
         self._tails[where] = tail
         if tail.sent_at is not None:
             return max(0.0, now - tail.sent_at)
+        arrivals = self._arrivals.get(where)
+        if arrivals is not None:
+            return max(0.0, now - arrivals.oldest_arrival())
         return now - tail.first_seen
 
 
 # One read, run by Redis: every list's LLEN, LINDEX -1 of the lists that are not empty, kombu's
 # whole ``unacked_index`` (to notice acks), and the ``unacked`` values of the entries delivered
-# since the last read (score above ARGV's newest score) or asked for by tag. Read-only.
+# since the last read (score above ARGV's newest score) or asked for by tag. For a list whose
+# tail has no send-time header: where the previous read's head is now (LPOS: how many arrived in
+# front of it; -1 when gone or not known) and, when it changed, the head. Read-only.
 # KEYS: unacked_index, unacked. ARGV: prefix, sep, number of steps, the steps, newest score,
-# number of queues, the queues, tags to fetch.
-# Returns {waiting per queue, {list ordinal, tail, ...}, {tag, score, ...}, {tag, value, ...}}.
+# number of queues, the queues, the header's name, number of previous heads, (list key, head)
+# pairs, tags to fetch.
+# Returns {waiting per queue, {list ordinal, tail, ...}, {list ordinal, length, index of the
+# previous head, head or nil, ...}, {tag, score, ...}, {tag, value, ...}}.
 _READ_SCRIPT = """
 local prefix, sep, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local steps = {}
@@ -192,7 +234,12 @@ for s = 1, nsteps do steps[s] = ARGV[3 + s] end
 local newest = tonumber(ARGV[4 + nsteps]) or -math.huge
 local nqueues = tonumber(ARGV[5 + nsteps])
 local first = 5 + nsteps
-local waiting, tails = {}, {}
+local header = '"' .. ARGV[first + nqueues + 1] .. '"'
+local nheads = tonumber(ARGV[first + nqueues + 2])
+local previous = {}
+for h = 1, nheads do previous[ARGV[first + nqueues + 1 + 2 * h]] = ARGV[first + nqueues + 2 + 2 * h] end
+local tags_from = first + nqueues + 3 + 2 * nheads
+local waiting, tails, heads = {}, {}, {}
 for q = 1, nqueues do
   local base = prefix .. ARGV[first + q]
   local total = 0
@@ -202,8 +249,18 @@ for q = 1, nqueues do
     local n = redis.call('LLEN', key)
     if n > 0 then
       total = total + n
-      tails[#tails + 1] = (q - 1) * nsteps + s
-      tails[#tails + 1] = redis.call('LINDEX', key, -1)
+      local ordinal = (q - 1) * nsteps + s
+      local tail = redis.call('LINDEX', key, -1)
+      tails[#tails + 1] = ordinal
+      tails[#tails + 1] = tail
+      if not string.find(tail, header, 1, true) then
+        local index = -1
+        if previous[key] then index = redis.call('LPOS', key, previous[key]) or -1 end
+        heads[#heads + 1] = ordinal
+        heads[#heads + 1] = n
+        heads[#heads + 1] = index
+        if index == 0 then heads[#heads + 1] = false else heads[#heads + 1] = redis.call('LINDEX', key, 0) end
+      end
     end
   end
   waiting[q] = total
@@ -213,7 +270,7 @@ local wanted = {}
 for i = 2, #index, 2 do
   if tonumber(index[i]) > newest then wanted[#wanted + 1] = index[i - 1] end
 end
-for i = first + nqueues + 1, #ARGV do wanted[#wanted + 1] = ARGV[i] end
+for i = tags_from, #ARGV do wanted[#wanted + 1] = ARGV[i] end
 local fetched = {}
 for start = 1, #wanted, HMGET_CHUNK do
   local chunk = {}
@@ -224,7 +281,7 @@ for start = 1, #wanted, HMGET_CHUNK do
     fetched[#fetched + 1] = values[i]
   end
 end
-return {waiting, tails, index, fetched}
+return {waiting, tails, heads, index, fetched}
 """.replace("HMGET_CHUNK", str(HMGET_CHUNK))
 _READ_SHA = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
 
