@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 
@@ -54,8 +55,6 @@ def test_priority_and_countdown_are_honoured(stack):
     task_id = stack.submit("stalk.echo", countdown=2, priority=3)
     task = stack.wait_for(task_id, timeout=30)
     assert task["status"] == SUCCESS and task["priority"] == 3
-    from datetime import datetime
-
     assert datetime.fromisoformat(task["started_at"]).timestamp() >= start + 1.9
 
 
@@ -65,6 +64,9 @@ def test_plain_celery_client_tasks_are_recorded_on_first_sight(stack):
     task = stack.wait_for(result.id)
     assert task["status"] == SUCCESS and task["source"] == "worker"
     assert task["args"] == ["plain"] and task["queue"] == "default"
+    # The worker creates the record when the task starts: it is never created after it started.
+    created, started, finished = (datetime.fromisoformat(task[k]) for k in ("created_at", "started_at", "finished_at"))
+    assert created <= started <= finished, task
 
 
 def test_list_filters_and_cursor_pagination(stack):
