@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from stalk_api import docs
 from stalk_api.config import ApiSettings, InsecureBindError
 from stalk_api.database import RETRY_AFTER_SECONDS, Busy, Database
 from stalk_api.auth import BearerAuth, document_bearer
@@ -71,11 +72,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Submit Celery tasks, follow them to the end, and see what waits in each queue.",
         lifespan=lifespan,
+        # Served by stalk_api.docs with local assets instead (FastAPI's pages load them from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     metrics = ApiMetrics()
     app.state.metrics = metrics
 
     app.include_router(health.router)
+    app.include_router(docs.router)
     for module in (tasks, queues, workers, task_types):
         app.include_router(module.router, prefix="/v1")
     if tokens:
@@ -106,7 +111,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return problem(503, f"the task database is unavailable: {short_error(exc)}")
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (hint := not_json(request, exc)) is not None:
+            return problem(415, hint)
         # One readable line per problem, e.g. "body.priority: Input should be less than or equal to 9".
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems), "errors": jsonable_errors(exc)}, status_code=422)
@@ -156,6 +163,20 @@ def document_validation_problems(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi
+
+
+def not_json(request: Request, exc: RequestValidationError) -> str | None:
+    """What to say when the body was sent as something other than JSON, else None.
+
+    FastAPI (0.165) parses a body as JSON only when its Content-Type says JSON; any other body (curl's
+    -d sends application/x-www-form-urlencoded) reaches validation as raw bytes, and the default
+    message ("Input should be a valid dictionary") does not say what to change.
+    """
+    if not any(e["loc"] == ("body",) and isinstance(e.get("input"), bytes) for e in exc.errors()):
+        return None
+    sent = request.headers.get("content-type")
+    return (f"the request body must be JSON: send it with 'Content-Type: application/json' "
+            f"({f'got {sent!r}' if sent else 'no Content-Type was sent'})")
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict]:

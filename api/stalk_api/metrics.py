@@ -53,7 +53,8 @@ def route_template(scope: Scope) -> str:
     FastAPI (0.16x) keeps an included router's prefix outside the matched route, so the template is
     rebuilt from the request path and its path parameters rather than read from the route.
     """
-    if scope.get("route") is None:
+    # FastAPI's routes set "route"; Starlette's own (/openapi.json) set only "endpoint".
+    if scope.get("route") is None and scope.get("endpoint") is None:
         return "unmatched"
     names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
     return "/".join(f"{{{names[part]}}}" if part in names else part for part in scope["path"].split("/"))

@@ -108,10 +108,13 @@ class TaskPublic(BaseModel):
     worker: str | None
     retry_of: str | None
     source: Literal["api", "worker"]
-    created_at: datetime
-    started_at: datetime | None
+    created_at: datetime = Field(description="When the API accepted the task; for a task sent by another Celery "
+                                             "client, when a worker first started it.")
+    started_at: datetime | None = Field(description="When the task's first attempt started; retries and "
+                                                    "redeliveries do not move it (`retries` counts them).")
     finished_at: datetime | None
-    runtime_seconds: float | None
+    runtime_seconds: float | None = Field(description="From `started_at` to `finished_at`: the whole run, retries "
+                                                      "and their backoff included.")
     unreadable: list[str] = Field(
         default_factory=list,
         description="Fields stored in a form JSON cannot show (too deeply nested, broken text), shown empty.")

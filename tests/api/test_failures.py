@@ -42,6 +42,13 @@ def test_a_task_that_recovers_on_retry_succeeds(stack_factory):
         stack.start_worker("default", env=FAST_RETRIES)
         task = stack.wait_for(stack.submit("stalk.fail", kwargs={"succeed_after": 1}), timeout=60)
         assert task["status"] == "SUCCESS" and task["retries"] == 1 and task["dead_lettered"] is False
+        # started_at is the first attempt's start: the 1 s backoff lies between it and the end.
+        created, started, finished = (datetime.fromisoformat(task[k]) for k in ("created_at", "started_at", "finished_at"))
+        assert created <= started and (finished - started).total_seconds() >= 0.9, task
+        assert task["runtime_seconds"] == (finished - started).total_seconds()
+        described = stack.client.get("/openapi.json").json()["components"]["schemas"]["TaskPublic"]["properties"]
+        assert "first attempt" in described["started_at"]["description"]
+        assert "retries" in described["runtime_seconds"]["description"]
         assert stack.client.post(f"/v1/tasks/{task['task_id']}/retry").status_code == 409
 
 

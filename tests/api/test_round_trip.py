@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 
 from stalk_workers.records.models import FAILURE, SUCCESS
+from tests.fixtures.servers import wait_until
 
 
 def test_health_check_reaches_success_with_its_record(stack):
@@ -54,8 +56,6 @@ def test_priority_and_countdown_are_honoured(stack):
     task_id = stack.submit("stalk.echo", countdown=2, priority=3)
     task = stack.wait_for(task_id, timeout=30)
     assert task["status"] == SUCCESS and task["priority"] == 3
-    from datetime import datetime
-
     assert datetime.fromisoformat(task["started_at"]).timestamp() >= start + 1.9
 
 
@@ -65,6 +65,9 @@ def test_plain_celery_client_tasks_are_recorded_on_first_sight(stack):
     task = stack.wait_for(result.id)
     assert task["status"] == SUCCESS and task["source"] == "worker"
     assert task["args"] == ["plain"] and task["queue"] == "default"
+    # The worker creates the record when the task starts: it is never created after it started.
+    created, started, finished = (datetime.fromisoformat(task[k]) for k in ("created_at", "started_at", "finished_at"))
+    assert created <= started <= finished, task
 
 
 def test_list_filters_and_cursor_pagination(stack):
@@ -95,6 +98,24 @@ def test_cancel_revokes_a_waiting_task_and_it_never_runs(stack):
     task = stack.client.get(f"/v1/tasks/{task_id}").json()
     assert task["status"] == "REVOKED" and task["started_at"] is None and task["result"] is None
     assert stack.client.post(f"/v1/tasks/{task_id}/cancel").status_code == 409
+
+
+def test_a_revoked_countdown_task_stops_counting_as_scheduled_at_once(stack):
+    def default_queue() -> dict:
+        return {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}["default"]
+
+    before = default_queue()["scheduled"]
+    task_id = stack.submit("stalk.echo", countdown=60)
+    wait_until(lambda: default_queue()["scheduled"] == before + 1, timeout=15,
+               what="the worker to hold the countdown task")
+    assert stack.client.post(f"/v1/tasks/{task_id}/cancel").json()["status"] == "REVOKED"
+    # Long before its ETA: the worker lets the message go, so no reader counts it any more.
+    wait_until(lambda: default_queue()["scheduled"] == before, timeout=15,
+               what="the revoked task to stop counting as scheduled")
+    task = stack.client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "REVOKED" and task["started_at"] is None and task["result"] is None
+    # The worker still runs what comes next (the held task's prefetch slot was given back).
+    assert stack.wait_for(stack.submit("stalk.echo", args=["after"]))["status"] == SUCCESS
 
 
 def test_workers_and_queues_show_what_runs(stack):

@@ -91,9 +91,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         from stalk_workers import recording
 
         recording.connect(app)
-    from stalk_workers import metrics
+    from stalk_workers import metrics, revoking
 
     metrics.connect(app)
+    revoking.connect()
     return app
 
 

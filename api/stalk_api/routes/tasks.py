@@ -41,6 +41,9 @@ ERRORS = {
     413: {"model": Problem, "description": "The request body is too large."},
     503: {"model": Problem, "description": "Redis or the database is unavailable; nothing was changed."},
 }
+# The routes that read a body (``main.not_json`` writes the 415).
+BODY_ERRORS = {**ERRORS, 415: {"model": Problem, "description": "The body was not sent as JSON "
+                                                                  "(Content-Type: application/json)."}}
 
 
 def submitted(record: TaskRecord | submission.Submitted) -> TaskSubmitted:
@@ -94,7 +97,7 @@ IDEMPOTENCY_KEY_DOC = {"name": "Idempotency-Key", "in": "header", "required": Fa
                        "description": "Same key, same task.", "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted, responses=ERRORS,
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSubmitted, responses=BODY_ERRORS,
              summary="Submit a task", openapi_extra={"parameters": [IDEMPOTENCY_KEY_DOC]})
 async def submit_task(body: TaskCreate, request: Request) -> Response:
     # The busiest route: the header and the app state are read directly, and the answer is
@@ -122,7 +125,7 @@ async def submit_task(body: TaskCreate, request: Request) -> Response:
                     media_type="application/json")
 
 
-@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=ERRORS,
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchSubmitted, responses=BODY_ERRORS,
              summary="Submit many tasks in one request")
 async def submit_batch(body: BatchCreate, gateway: GatewayDep, metrics: MetricsDep) -> Response:
     # By the writer (stalk_api/writer.py), like the group commits of single submissions: one at a

@@ -312,9 +312,13 @@ def _upsert(dialect_name: str, columns: tuple[str, ...], final: bool = True):
     earlier state."""
     dialect = sqlite if dialect_name == "sqlite" else postgresql
     statement = dialect.insert(TABLE)
-    return statement.on_conflict_do_update(
-        index_elements=[TABLE.c.task_id], set_={c: statement.excluded[c] for c in columns},
-        where=None if final else _NOT_FINAL)
+    set_ = {c: statement.excluded[c] for c in columns}
+    if "started_at" in set_:
+        # started_at is the first attempt's start: a retry or a redelivery starts again, and
+        # ``retries`` counts them (the API documents the field so).
+        set_["started_at"] = sa.func.coalesce(TABLE.c.started_at, statement.excluded.started_at)
+    return statement.on_conflict_do_update(index_elements=[TABLE.c.task_id], set_=set_,
+                                           where=None if final else _NOT_FINAL)
 
 
 # Literal, not bound: the SQLite fast path binds only the rows' own columns (``_execute_many``).
@@ -326,7 +330,9 @@ def _insert_values(seen: SeenTask, values: dict, now: datetime) -> dict:
     return {
         "task_id": seen.task_id, "task_name": seen.task_name, "queue": seen.queue, "args": seen.args,
         "kwargs": seen.kwargs, "priority": seen.priority, "retries": seen.retries, "worker": seen.worker,
-        "dead_lettered": False, "source": "worker", "created_at": now, **values,
+        # Created when it started, if this write says so: the record is written up to a flush
+        # later, and a record created after its own start reads as nonsense.
+        "dead_lettered": False, "source": "worker", "created_at": values.get("started_at") or now, **values,
     }
 
 
