@@ -43,6 +43,10 @@ def test_every_operation_answers_as_documented(case, live):
 # (stalk_api/links.py): a task's id from a 202 into its status, cancel and retry.
 STATEFUL_EXAMPLES = 15
 STATEFUL_STEPS = 5
+# Most generated task names are not registered (404), so whether a run's sequences reach a 202 and
+# follow its links is chance: measured, 1 in 4 runs of 15 examples did not. Each further round is
+# a new random run, so all of them missing is ~1 in 1,000; every round must answer as documented.
+STATEFUL_ROUNDS = 5
 
 
 def test_sequences_of_linked_calls_answer_as_documented(live):
@@ -59,9 +63,17 @@ def test_sequences_of_linked_calls_answer_as_documented(live):
             case.validate_response(response, additional_checks=additional_checks,
                                    excluded_checks=[positive_data_acceptance])
 
-    Workflow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS,
-                                   deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)))
-    # Random ids find no task: a task's own operations answered other than 404 mean the links
-    # were followed from a 202 to that task.
-    assert reached[("GET", "/v1/tasks/{task_id}", 200)] > 0, reached
-    assert any(path.startswith("/v1/tasks/{task_id}/") and status != 404 for _, path, status in reached), reached
+    def followed_links() -> bool:
+        # Random ids find no task: a task's own operations answered other than 404 mean the links
+        # were followed from a 202 to that task.
+        return (reached[("GET", "/v1/tasks/{task_id}", 200)] > 0
+                and any(path.startswith("/v1/tasks/{task_id}/") and status != 404 for _, path, status in reached))
+
+    for round_ in range(STATEFUL_ROUNDS):
+        # The first round is the same every run; later ones, only if it followed no link, are new.
+        Workflow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS,
+                                       deadline=None, derandomize=round_ == 0,
+                                       suppress_health_check=list(HealthCheck)))
+        if followed_links():
+            break
+    assert followed_links(), reached
