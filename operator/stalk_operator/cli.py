@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
         api_port: Annotated[int, typer.Option(envvar="STALK_API_PORT")] = 8000,
+        redis_port: Annotated[int | None, typer.Option(envvar="STALK_REDIS_PORT", min=1, max=65535, show_default=False,
+                                                       help="Redis's port; default: the last run's, "
+                                                            "6379 the first time if free.")] = None,
         run_dir: Annotated[Path, typer.Option(envvar="STALK_RUN_DIR",
                                               help="Logs, the SQLite file and Redis data.")] = Path(".run"),
     ) -> None:
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
         logging.getLogger("stalk.local").addHandler(handler)
         logging.getLogger("stalk.local").setLevel(logging.INFO)
 
-        stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port,
+        stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port, redis_port=redis_port,
                          say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
         stack.handle_stop_signals()
         try:

@@ -28,6 +28,11 @@ from stalk_operator.local_mode import LocalAutoscaler
 from stalk_workers.settings import Settings
 
 
+# Redis keeps its port from run to run, so a client set to an earlier run's URL still reaches it:
+# the first run takes Redis's usual port when free (else any), and the run folder remembers it.
+PREFERRED_REDIS_PORT = 6379
+REDIS_PORT_FILE = "redis.port"
+
 # What stops stalk dev in order: Ctrl-C, a supervisor's SIGTERM, a closed terminal's SIGHUP.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -40,8 +45,16 @@ class Interrupted(DevStackError):
     """A stop signal came while the stack was starting."""
 
 
+def _probe() -> socket.socket:
+    # SO_REUSEADDR, as Redis and uvicorn bind: connections of a run that just stopped (TIME_WAIT)
+    # do not hold the port, only a server listening on it does.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
+
+
 def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
+    with _probe() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -51,7 +64,7 @@ def port_in_use(port: int) -> bool:
 
 def free_port(preferred: int) -> int:
     for port in (preferred, 0):
-        with socket.socket() as s:
+        with _probe() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -76,6 +89,7 @@ class DevStack:
     settings: Settings
     run_dir: Path
     api_port: int = 8000
+    redis_port: int | None = None  # None: the one this run folder remembers
     say: callable = print
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -105,8 +119,9 @@ class DevStack:
             raise DevStackError(f"port {self.api_port} on 127.0.0.1 is already in use (another stalk dev, or an "
                                 f"API left running?); stop it, or choose another port with --api-port or "
                                 f"STALK_API_PORT")
+        redis_port = None if "STALK_BROKER_URL" in os.environ else self._redis_port()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        broker, backend = self._redis()
+        broker, backend = self._redis(redis_port)
         database = self.settings.database_url
         if "STALK_DATABASE_URL" not in os.environ:
             database = f"sqlite:///{(self.run_dir / 'stalk.db').resolve()}"
@@ -123,16 +138,31 @@ class DevStack:
         self._start_workers(broker)
         self._wait_for_api()
 
-    def _redis(self) -> tuple[str, str]:
-        explicit = "STALK_BROKER_URL" in os.environ
-        if explicit:
+    def _redis_port(self) -> int:
+        """The port given, else the one this run folder remembers, else a new one; taken: one line."""
+        remembered = self.run_dir / REDIS_PORT_FILE
+        port, source = self.redis_port, "--redis-port or STALK_REDIS_PORT"
+        if port is None:
+            try:
+                port, source = int(remembered.read_text()), f"remembered in {remembered}"
+            except (OSError, ValueError):
+                return free_port(PREFERRED_REDIS_PORT)
+        if port_in_use(port):
+            raise DevStackError(f"Redis port {port} ({source}) on 127.0.0.1 is already in use (another stalk dev "
+                                f"with this run folder?); stop it, or choose another port with --redis-port or "
+                                f"STALK_REDIS_PORT")
+        return port
+
+    def _redis(self, port: int | None) -> tuple[str, str]:
+        if port is None:
             try:
                 redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2).ping()
             except redis.RedisError as exc:
                 raise DevStackError(f"STALK_BROKER_URL={self.settings.broker_url} does not answer: {exc}") from exc
             self.say(f"redis: {self.settings.broker_url} (from STALK_BROKER_URL)")
             return self.settings.broker_url, self.settings.result_backend
-        port = free_port(6379)
+        remembered = self.run_dir / REDIS_PORT_FILE
+        remembered.write_text(f"{port}\n")
         data = self.run_dir / "redis"
         data.mkdir(exist_ok=True)
         binary = redis_server_binary()
@@ -140,7 +170,8 @@ class DevStack:
                               "--save", "", "--appendonly", "no"], log="redis.log")
         client = redis.Redis(port=port, socket_connect_timeout=1)
         self._wait(lambda: client.ping(), 15, f"redis-server ({binary}) on port {port}")
-        self.say(f"redis: redis://127.0.0.1:{port}/0 ({binary})")
+        self.say(f"redis: redis://127.0.0.1:{port}/0 ({binary}); the next run takes this port too "
+                 f"({remembered})")
         return f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/1"
 
     def _start_workers(self, broker: str) -> None:

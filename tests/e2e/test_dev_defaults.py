@@ -1,0 +1,79 @@
+"""What `stalk dev` chooses for a user who sets nothing: a Redis port that stays from run to run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.fixtures.servers import free_port, wait_until
+
+# One queue with one small worker: the least start-up work on the 2-core test machine.
+QUEUES = "default:\n  routes: ['stalk.*']\n  concurrency: 1\n  minReplicas: 1\n  maxReplicas: 1\n"
+
+
+def dev_env(tmp_path: Path, **stalk: str) -> dict[str, str]:
+    """The environment of a user who set nothing but ``stalk`` (``STALK_*`` names without the prefix)."""
+    queues = tmp_path / "queues.yaml"
+    if not queues.exists():
+        queues.write_text(QUEUES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STALK_")}
+    return env | {"STALK_QUEUES_FILE": str(queues), "STALK_RUN_DIR": str(tmp_path / "run"), "COLUMNS": "200"} \
+        | {f"STALK_{k.upper()}": v for k, v in stalk.items()}
+
+
+def start_dev(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``stalk dev`` expected to refuse to start: its exit and output."""
+    return subprocess.run([sys.executable, "-m", "stalk_workers", "dev", "--api-port", str(free_port()), *args],
+                          env=env, capture_output=True, text=True, timeout=90, cwd=cwd)
+
+
+@contextmanager
+def running_dev(env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """``stalk dev`` until it says it is running: (the API's URL, its output file); Ctrl-C on exit."""
+    port = free_port()
+    output = cwd / f"dev-{port}.out"
+    with output.open("wb") as out:
+        dev = subprocess.Popen([sys.executable, "-m", "stalk_workers", "dev", "--api-port", str(port), *args],
+                               env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        wait_until(lambda: "stalk is running" in output.read_text() or dev.poll() is not None, timeout=90,
+                   interval=0.2, what=f"stalk dev to start (output: {output})")
+        assert dev.poll() is None, output.read_text()
+        yield f"http://127.0.0.1:{port}", output
+    finally:
+        dev.send_signal(signal.SIGINT)
+        dev.wait(90)
+    assert dev.returncode == 0, output.read_text()
+
+
+def test_redis_keeps_its_port_from_run_to_run(tmp_path):
+    port = free_port()
+    with running_dev(dev_env(tmp_path), tmp_path, "--redis-port", str(port)) as (_, output):
+        assert f"redis: redis://127.0.0.1:{port}/0" in output.read_text()
+    # The next run, told nothing, is where the last one was.
+    with running_dev(dev_env(tmp_path), tmp_path) as (_, output):
+        said = output.read_text()
+        assert f"redis: redis://127.0.0.1:{port}/0" in said and "the next run takes this port too" in said
+
+
+def test_a_redis_port_in_use_is_one_line_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        given = start_dev(dev_env(tmp_path, redis_port=str(port)), tmp_path)
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "redis.port").write_text(f"{port}\n")
+        remembered = start_dev(dev_env(tmp_path), tmp_path)
+    for done, source in ((given, "--redis-port or STALK_REDIS_PORT"), (remembered, f"remembered in {tmp_path}/run")):
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"error: Redis port {port} ({source}") and "already in use" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "running" not in done.stdout and "redis" not in done.stdout
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["redis.port"], "nothing was started"
