@@ -25,6 +25,7 @@ import redis
 
 from stalk_operator import tethered
 from stalk_operator.local_mode import LocalAutoscaler
+from stalk_operator.local_sizing import Machine, describe, size_for_machine, this_machine
 from stalk_workers.settings import Settings
 
 
@@ -90,6 +91,7 @@ class DevStack:
     run_dir: Path
     api_port: int = 8000
     redis_port: int | None = None  # None: the one this run folder remembers
+    cpus: int | None = None  # the CPUs workers are sized for; None: this machine's
     say: callable = print
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -177,7 +179,10 @@ class DevStack:
     def _start_workers(self, broker: str) -> None:
         from stalk_workers.queues import load_queue_table
 
-        queues = load_queue_table(self.settings.queues_file)
+        machine = this_machine()
+        if self.cpus is not None:
+            machine = Machine(cpus=self.cpus, memory_bytes=machine.memory_bytes)
+        queues = size_for_machine(load_queue_table(self.settings.queues_file), machine)
         from stalk_workers.factory import create_app
 
         # Busy workers are found with Celery's remote control on the same broker.
@@ -187,8 +192,8 @@ class DevStack:
         self._stop_event = threading.Event()
         threading.Thread(target=self.autoscaler.run, args=(self._stop_event,), daemon=True,
                          name="autoscaler").start()
-        self.say("workers: autoscaled per queue, " + ", ".join(
-            f"{q.name} {q.min_replicas}..{q.max_replicas}" for q in queues))
+        self.say(f"workers: sized for {machine.cpus} CPU{'s' * (machine.cpus != 1)} and {machine.memory_bytes / 2**30:.1f} GiB "
+                 f"(--cpus or STALK_DEV_CPUS to change), autoscaled per queue: {describe(queues)}")
 
     def _spawn(self, name: str, argv: list[str], log: str) -> None:
         with open(self.run_dir / log, "ab") as out:

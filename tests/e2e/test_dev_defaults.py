@@ -1,4 +1,5 @@
-"""What `stalk dev` chooses for a user who sets nothing: a Redis port that stays from run to run."""
+"""What `stalk dev` chooses for a user who sets nothing: a Redis port that stays from run to run, and
+workers sized for the machine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from tests.fixtures.servers import free_port, wait_until
 
@@ -77,3 +80,16 @@ def test_a_redis_port_in_use_is_one_line_before_anything_starts(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "running" not in done.stdout and "redis" not in done.stdout
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["redis.port"], "nothing was started"
+
+
+def test_workers_are_sized_for_the_cpus_and_say_so(tmp_path):
+    # The table sizes a pod for a cluster; with one CPU, stalk dev runs one process per worker and queue.
+    (tmp_path / "queues.yaml").write_text(
+        "default:\n  routes: ['stalk.*']\n  concurrency: 4\n  minReplicas: 1\n  maxReplicas: 10\n")
+    with running_dev(dev_env(tmp_path, dev_cpus="1"), tmp_path) as (url, output):
+        said = output.read_text()
+        assert "workers: sized for 1 CPU and " in said and "(--cpus or STALK_DEV_CPUS to change)" in said, said
+        assert "default 1..1 workers x 1 prefork; at most 2 worker processes" in said, said
+        workers = wait_until(lambda: httpx.get(f"{url}/v1/workers", timeout=5).json()["workers"], timeout=60,
+                             what="the worker to come online")
+        assert [w["concurrency"] for w in workers] == [1]
