@@ -34,6 +34,10 @@ from stalk_workers.settings import Settings
 PREFERRED_REDIS_PORT = 6379
 REDIS_PORT_FILE = "redis.port"
 
+# Retry backoff in stalk dev, unless STALK_RETRY_BACKOFF_* say otherwise: the failure demo
+# (``stalk submit stalk.fail --wait``) ends in seconds, not in the ~2 minutes of 60 s doubling.
+DEV_RETRY_BACKOFF = {"retry_backoff_seconds": 1, "retry_backoff_max_seconds": 10}
+
 # What stops stalk dev in order: Ctrl-C, a supervisor's SIGTERM, a closed terminal's SIGHUP.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -131,6 +135,7 @@ class DevStack:
                     "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1",
                     # Many local workers would compete for one metrics port; the API has /metrics.
                     "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0")}
+        self.env |= self._retry_backoff()
         from stalk_workers.records import db
 
         db.upgrade(database)
@@ -139,6 +144,17 @@ class DevStack:
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
         self._wait_for_api()
+
+    def _retry_backoff(self) -> dict[str, str]:
+        """The workers' retry backoff variables: stalk dev's short one unless the user chose one."""
+        chosen = self.settings.model_fields_set & DEV_RETRY_BACKOFF.keys()
+        backoff = {} if chosen else DEV_RETRY_BACKOFF
+        first, most = (backoff.get(name, getattr(self.settings, name)) for name in DEV_RETRY_BACKOFF)
+        source = ("from STALK_RETRY_BACKOFF_*" if chosen else
+                  "stalk dev's short backoff; STALK_RETRY_BACKOFF_SECONDS and STALK_RETRY_BACKOFF_MAX_SECONDS change it")
+        self.say(f"retries: up to {self.settings.retry_max}, after {first} s, doubling up to {most} s"
+                 f"{' (with jitter)' if self.settings.retry_jitter else ''}; {source}")
+        return {f"STALK_{name.upper()}": str(value) for name, value in backoff.items()}
 
     def _redis_port(self) -> int:
         """The port given, else the one this run folder remembers, else a new one; taken: one line."""

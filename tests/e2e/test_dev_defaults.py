@@ -1,5 +1,5 @@
-"""What `stalk dev` chooses for a user who sets nothing: a Redis port that stays from run to run, and
-workers sized for the machine."""
+"""What `stalk dev` chooses for a user who sets nothing: a Redis port that stays from run to run,
+workers sized for the machine, and retries that show and take seconds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,10 +87,33 @@ def test_workers_are_sized_for_the_cpus_and_say_so(tmp_path):
     # The table sizes a pod for a cluster; with one CPU, stalk dev runs one process per worker and queue.
     (tmp_path / "queues.yaml").write_text(
         "default:\n  routes: ['stalk.*']\n  concurrency: 4\n  minReplicas: 1\n  maxReplicas: 10\n")
-    with running_dev(dev_env(tmp_path, dev_cpus="1"), tmp_path) as (url, output):
+    with running_dev(dev_env(tmp_path, dev_cpus="1", retry_backoff_seconds="7"), tmp_path) as (url, output):
         said = output.read_text()
         assert "workers: sized for 1 CPU and " in said and "(--cpus or STALK_DEV_CPUS to change)" in said, said
         assert "default 1..1 workers x 1 prefork; at most 2 worker processes" in said, said
         workers = wait_until(lambda: httpx.get(f"{url}/v1/workers", timeout=5).json()["workers"], timeout=60,
                              what="the worker to come online")
         assert [w["concurrency"] for w in workers] == [1]
+        # The user's own backoff wins over stalk dev's short one.
+        assert "retries: up to 3, after 7 s, doubling up to 600 s (with jitter); from STALK_RETRY_BACKOFF_*" in said
+
+
+def test_the_failure_demo_shows_each_retry_and_ends_in_seconds(tmp_path):
+    with running_dev(dev_env(tmp_path), tmp_path) as (url, output):
+        assert "retries: up to 3, after 1 s, doubling up to 10 s (with jitter); stalk dev's short backoff" \
+            in output.read_text()
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "stalk_workers", "submit", "stalk.fail", "--wait"],
+                              env={**dev_env(tmp_path), "STALK_API_URL": url}, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        took = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    assert took < 30, f"{took:.0f}s"
+    # Off a terminal there is no live line: each change is a line of its own. (A retry that starts
+    # at once, as jitter allows, can fall between two looks.)
+    lines = done.stdout.splitlines()
+    retries = [int(line.split(", retry ")[1].split()[0]) for line in lines if ", retry " in line]
+    assert retries == sorted(retries) and retries[-1] == 3, done.stdout
+    assert any(line.endswith("RETRY, retry 3 of 3 after IntentionalFailure: failed on purpose") for line in lines)
+    assert "FAILURE, retry 3 of 3" in done.stdout
+    assert "ended FAILURE: IntentionalFailure: failed on purpose" in done.stderr

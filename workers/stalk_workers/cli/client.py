@@ -85,6 +85,17 @@ def _status_text(task: dict) -> str:
     return f"[{style}]{task['status']}[/{style}]"
 
 
+def _progress(task: dict, max_retries: int | None) -> str:
+    """``RETRY, retry 2 of 3 after IntentionalFailure: failed on purpose``: a task's status as it goes."""
+    text = task["status"]
+    if task["retries"]:
+        text += f", retry {task['retries']}" + (f" of {max_retries}" if max_retries is not None else "")
+        error = task.get("error") or {}
+        if error.get("type") and task["status"] not in FINAL:
+            text += f" after {error['type']}: {error.get('message')}"
+    return text
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def submit(
@@ -114,11 +125,19 @@ def register(app: typer.Typer) -> None:
         if not wait:
             console.print(task_id)
             return
+        max_retries = next((t["max_retries"] for t in api.call("GET", "/v1/task-types")["task_types"]
+                            if t["name"] == task), None)
         deadline = time.monotonic() + timeout
-        with console.status(f"{task} {task_id}: PENDING") as status_line:
+        shown = f"{task} {task_id}: PENDING"
+        with console.status(shown) as status_line:
             while True:
                 current = api.call("GET", f"/v1/tasks/{task_id}")
-                status_line.update(f"{task} {task_id}: {current['status']} (retries: {current['retries']})")
+                line = f"{task} {task_id}: {_progress(current, max_retries)}"
+                if line != shown:
+                    status_line.update(line)
+                    if not console.is_terminal:  # a pipe or a log sees no live line: one line per change
+                        console.print(line)
+                    shown = line
                 if current["status"] in FINAL:
                     break
                 if time.monotonic() > deadline:
