@@ -126,6 +126,7 @@ class DevStack:
                                 f"API left running?); stop it, or choose another port with --api-port or "
                                 f"STALK_API_PORT")
         redis_port = None if "STALK_BROKER_URL" in os.environ else self._redis_port()
+        here = self._import_from_here()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         broker, backend = self._redis(redis_port)
         database = self.settings.database_url
@@ -133,6 +134,7 @@ class DevStack:
             database = f"sqlite:///{(self.run_dir / 'stalk.db').resolve()}"
         self.env = {**os.environ, "STALK_BROKER_URL": broker, "STALK_RESULT_BACKEND": backend,
                     "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
                     # Many local workers would compete for one metrics port; the API has /metrics.
                     "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0")}
         self.env |= self._retry_backoff()
@@ -144,6 +146,25 @@ class DevStack:
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
         self._wait_for_api()
+
+    def _import_from_here(self) -> str:
+        """Put the folder stalk dev runs in on the import path (its own, and its children's through
+        PYTHONPATH), and import the task modules and the queue table now: a mistake is one line
+        before anything starts."""
+        from stalk_workers.factory import TaskModuleError, create_app
+        from stalk_workers.queues import QueueTableError
+
+        here = str(Path.cwd())
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        try:
+            create_app(self.settings.model_copy(update={"record_tasks": False}))
+        except (QueueTableError, TaskModuleError) as exc:
+            raise DevStackError(str(exc)) from exc
+        modules = self.settings.task_module_list
+        self.say(f"your tasks: {', '.join(modules) if modules else 'none yet (STALK_TASK_MODULES=yourpackage.tasks)'}, "
+                 f"importable from {here} (on the workers' import path)")
+        return here
 
     def _retry_backoff(self) -> dict[str, str]:
         """The workers' retry backoff variables: stalk dev's short one unless the user chose one."""

@@ -117,3 +117,21 @@ def test_the_failure_demo_shows_each_retry_and_ends_in_seconds(tmp_path):
     assert any(line.endswith("RETRY, retry 3 of 3 after IntentionalFailure: failed on purpose") for line in lines)
     assert "FAILURE, retry 3 of 3" in done.stdout
     assert "ended FAILURE: IntentionalFailure: failed on purpose" in done.stderr
+
+
+def test_a_task_module_that_cannot_be_imported_is_one_line_naming_it_and_the_path(tmp_path):
+    # As users run it: the console script, whose own folder (not the current one) Python searches first.
+    stalk = str(Path(sys.executable).parent / "stalk")
+    done = subprocess.run([stalk, "dev", "--api-port", str(free_port())], capture_output=True, text=True, timeout=90,
+                          env=dev_env(tmp_path, task_modules="tracker.tasks"), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: cannot import task module 'tracker.tasks' (STALK_TASK_MODULES): "
+                                  f"no module 'tracker' in {tmp_path}, "), done.stderr
+    assert not (tmp_path / "run").exists(), "nothing was started"
+    # A queue file in the wrong shape: the same, one line.
+    (tmp_path / "queues.yaml").write_text("queues: 3\n")
+    done = subprocess.run([stalk, "dev", "--api-port", str(free_port())], capture_output=True, text=True, timeout=90,
+                          env=dev_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "queue 'queues' in" in done.stderr and "its settings must be a map" in done.stderr
