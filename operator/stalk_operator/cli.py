@@ -39,6 +39,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
         api_port: Annotated[int, typer.Option(envvar="STALK_API_PORT")] = 8000,
+        redis_port: Annotated[int | None, typer.Option(envvar="STALK_REDIS_PORT", min=1, max=65535, show_default=False,
+                                                       help="Redis's port; default: the last run's, "
+                                                            "6379 the first time if free.")] = None,
+        cpus: Annotated[int | None, typer.Option(envvar="STALK_DEV_CPUS", min=1, show_default=False,
+                                                 help="Size workers for this many CPUs (at most one prefork "
+                                                      "process and one worker per queue each); default: "
+                                                      "this machine's.")] = None,
         run_dir: Annotated[Path, typer.Option(envvar="STALK_RUN_DIR",
                                               help="Logs, the SQLite file and Redis data.")] = Path(".run"),
     ) -> None:
@@ -54,7 +61,7 @@ def register(app: typer.Typer) -> None:
         logging.getLogger("stalk.local").addHandler(handler)
         logging.getLogger("stalk.local").setLevel(logging.INFO)
 
-        stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port,
+        stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port, redis_port=redis_port, cpus=cpus,
                          say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
         stack.handle_stop_signals()
         try:

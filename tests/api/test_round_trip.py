@@ -88,6 +88,28 @@ def test_list_filters_and_cursor_pagination(stack):
     assert stack.client.get("/v1/tasks", params={"status": FAILURE, "task": "stalk.echo"}).json()["tasks"] == []
 
 
+def test_list_by_the_start_of_an_id_takes_it_literally(stack):
+    # Plain clients choose their own ids: LIKE's wildcards in them are plain characters here.
+    celery = stack.client.app.state.gateway.celery
+    run = time.time_ns()
+    ids = [f"p{run}%-a", f"p{run}_b", f"p{run}xc"]
+    for task_id in ids:
+        celery.send_task("stalk.echo", task_id=task_id)
+        stack.wait_for(task_id)
+
+    def matching(prefix: str) -> list[str]:
+        response = stack.client.get("/v1/tasks", params={"id_prefix": prefix})
+        assert response.status_code == 200, response.text
+        return sorted(t["task_id"] for t in response.json()["tasks"])
+
+    assert matching(f"p{run}") == sorted(ids)
+    assert matching(f"p{run}%") == [ids[0]]
+    assert matching(f"p{run}_") == [ids[1]]
+    assert matching(ids[2]) == [ids[2]]
+    assert matching(f"q{run}") == []
+    assert stack.client.get("/v1/tasks", params={"id_prefix": ""}).status_code == 422
+
+
 def test_cancel_revokes_a_waiting_task_and_it_never_runs(stack):
     task_id = stack.submit("stalk.echo", countdown=3)
     response = stack.client.post(f"/v1/tasks/{task_id}/cancel")

@@ -127,3 +127,35 @@ def test_db_upgrade_on_postgres(postgres_url):
     env = {**os.environ, "STALK_DATABASE_URL": postgres_url}
     done = stalk(env, "db", "upgrade")
     assert done.returncode == 0 and "database at head" in done.stdout
+
+
+def test_status_retry_and_cancel_take_the_start_of_an_id(served):
+    url = served.env["STALK_API_URL"]
+    headers = {"Authorization": "Bearer cli-token"}
+    # One batch: ids of one millisecond, alike up to their random part (UUIDv7).
+    batch = httpx.post(f"{url}/v1/tasks/batch", headers=headers,
+                       json={"tasks": [{"task": "stalk.echo", "countdown": 600} for _ in range(3)]})
+    assert batch.status_code == 202, batch.text
+    ids = [t["task_id"] for t in batch.json()["tasks"]]
+    shared = os.path.commonprefix(ids)
+    assert len(shared) >= 8, ids
+
+    cancelled = stalk(served.env, "cancel", ids[0][:-6])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split() == [ids[0], "REVOKED"]
+    status = stalk(served.env, "status", ids[0][:-6])
+    assert status.returncode == 0 and ids[0] in status.stdout and "REVOKED" in status.stdout, status.stderr
+    retried = stalk(served.env, "retry", ids[0][:-6])
+    assert retried.returncode == 0, retried.stderr
+    assert httpx.get(f"{url}/v1/tasks/{retried.stdout.strip()}", headers=headers).json()["retry_of"] == ids[0]
+
+    for command in ("status", "retry", "cancel"):
+        several = stalk(served.env, command, shared)
+        assert several.returncode == 1, several.stdout
+        assert len(several.stderr.strip().splitlines()) == 1 and "Traceback" not in several.stderr
+        assert f"{shared!r} matches 3 tasks: " in several.stderr and all(i in several.stderr for i in ids)
+        none = stalk(served.env, command, "zz" + shared)
+        assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1
+        assert "no task with id" in none.stderr and "none whose id starts with it" in none.stderr
+    for task_id in ids[1:]:
+        httpx.post(f"{url}/v1/tasks/{task_id}/cancel", headers=headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -68,20 +70,69 @@ def test_queue_table_file_in_the_charts_shape(tmp_path):
     assert table["default"].min_replicas == 1
 
 
+QUEUES_AS_LIST = """\
+- name: default
+  minReplicas: 1
+- name: embeddings
+  routes: ['*.embed*']
+  concurrency: 4
+"""
+
+
+@pytest.mark.parametrize("text", [
+    QUEUES_AS_LIST,
+    "queues:\n" + "".join(f"  {line}\n" for line in QUEUES_AS_LIST.splitlines()),
+    "image: {tag: '1.0'}\nqueues:\n  default: {minReplicas: 1}\n  embeddings: {routes: ['*.embed*'], concurrency: 4}\n",
+], ids=["a list of queues", "a list under queues:", "a Helm values file"])
+def test_queue_table_file_in_the_other_shapes(tmp_path, text):
+    path = tmp_path / "queues.yaml"
+    path.write_text(text)
+    table = {q.name: q for q in load_queue_table(path)}
+    assert table["embeddings"].routes == ("*.embed*",) and table["embeddings"].concurrency == 4
+    assert table["default"].min_replicas == 1 and list(table) == ["default", "embeddings"]
+
+
+def test_the_charts_values_file_is_a_queue_table(tmp_path):
+    values = Path(__file__).resolve().parents[2] / "charts" / "stalk" / "values.yaml"
+    assert sorted(load_queue_table(values), key=lambda q: q.name) == sorted(BUILTIN_QUEUES, key=lambda q: q.name)
+
+
+def test_the_example_queue_table_routes_the_example_tasks():
+    from stalk_workers.factory import create_app
+
+    example = Path(__file__).resolve().parents[2] / "workers" / "stalk_workers" / "examples" / "queues.yaml"
+    app = create_app(Settings(queues_file=example, task_modules="stalk_workers.examples.documents"))
+    routed = {name: app.amqp.router.route({}, name)["queue"].name for name in app.tasks if not name.startswith("celery.")}
+    assert routed == {"stalk.health_check": "default", "stalk.echo": "default", "stalk.sleep": "default",
+                      "stalk.fail": "default", "documents.summarize": "documents",
+                      "documents.classify_ticket": "documents", "documents.notify_owner": "notifications"}
+
+
+def test_a_queue_named_queues_is_a_queue(tmp_path):
+    path = tmp_path / "queues.yaml"
+    path.write_text("default: {}\nqueues: {routes: ['*.queue*']}\n")
+    assert [q.name for q in load_queue_table(path)] == ["default", "queues"]
+
+
 @pytest.mark.parametrize(("text", "message"), [
-    ("[1, 2]", "non-empty map"),
-    ("default: {maxReplica: 3}", "max_replica"),
+    ("[1, 2]", "item 1 of the list must be a map with a name: (- name: default), not 1"),
+    ("3", "is a int (3); it must be a map of queue name to settings"),
+    ("", "is empty; it must be a map"),
+    ("default: 3", "queue 'default' in .*: its settings must be a map"),
+    ("- name: default\n- name: default\n", "names 'default' more than once"),
+    ("default: {maxReplica: 3}", "unknown setting 'max_replica'; a queue's settings are: name, routes"),
     ("default: {minReplicas: 5, maxReplicas: 2}", "must be >= min_replicas"),
     ("other: {}", "must define the 'default' queue"),
     ("default: {pool: gevent}", "pool"),
     ("Bad_Name!: {}\ndefault: {}", "Bad_Name!"),
     ("default: [", "not valid YAML"),
-], ids=["not a map", "typo in a key", "min above max", "no default queue", "unknown pool", "bad name", "bad yaml"])
+], ids=["a list of numbers", "a number", "empty", "settings not a map", "twice", "typo in a key", "min above max", "no default queue", "unknown pool", "bad name", "bad yaml"])
 def test_queue_table_file_errors_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "queues.yaml"
     path.write_text(text)
-    with pytest.raises(QueueTableError, match=message.replace("[", r"\[")):
+    with pytest.raises(QueueTableError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")) as err:
         load_queue_table(path)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_queue_table_file(tmp_path):

@@ -9,7 +9,10 @@ two apps in one process do not share whichever was built last.
 from __future__ import annotations
 
 import importlib
+import os
 import socket
+import sys
+import sysconfig
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -18,6 +21,26 @@ from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
 from stalk_workers.settings import Settings
 
 BUILTIN_TASK_MODULES = ("stalk_workers.builtin_tasks",)
+
+
+class TaskModuleError(ImportError):
+    """A module of STALK_TASK_MODULES cannot be imported; the message names it and where Python looked."""
+
+
+def import_task_module(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing and (module == missing or module.startswith(f"{missing}.")):
+            # The standard library's folders are left out: nobody's tasks live there.
+            stdlib = sysconfig.get_paths()["stdlib"]
+            searched = [os.path.abspath(p) for p in sys.path
+                        if not (p.startswith(stdlib) and "site-packages" not in p) and not p.endswith(".zip")]
+            raise TaskModuleError(f"cannot import task module {module!r} (STALK_TASK_MODULES): no module "
+                                  f"{missing!r} in {', '.join(searched)} (nor the standard library)") from exc
+        raise TaskModuleError(f"task module {module!r} (STALK_TASK_MODULES) failed to import: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -85,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     # The tasks' retry policy (StalkTask) is read from stalk_settings when the app builds them.
     for module in (*BUILTIN_TASK_MODULES, *settings.task_module_list):
-        importlib.import_module(module)
+        import_task_module(module)
 
     if settings.record_tasks:
         from stalk_workers import recording

@@ -67,7 +67,8 @@ class QueueTableError(ValueError):
 
 
 def load_queue_table(path: Path | None = None) -> tuple[QueueSpec, ...]:
-    """Return the queues from ``path`` (a ``{name: {...}}`` YAML map) or the built-in table."""
+    """Return the queues from ``path`` or the built-in table. The file is a ``{name: {...}}`` map, a
+    list of queues (``- name: default``), or a Helm values file whose ``queues:`` is either."""
     if path is None:
         return BUILTIN_QUEUES
     try:
@@ -75,18 +76,56 @@ def load_queue_table(path: Path | None = None) -> tuple[QueueSpec, ...]:
     except OSError as exc:
         raise QueueTableError(f"cannot read queue table {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise QueueTableError(f"queue table {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or not raw:
-        raise QueueTableError(f"queue table {path} must be a non-empty map of queue name to settings")
-    specs = []
-    for name, fields in raw.items():
-        try:
-            specs.append(QueueSpec(name=name, **_to_snake_case(fields or {})))
-        except (ValidationError, TypeError) as exc:
-            raise QueueTableError(f"queue {name!r} in {path}: {_first_error(exc)}") from exc
-    if DEFAULT_QUEUE not in {s.name for s in specs}:
-        raise QueueTableError(f"queue table {path} must define the {DEFAULT_QUEUE!r} queue")
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise QueueTableError(f"queue table {path} is not valid YAML{where}: {problem}") from exc
+    specs = [_queue(name, fields, path) for name, fields in _entries(_unwrap(raw), path)]
+    names = [s.name for s in specs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise QueueTableError(f"queue table {path} names {', '.join(map(repr, twice))} more than once")
+    if DEFAULT_QUEUE not in names:
+        raise QueueTableError(f"queue table {path} must define the {DEFAULT_QUEUE!r} queue; it has: "
+                              f"{', '.join(names)}")
     return tuple(specs)
+
+
+SHAPES = ("a map of queue name to settings (default: {routes: ['stalk.*']}), a list of queues "
+          "(- name: default), or a Helm values file with queues:")
+
+
+def _unwrap(raw):
+    # A Helm values file: its queues: key holds the table (a queue named "queues" has settings instead).
+    if isinstance(raw, dict) and isinstance(raw.get("queues"), dict | list) and not (
+            isinstance(raw["queues"], dict) and set(raw["queues"]) & set(QueueSpec.model_fields)):
+        return raw["queues"]
+    return raw
+
+
+def _entries(raw, path) -> list[tuple[object, object]]:
+    """(name, settings) pairs from either shape, or the one line that says what the file is instead."""
+    if isinstance(raw, dict) and raw:
+        return list(raw.items())
+    if isinstance(raw, list) and raw:
+        entries = []
+        for number, item in enumerate(raw, 1):
+            if not isinstance(item, dict) or "name" not in item:
+                raise QueueTableError(f"queue table {path}: item {number} of the list must be a map with a name: "
+                                      f"(- name: default), not {item!r}")
+            entries.append((item["name"], {k: v for k, v in item.items() if k != "name"}))
+        return entries
+    shown = "empty" if not raw else f"a {type(raw).__name__} ({raw!r:.60})"
+    raise QueueTableError(f"queue table {path} is {shown}; it must be {SHAPES}")
+
+
+def _queue(name, fields, path) -> QueueSpec:
+    if fields is not None and not isinstance(fields, dict):
+        raise QueueTableError(f"queue {name!r} in {path}: its settings must be a map (routes:, concurrency:, ...), "
+                              f"not {fields!r:.60}")
+    try:
+        return QueueSpec(name=name, **_to_snake_case(fields or {}))
+    except (ValidationError, TypeError) as exc:
+        raise QueueTableError(f"queue {name!r} in {path}: {_first_error(exc)}") from exc
 
 
 def _to_snake_case(fields: dict) -> dict:
@@ -104,6 +143,8 @@ def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            return f"unknown setting {where!r}; a queue's settings are: {', '.join(QueueSpec.model_fields)}"
         return f"{where}: {err['msg']}" if where else err["msg"]
     return str(exc)
 

@@ -23,7 +23,7 @@ import traceback as tb
 import weakref
 
 from celery import Celery, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from stalk_workers.records import db, store
 
@@ -149,6 +149,9 @@ def _on_success(sender=None, result=None, **_):
 def _on_retry(sender=None, request=None, reason=None, einfo=None, **_):
     if (writer := _writer(sender)) is None:
         return
+    # Celery (5.x) passes its Retry exception; the error that caused the retry is what people need.
+    if isinstance(reason, Retry) and isinstance(reason.exc, BaseException):
+        reason = reason.exc
     error = reason if isinstance(reason, BaseException) else RuntimeError(str(reason))
     writer.add(store.retried(_seen(sender, request), error=error, traceback=einfo.traceback if einfo else None),
                now=True)

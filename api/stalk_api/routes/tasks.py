@@ -187,11 +187,13 @@ async def list_tasks(
     dead_lettered: bool | None = None,
     created_after: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
     created_before: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
+    id_prefix: Annotated[str | None, Query(min_length=1, max_length=255,
+                                           description="Only tasks whose id starts with this.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:
     where = store.TaskFilter(status=status_, queue=queue, task_name=task, dead_lettered=dead_lettered,
-                             created_after=created_after, created_before=created_before)
+                             created_after=created_after, created_before=created_before, id_prefix=id_prefix)
 
     def page(session) -> str:
         # Serialized on the worker thread too: a page of 500 records is milliseconds of CPU.

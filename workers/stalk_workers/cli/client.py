@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -32,11 +33,14 @@ class Api:
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
+    def call(self, method: str, path: str, *, missing_ok: bool = False, **kwargs) -> Any:
+        """The answer's JSON; with ``missing_ok``, None for a 404 instead of the error line."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             fail(f"cannot reach the API at {self.url}: {exc}")
+        if missing_ok and response.status_code == 404:
+            return None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -44,6 +48,28 @@ class Api:
                 detail = response.text
             fail(f"{response.status_code}: {detail}")
         return response.json()
+
+
+# How many tasks the error for a shortened id that matches several of them names.
+SHOWN_MATCHES = 5
+
+
+def find_task(api: Api, task_id: str) -> dict:
+    """The task whose id is ``task_id`` or, failing that, the one task whose id starts with it (ids as
+    ``stalk tasks`` shows them on a narrow terminal, or typed short); several or none: one line."""
+    if not task_id:
+        fail("a task id is required")
+    task = api.call("GET", f"/v1/tasks/{quote(task_id, safe='')}", missing_ok=True)
+    if task is not None:
+        return task
+    matches = api.call("GET", "/v1/tasks", params={"id_prefix": task_id, "limit": SHOWN_MATCHES + 1})["tasks"]
+    if not matches:
+        fail(f"404: no task with id {task_id!r}, and none whose id starts with it")
+    if len(matches) > 1:
+        count = f"more than {SHOWN_MATCHES}" if len(matches) > SHOWN_MATCHES else str(len(matches))
+        fail(f"{task_id!r} matches {count} tasks: {', '.join(t['task_id'] for t in matches[:SHOWN_MATCHES])}; "
+             "give more of the id")
+    return matches[0]
 
 
 def _parse_value(text: str) -> Any:
@@ -57,6 +83,17 @@ def _parse_value(text: str) -> Any:
 def _status_text(task: dict) -> str:
     style = STATUS_STYLE.get(task["status"], "white")
     return f"[{style}]{task['status']}[/{style}]"
+
+
+def _progress(task: dict, max_retries: int | None) -> str:
+    """``RETRY, retry 2 of 3 after IntentionalFailure: failed on purpose``: a task's status as it goes."""
+    text = task["status"]
+    if task["retries"]:
+        text += f", retry {task['retries']}" + (f" of {max_retries}" if max_retries is not None else "")
+        error = task.get("error") or {}
+        if error.get("type") and task["status"] not in FINAL:
+            text += f" after {error['type']}: {error.get('message')}"
+    return text
 
 
 def register(app: typer.Typer) -> None:
@@ -88,11 +125,19 @@ def register(app: typer.Typer) -> None:
         if not wait:
             console.print(task_id)
             return
+        max_retries = next((t["max_retries"] for t in api.call("GET", "/v1/task-types")["task_types"]
+                            if t["name"] == task), None)
         deadline = time.monotonic() + timeout
-        with console.status(f"{task} {task_id}: PENDING") as status_line:
+        shown = f"{task} {task_id}: PENDING"
+        with console.status(shown) as status_line:
             while True:
                 current = api.call("GET", f"/v1/tasks/{task_id}")
-                status_line.update(f"{task} {task_id}: {current['status']} (retries: {current['retries']})")
+                line = f"{task} {task_id}: {_progress(current, max_retries)}"
+                if line != shown:
+                    status_line.update(line)
+                    if not console.is_terminal:  # a pipe or a log sees no live line: one line per change
+                        console.print(line)
+                    shown = line
                 if current["status"] in FINAL:
                     break
                 if time.monotonic() > deadline:
@@ -108,8 +153,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(task_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", token: ApiToken = None,
                as_json: JsonOut = False) -> None:
-        """Show one task: status, result or error, retries and timing."""
-        task = Api(api_url, token).call("GET", f"/v1/tasks/{task_id}")
+        """Show one task (TASK_ID, or the start of it): status, result or error, retries and timing."""
+        task = find_task(Api(api_url, token), task_id)
         if as_json:
             console.print_json(data=task)
             return
@@ -150,8 +195,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def retry(task_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", token: ApiToken = None) -> None:
-        """Run a failed or dead-lettered task again; prints the new task's id."""
-        console.print(Api(api_url, token).call("POST", f"/v1/tasks/{task_id}/retry")["task_id"])
+        """Run a failed or dead-lettered task (TASK_ID, or the start of it) again; prints the new task's id."""
+        api = Api(api_url, token)
+        task_id = find_task(api, task_id)["task_id"]
+        console.print(api.call("POST", f"/v1/tasks/{quote(task_id, safe='')}/retry")["task_id"])
 
     @app.command()
     def cancel(
@@ -160,8 +207,10 @@ def register(app: typer.Typer) -> None:
         api_url: ApiUrl = "http://127.0.0.1:8000",
         token: ApiToken = None,
     ) -> None:
-        """Revoke a task that has not finished."""
-        task = Api(api_url, token).call("POST", f"/v1/tasks/{task_id}/cancel", params={"terminate": terminate})
+        """Revoke a task (TASK_ID, or the start of it) that has not finished."""
+        api = Api(api_url, token)
+        task_id = find_task(api, task_id)["task_id"]
+        task = api.call("POST", f"/v1/tasks/{quote(task_id, safe='')}/cancel", params={"terminate": terminate})
         console.print(f"{task_id} {_status_text(task)}")
 
     @app.command()

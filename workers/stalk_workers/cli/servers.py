@@ -13,15 +13,13 @@ from stalk_workers.settings import Settings
 
 
 def _celery_app(settings: Settings):
-    from stalk_workers.factory import create_app
+    from stalk_workers.factory import TaskModuleError, create_app
     from stalk_workers.queues import QueueTableError
 
     try:
         return create_app(settings)
-    except QueueTableError as exc:
+    except (QueueTableError, TaskModuleError) as exc:
         fail(str(exc))
-    except ImportError as exc:
-        fail(f"cannot import a task module from STALK_TASK_MODULES: {exc}")
 
 
 def register(app: typer.Typer) -> None:

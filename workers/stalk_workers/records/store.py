@@ -179,6 +179,8 @@ class TaskFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     dead_lettered: bool | None = None
+    # The start of a task id, as a shortened id is typed (``stalk status 01a2330b``).
+    id_prefix: str | None = None
 
 
 class BadCursor(ValueError):
@@ -209,6 +211,10 @@ def list_page(
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.id_prefix:
+        # LIKE, not a range on the key: a range follows the column's collation, which in PostgreSQL
+        # ignores the dashes of a UUID. autoescape: a foreign id may hold % or _.
+        query = query.where(TaskRecord.task_id.startswith(where.id_prefix, autoescape=True))
     # In UTC, as written: SQLite compares the stored text, which has no zone, so 10:00+05:00 would
     # otherwise be taken for 10:00 UTC.
     if where.created_after is not None:
