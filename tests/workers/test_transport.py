@@ -9,19 +9,22 @@ from __future__ import annotations
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
 
 from stalk_workers.app import create_app
 from stalk_workers.settings import Settings
-from stalk_workers.transport import Transport
+from stalk_workers.transport import CapturingTransport, Transport
 
 
+@pytest.mark.parametrize("transport", [Transport, CapturingTransport, kombu_redis.Transport],
+                         ids=["stalk's", "channel-client off", "kombu's own"])
 @pytest.mark.parametrize("prefix", ["", "team-a:"], ids=["no prefix", "global_keyprefix"])
-def test_acks_late_bookkeeping_is_kombus(redis_urls, prefix):
+def test_acks_late_bookkeeping_is_kombus(redis_urls, prefix, transport):
     broker = redis_urls[0]
     options = {"global_keyprefix": prefix} if prefix else {}
     queue = Queue("work", Exchange("work", type="direct"), routing_key="work")
     raw = redis.Redis.from_url(broker)
-    with Connection(broker, transport=Transport, transport_options=options) as conn:
+    with Connection(broker, transport=transport, transport_options=options) as conn:
         channel = conn.channel()
         producer = conn.Producer(channel)
         for i in range(3):
@@ -40,13 +43,26 @@ def test_acks_late_bookkeeping_is_kombus(redis_urls, prefix):
         clients = set()
         for message in received:
             message.ack()
-            clients.add(id(channel._reused_client))
+            with channel.conn_or_acquire() as client:
+                clients.add(id(client))
         assert raw.hlen(f"{prefix}unacked") == 0 and raw.zcard(f"{prefix}unacked_index") == 0
         assert [m.decode() for m in received] == [{"n": 0}, {"n": 1}, {"n": 2}]
-        assert len(clients) == 1, "one client object for every command of the channel"
+        if transport is Transport:
+            assert len(clients) == 1, "one client object for every command of the channel"
+        else:
+            assert len(clients) == 3, "kombu's own: a client object per command"
 
 
-def test_the_app_uses_it_for_redis_brokers_only():
-    assert create_app(Settings(broker_url="redis://127.0.0.1:1/0")).connection_for_write().get_transport_cls() is Transport
+@pytest.mark.parametrize(("off", "transport"), [
+    ("", Transport),
+    ("channel-client", CapturingTransport),
+    ("message-templates", Transport),
+    ("channel-client,message-templates", kombu_redis.Transport),
+    ("all", kombu_redis.Transport),
+], ids=["all on", "channel-client off", "message-templates off (its _put passes through uncaptured)",
+        "both off: kombu's own", "all off: kombu's own"])
+def test_the_app_uses_it_for_redis_brokers_only(off, transport):
+    redis_app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", library_shortcuts_off=off))
+    assert redis_app.connection_for_write().get_transport_cls() is transport
     sentinel = create_app(Settings(broker_url="sentinel://127.0.0.1:1/0")).connection_for_write()
-    assert sentinel.get_transport_cls() is not Transport
+    assert sentinel.get_transport_cls() not in (Transport, CapturingTransport)
