@@ -66,3 +66,23 @@ def test_the_app_uses_it_for_redis_brokers_only(off, transport):
     assert redis_app.connection_for_write().get_transport_cls() is transport
     sentinel = create_app(Settings(broker_url="sentinel://127.0.0.1:1/0")).connection_for_write()
     assert sentinel.get_transport_cls() not in (Transport, CapturingTransport)
+
+
+def test_redis_py_packs_and_parses_with_hiredis_on_the_apps_clients(redis_urls):
+    """docs/benchmarks.md counts on hiredis (a dependency): a redis-py release that stopped taking
+    this hiredis would quietly cost every Redis command its Python parser and packer."""
+    from redis._parsers import _HiredisParser
+    from redis.connection import HiredisRespSerializer
+
+    broker, results = redis_urls
+    app = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False))
+    with app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
+        clients = {"broker channel": client, "result backend": app.backend.client}
+        for name, redis_client in clients.items():
+            redis_client.ping()
+            connection = redis_client.connection_pool.get_connection()
+            try:
+                assert isinstance(connection._parser, _HiredisParser), name
+                assert isinstance(connection._command_packer, HiredisRespSerializer), name
+            finally:
+                redis_client.connection_pool.release(connection)
