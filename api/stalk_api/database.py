@@ -101,9 +101,9 @@ class Database:
         self._check = anyio.CapacityLimiter(1)
 
     @classmethod
-    def open(cls, url: str, *, connections: int, wait_seconds: float) -> Database:
+    def open(cls, url: str, *, connections: int, wait_seconds: float, sqlite_executemany: bool = True) -> Database:
         engine = db.create_engine(url, pool_size=connections + LOOP_CONNECTIONS, max_overflow=0,
-                                  pool_timeout=max(wait_seconds, 5.0))
+                                  pool_timeout=max(wait_seconds, 5.0), sqlite_executemany=sqlite_executemany)
         return cls(engine, connections=connections, wait_seconds=wait_seconds)
 
     async def call(self, work: Callable[..., T], /, *args) -> T:

@@ -41,7 +41,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             db.upgrade(settings.database_url)
         database = Database.open(settings.database_url, connections=settings.api_database_connections,
-                                 wait_seconds=settings.api_database_wait_seconds)
+                                 wait_seconds=settings.api_database_wait_seconds,
+                                 sqlite_executemany=settings.shortcut("sqlite-executemany"))
         # The API reads task records, never Celery results: without a result backend, send_task
         # does not subscribe to a result channel for every task it publishes.
         celery = create_celery_app(settings.model_copy(update={"record_tasks": False, "result_backend": "disabled"}))

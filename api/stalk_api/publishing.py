@@ -18,6 +18,10 @@ Scheduled tasks (eta), arguments a template cannot render, and every task while 
 to Celery's publish signals (``before_task_publish`` may add headers, e.g. tracing), take Celery's
 path one by one (still captured, so they share the pipeline). tests/api/test_publishing.py compares the messages with
 ``send_task``'s for generated arguments, and checks that a worker runs them.
+
+Capturing reads kombu's private ``_put``/``_q_for_pri`` and ``flat_saferepr`` copies Celery's
+``saferepr`` text, so each can be turned off (STALK_LIBRARY_SHORTCUTS_OFF): ``message-templates``
+off sends every message through Celery, ``flat-saferepr`` off writes every repr with ``saferepr``.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ def publish(celery: Celery, rows: Iterable[dict], *, sent_at: float) -> None:
     """Send every row (``task_id``, ``task_name``, ``queue``, ``args``, ``kwargs``, ``eta``, ``priority``)
     in one Redis pipeline. Raises if Redis cannot take them; nothing is retried."""
     rows = list(rows)
+    settings = celery.conf.stalk_settings
     with celery.producer_or_acquire() as producer:
         channel = producer.channel
-        if hasattr(channel, "capturing"):
+        if hasattr(channel, "capturing") and settings.shortcut("message-templates"):
             try:
                 lists = _render(celery, producer, rows, sent_at)
             except NotCapturable:
@@ -58,7 +63,7 @@ def publish(celery: Celery, rows: Iterable[dict], *, sent_at: float) -> None:
                         pipe.lpush(key, *payloads)  # pushed in order: BRPOP takes the first one first
                     pipe.execute()
                 return
-        # Another transport (rediss://, a queue with an expiry): Celery sends each message.
+        # Another transport (rediss://), a queue with an expiry, or templates off: Celery sends each message.
         routes: dict[tuple, dict] = {}
         with producer.batch():
             for row in rows:
@@ -79,6 +84,7 @@ def _render(celery: Celery, producer, rows: list[dict], sent_at: float) -> dict[
     kinds: dict[tuple, _Kind] = {}
     routes: dict[tuple, dict] = {}
     templates = not _changes_messages()
+    flat_reprs = celery.conf.stalk_settings.shortcut("flat-saferepr")
     for row, tag in zip(rows, uuid4_strings(len(rows)), strict=True):
         kind_key = (row["task_name"], row["queue"], row["priority"])
         kind = kinds.get(kind_key)
@@ -95,7 +101,7 @@ def _render(celery: Celery, producer, rows: list[dict], sent_at: float) -> dict[
         payload = kombu_dumps(message)  # what kombu's _put pushes
         if templates and row["eta"] is None and not kind.tried:
             kind.tried = True
-            kind.template = Template.from_message(celery, list_key, message, payload, row)
+            kind.template = Template.from_message(celery, list_key, message, payload, row, flat_reprs=flat_reprs)
         lists.setdefault(list_key, []).append(payload)
     return lists
 
@@ -143,9 +149,11 @@ class Template:
     embed: str  # the body's third element (callbacks, errbacks, chain, chord), as JSON
     repr_maxsize: tuple[int, int]
     repr_maxlevels: int
+    flat_reprs: bool  # flat arguments' reprs by flat_saferepr; False: saferepr for every one
 
     @classmethod
-    def from_message(cls, celery: Celery, list_key: str, message: dict, payload: str, row: dict) -> Template | None:
+    def from_message(cls, celery: Celery, list_key: str, message: dict, payload: str, row: dict, *,
+                     flat_reprs: bool) -> Template | None:
         """The template of ``row``'s kind, from the message Celery built for it; None if it cannot be one."""
         headers, properties = message["headers"], message["properties"]
         task_id = row["task_id"]
@@ -170,7 +178,7 @@ class Template:
         amqp = celery.amqp
         template = cls(list_key=list_key, literals=tuple(pieces[0::2]), fields=tuple(pieces[1::2]),
                        embed=body[len(head):-1], repr_maxsize=(amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize),
-                       repr_maxlevels=celery.conf.task_repr_maxlevels)
+                       repr_maxlevels=celery.conf.task_repr_maxlevels, flat_reprs=flat_reprs)
         # Only a template that gives back exactly what Celery and kombu wrote is used.
         return template if template.render(row, properties["delivery_tag"]) == payload else None
 
@@ -181,8 +189,9 @@ class Template:
             return None
         args, kwargs = row["args"] or (), row["kwargs"] or {}  # as Celery's as_task_v2 takes them
         (args_max, kwargs_max), levels = self.repr_maxsize, self.repr_maxlevels
-        args_repr = flat_saferepr(args, args_max) or saferepr(args, args_max, maxlevels=levels)
-        kwargs_repr = flat_saferepr(kwargs, kwargs_max) or saferepr(kwargs, kwargs_max, maxlevels=levels)
+        flat = self.flat_reprs
+        args_repr = (flat and flat_saferepr(args, args_max)) or saferepr(args, args_max, maxlevels=levels)
+        kwargs_repr = (flat and flat_saferepr(kwargs, kwargs_max)) or saferepr(kwargs, kwargs_max, maxlevels=levels)
         values = {
             "id": _json_str(row["task_id"]),
             "tag": _json_str(tag),

@@ -214,3 +214,56 @@ def test_global_key_prefix_applies_to_rendered_messages(redis_urls):
     client = redis.Redis.from_url(redis_urls[0])
     assert client.llen("team-a:default") == 2 and client.llen("team-a:default\x06\x166") == 2
     assert client.llen("default") == 0
+
+
+def _celery_with_shortcuts_off(redis_urls, off: str):
+    return create_app(ApiSettings(broker_url=redis_urls[0], result_backend="disabled", record_tasks=False,
+                                  library_shortcuts_off=off))
+
+
+_KINDS = [
+    {},
+    {"priority": 3},
+    {"eta": datetime.now(UTC) + timedelta(seconds=30)},
+    {"task_name": "stalk.health_check", "args": [], "kwargs": {}, "priority": 9},
+    {"args": ["it's", "two\nlines", -0.0, None], "kwargs": {"quote'key": "\""}, "priority": 5},  # flat reprs
+]
+
+
+@pytest.mark.parametrize(("off", "celery_builds"), [
+    ("message-templates", "every one"),
+    ("channel-client,message-templates", "every one"),  # kombu's own transport: nothing to capture
+    ("flat-saferepr", "the first of each kind"),
+], ids=["message-templates off", "kombu's transport", "flat-saferepr off"])
+def test_with_a_shortcut_off_the_messages_are_still_send_tasks(redis_urls, monkeypatch, off, celery_builds):
+    celery = _celery_with_shortcuts_off(redis_urls, off)
+    flat_calls = []
+    flat = publishing.flat_saferepr
+    monkeypatch.setattr(publishing, "flat_saferepr", lambda *a: flat_calls.append(a) or flat(*a))
+    client = redis.Redis.from_url(redis_urls[0])
+    rows = [_row(f"{name}-{i}", **kind) for i, kind in enumerate(_KINDS) for name in ("first", "fast")]
+    built = _count_celery_builds(celery)
+    publishing.publish(celery, rows, sent_at=SENT_AT)
+    built_by_publish = list(built)
+    for i, kind in enumerate(_KINDS):
+        _sent_by_send_task(celery, _row(f"slow-{i}", **kind))
+
+    if celery_builds == "every one":
+        assert built_by_publish == [r["task_id"] for r in rows]
+    else:  # the eta kind is Celery's every time; the others' second task is rendered
+        assert built_by_publish == ["first-0", "first-1", "first-2", "fast-2", "first-3", "first-4"]
+    assert flat_calls == [], "no repr of stalk's own: saferepr writes every one"
+    messages = _messages(client)
+    for i in range(len(_KINDS)):
+        (fast_key, fast_message), (slow_key, slow_message) = messages[f"fast-{i}"], messages[f"slow-{i}"]
+        assert fast_key == slow_key
+        assert _without_ids(fast_message, f"fast-{i}") == _without_ids(slow_message, f"slow-{i}")
+
+
+def test_with_the_shortcuts_on_flat_arguments_take_flat_saferepr(celery, monkeypatch):
+    """The other side of the test above: without this, "no repr of stalk's own" could never fail."""
+    flat_calls = []
+    flat = publishing.flat_saferepr
+    monkeypatch.setattr(publishing, "flat_saferepr", lambda *a: flat_calls.append(a) or flat(*a))
+    publishing.publish(celery, [_row("first-id", args=[0]), _row("fast-id", args=["it's", 1])], sent_at=SENT_AT)
+    assert (["it's", 1], celery.amqp.argsrepr_maxsize) in flat_calls

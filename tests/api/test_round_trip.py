@@ -191,3 +191,37 @@ def test_time_filters_honour_the_utc_offset(stack, offset):
     assert found(created_after=timedelta(seconds=-1), created_before=timedelta(seconds=1))
     assert not found(created_after=timedelta(seconds=1))
     assert not found(created_before=timedelta(seconds=-1))
+
+
+def test_with_every_library_shortcut_off_the_path_users_rely_on_is_the_same(stack_factory):
+    """STALK_LIBRARY_SHORTCUTS_OFF=all, in the API and the worker: each reach into a library's
+    internals (docs/architecture.md, "Library internals relied on") takes the library's own path.
+    Users see the same, except that a revoked countdown task counts as scheduled until its ETA."""
+    with stack_factory(library_shortcuts_off="all") as stack:
+        stack.start_worker("default", concurrency=2)
+        response = stack.client.post("/v1/tasks/batch", json={"tasks": [
+            {"task": "stalk.echo", "args": [i, "it's"], "kwargs": {"k": None}, "priority": i % 2 * 5}
+            for i in range(20)
+        ]})
+        assert response.status_code == 202, response.text
+        for i, task_id in enumerate(t["task_id"] for t in response.json()["tasks"]):
+            task = stack.wait_for(task_id)
+            assert (task["status"], task["priority"]) == (SUCCESS, i % 2 * 5)
+            assert task["result"] == {"args": [i, "it's"], "kwargs": {"k": None}}
+            assert task["created_at"] <= task["started_at"] <= task["finished_at"]
+
+        def scheduled() -> int:
+            return {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}["default"]["scheduled"]
+
+        countdown = 8
+        task_id = stack.submit("stalk.echo", countdown=countdown)
+        submitted = time.monotonic()
+        wait_until(lambda: scheduled() == 1, timeout=15, what="the worker to hold the countdown task")
+        assert stack.client.post(f"/v1/tasks/{task_id}/cancel").json()["status"] == "REVOKED"
+        time.sleep(1)
+        if time.monotonic() - submitted < countdown - 1:  # Celery's own revoke: held until its ETA
+            assert scheduled() == 1
+        wait_until(lambda: scheduled() == 0, timeout=countdown + 15, what="the revoked task to be let go at its ETA")
+        task = stack.client.get(f"/v1/tasks/{task_id}").json()
+        assert task["status"] == "REVOKED" and task["started_at"] is None and task["result"] is None
+        assert stack.wait_for(stack.submit("stalk.echo", args=["after"]))["status"] == SUCCESS

@@ -9,7 +9,9 @@ from pydantic import ValidationError
 
 from stalk_workers.app import create_app
 from stalk_workers.queues import BUILTIN_QUEUES, QueueTableError, celery_routes, load_queue_table
-from stalk_workers.settings import Settings
+from stalk_workers.settings import LIBRARY_SHORTCUTS, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_production_defaults():
@@ -45,6 +47,33 @@ def test_settings_come_from_the_environment(monkeypatch):
     settings = Settings()
     assert settings.broker_url == "redis://redis.example:6379/3"
     assert settings.task_module_list == ["a.tasks", "b.tasks"]
+
+
+@pytest.mark.parametrize(("off", "expected_off"), [
+    ("", set()),
+    ("channel-client, flat-saferepr", {"channel-client", "flat-saferepr"}),
+    ("all", set(LIBRARY_SHORTCUTS)),
+], ids=["every one on by default", "the names listed are off", "all turns every one off"])
+def test_library_shortcuts_are_on_unless_turned_off(monkeypatch, off, expected_off):
+    monkeypatch.setenv("STALK_LIBRARY_SHORTCUTS_OFF", off)
+    settings = Settings()
+    assert {name for name in LIBRARY_SHORTCUTS if not settings.shortcut(name)} == expected_off
+
+
+def test_an_unknown_library_shortcut_is_refused_with_the_known_names():
+    with pytest.raises(ValidationError, match=r"no library shortcut 'chanel-client' \(known: channel-client, "):
+        Settings(library_shortcuts_off="channel-client,chanel-client")
+    with pytest.raises(KeyError):  # a typo in stalk's own code fails loudly too
+        Settings().shortcut("chanel-client")
+
+
+def test_each_library_shortcut_has_its_row_in_the_architecture_doc():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## Library internals relied on", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    switches = [line.split(" | ")[4] for line in rows]  # where | what | why | bound | switch | proved by
+    assert sorted(s.strip("`") for s in switches if s.startswith("`")) == sorted(LIBRARY_SHORTCUTS)
+    assert sum(not s.startswith("`") for s in switches) == 1, "ReadDeadline: no switch, and why"
 
 
 def test_routes_follow_the_queue_table():

@@ -59,3 +59,43 @@ def test_insert_pending_stores_what_sqlalchemy_stores(sessions):
         assert store.as_utc(record.eta) == datetime(2026, 11, 23, 22, 0, 30, 123456, tzinfo=UTC)
         assert record.args == [{"nested": [1.5, None, True]}] and record.kwargs == {"k": "é'\""}
         assert (record.status, record.retries, record.dead_lettered, record.source) == ("PENDING", 0, False, "api")
+
+
+def _statements(engine) -> list[str]:
+    """Each INSERT on ``engine``: "sqlalchemy" when SQLAlchemy compiled it, "stalk" when store
+    bound it itself (a driver-level statement has no compiled form)."""
+    seen = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT"):
+            seen.append("stalk" if context.compiled is None else "sqlalchemy")
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    return seen
+
+
+@pytest.mark.parametrize("shortcut", [True, False], ids=["sqlite-executemany on", "sqlite-executemany off"])
+def test_with_the_shortcut_off_sqlalchemy_binds_and_stores_the_same(tmp_path, shortcut):
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    db.upgrade(url)
+    fast, core = db.create_engine(url), db.create_engine(url, sqlite_executemany=shortcut)
+    statements = _statements(core)
+    with db.session_factory(fast)() as session:
+        store.insert_pending(session, _rows("fast"))
+        session.commit()
+    with db.session_factory(core)() as session:
+        store.insert_pending(session, _rows("core"))
+        session.commit()
+    seen = store.SeenTask(task_id="core-plain", task_name="stalk.echo", queue="default", args=[1, "two"], kwargs={})
+    store.write(core, [store.started(seen), store.succeeded(seen, result={"ok": True})])
+    assert statements == ["stalk" if shortcut else "sqlalchemy"] * 2  # the insert, then the upsert
+
+    sessions = db.session_factory(fast)
+    # Stored alike, apart from the row the upsert finished.
+    assert [row for row in _stored(sessions, "core") if "P-plain" not in row] == \
+           [row for row in _stored(sessions, "fast") if "P-plain" not in row]
+    with sessions() as session:
+        record = store.get(session, "core-plain")
+        assert (record.status, record.result, record.retries) == ("SUCCESS", {"ok": True}, 0)
+        assert store.as_utc(record.started_at) <= store.as_utc(record.finished_at)
+    fast.dispose(), core.dispose()

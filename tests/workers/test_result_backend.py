@@ -16,6 +16,7 @@ import time
 import pytest
 import redis
 from celery import Celery, chord, states
+from celery.backends.redis import RedisBackend
 
 from stalk_workers.app import create_app
 from stalk_workers.result_backend import STARTED_DELAY_SECONDS, StalkRedisBackend, _DeferredStarts
@@ -46,6 +47,9 @@ def test_the_app_uses_it_for_redis_urls_only(redis_urls):
     assert app.backend.as_uri() == results  # the URL as configured: same server, same database
     other = create_app(Settings(broker_url=broker, result_backend="disabled", record_tasks=False))
     assert not isinstance(other.backend, StalkRedisBackend)
+    off = create_app(Settings(broker_url=broker, result_backend=results, record_tasks=False,
+                              library_shortcuts_off="result-store"))
+    assert type(off.backend) is RedisBackend and off.backend.as_uri() == results
 
 
 def test_stored_meta_channel_message_and_expiry_match_celerys_backend(backend, redis_urls):
@@ -155,8 +159,9 @@ def test_compressed_results_take_celerys_own_path(redis_urls):
     assert backend.get_task_meta("t-6")["result"] == {"big": "x" * 1000}
 
 
-def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_factory):
-    with stack_factory() as stack:
+@pytest.mark.parametrize("off", ["", "result-store"], ids=["stalk's backend", "result-store off: Celery's own"])
+def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_factory, off):
+    with stack_factory(library_shortcuts_off=off) as stack:
         stack.start_worker("default", concurrency=2)
         client = plain_client(stack.settings.broker_url, stack.settings.result_backend)
         try:
@@ -171,7 +176,10 @@ def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_
             echoed = client.send_task("stalk.echo", args=[1, "two"], kwargs={"k": 3}, queue="default",
                                       task_id="echo-1")
             assert echoed.get(timeout=20) == {"args": [1, "two"], "kwargs": {"k": 3}}
-            assert _published_states(pubsub) == ["SUCCESS"]  # over before its STARTED was due
+            if off:  # Celery's own backend writes STARTED at once
+                assert _published_states(pubsub) == ["STARTED", "SUCCESS"]
+            else:
+                assert _published_states(pubsub) == ["SUCCESS"]  # over before its STARTED was due
 
             failed = client.send_task("stalk.sleep", args=[-1], queue="default")  # CriticalTask: no retry
             with pytest.raises(Exception, match="non-negative"):

@@ -63,8 +63,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
         # kombu's Redis transport without a new client object per command (see transport.py).
-        broker_transport=_broker_transport(settings.broker_url),
-        result_backend=_result_backend(settings.result_backend),
+        broker_transport=_broker_transport(settings),
+        result_backend=_result_backend(settings),
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
         result_backend_transport_options=dict(transport_options),
@@ -117,18 +117,28 @@ def create_app(settings: Settings | None = None) -> Celery:
     from stalk_workers import metrics, revoking
 
     metrics.connect(app)
-    revoking.connect()
+    if settings.shortcut("revoke-release"):
+        revoking.connect()
     return app
 
 
-def _broker_transport(url: str) -> str | None:
-    """``redis://`` brokers through stalk's Transport; any other URL picks kombu's own by its scheme."""
-    return "stalk_workers.transport:Transport" if url.startswith("redis://") else None
+def _broker_transport(settings: Settings) -> str | None:
+    """``redis://`` brokers through stalk's Transport (or, with its shortcuts off, the part of it
+    still on); any other URL, or both off, picks kombu's own by the URL's scheme."""
+    if not settings.broker_url.startswith("redis://"):
+        return None
+    if settings.shortcut("channel-client"):
+        return "stalk_workers.transport:Transport"
+    if settings.shortcut("message-templates"):
+        return "stalk_workers.transport:CapturingTransport"
+    return None
 
 
-def _result_backend(url: str) -> str:
-    """Redis results through ``StalkRedisBackend`` (one round trip per state write); others as given."""
-    if url.split("://", 1)[0] in ("redis", "rediss"):
+def _result_backend(settings: Settings) -> str:
+    """Redis results through ``StalkRedisBackend`` (one round trip per state write); others, or
+    with ``result-store`` off, as given (Celery's own backend for the URL)."""
+    url = settings.result_backend
+    if url.split("://", 1)[0] in ("redis", "rediss") and settings.shortcut("result-store"):
         # Celery's "<backend class>+<url>" form: the class, with the URL it would have had anyway.
         return f"stalk_workers.result_backend:StalkRedisBackend+{url}"
     return url

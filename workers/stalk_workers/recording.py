@@ -36,8 +36,9 @@ FLUSH_SECONDS = 0.05
 class RecordWriter:
     """One per process: buffers changes and writes them in one transaction at a time."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, sqlite_executemany: bool = True) -> None:
         self._url = database_url
+        self._sqlite_executemany = sqlite_executemany
         self._pid: int | None = None
         self._engine = None
         self._lock = threading.Lock()
@@ -70,7 +71,7 @@ class RecordWriter:
             self._pending = []
             self._lock = threading.Lock()
             self._wake = threading.Event()
-            self._engine = db.create_engine(self._url)
+            self._engine = db.create_engine(self._url, sqlite_executemany=self._sqlite_executemany)
             threading.Thread(target=self._run, name="stalk-records", daemon=True).start()
         return self._engine
 
@@ -101,7 +102,8 @@ _writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
 
 def connect(app: Celery) -> None:
     """Record ``app``'s tasks in its database: a writer of its own, and the signal receivers."""
-    writer = RecordWriter(app.conf.stalk_settings.database_url)
+    settings = app.conf.stalk_settings
+    writer = RecordWriter(settings.database_url, sqlite_executemany=settings.shortcut("sqlite-executemany"))
     app.conf.stalk_record_writer = writer
     _writers.add(writer)
     # weak=False: Celery's default weak references would let these module functions be dropped.

@@ -8,6 +8,10 @@ its record's end unknown. Here the worker's ``revoke`` command also discards, ri
 scheduled tasks it holds with those ids, the way Celery does at the ETA (``Request.revoked``:
 ``task_revoked``, which records REVOKED, then the ack): the message leaves ``unacked``, and every
 reader of the queue sees it gone, whoever sent the revoke (the API, ``celery control revoke``).
+
+It reads Celery's worker state (``scheduled_requests``, ``Request._eta_timer_entry``), so it can be
+turned off (``revoke-release`` in ``STALK_LIBRARY_SHORTCUTS_OFF``): Celery's revoke alone, the task
+let go at its ETA.
 """
 
 from __future__ import annotations
@@ -28,12 +32,19 @@ def connect() -> None:
     @functools.wraps(celery_revoke)
     def revoke(state, task_id, terminate=False, signal=None, **kwargs):
         answer = celery_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
-        release_scheduled(state.consumer, set(maybe_list(task_id) or []))
+        if _releases(state.app):
+            release_scheduled(state.consumer, set(maybe_list(task_id) or []))
         return answer
 
     revoke.stalk_releases_scheduled = True
     # The worker's pidbox dispatches through this dict, so the wrapper replaces Celery's command.
     control.Panel.data["revoke"] = revoke
+
+
+def _releases(app) -> bool:
+    """The wrapper is process-wide; whether it releases is the worker's own app's setting."""
+    settings = getattr(app.conf, "stalk_settings", None)
+    return settings is None or settings.shortcut("revoke-release")
 
 
 def release_scheduled(consumer, task_ids: set[str]) -> None:

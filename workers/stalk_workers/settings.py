@@ -8,12 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Celery redelivers an unacked Redis message after the visibility timeout. It must outlast the
 # hard time limit (and any countdown), or a slow task runs twice while the first run is alive.
 VISIBILITY_MARGIN_SECONDS = 60
+
+# Where stalk reaches past a library's public interface for a measured gain (docs/architecture.md,
+# "Library internals relied on"). Each name can be turned off (``STALK_LIBRARY_SHORTCUTS_OFF``);
+# that code then takes the library's own public path, so a library release that breaks one can be
+# run around at once, and the gain re-measured.
+LIBRARY_SHORTCUTS = (
+    "channel-client",  # transport.py: one redis.Redis per kombu channel, not one per command
+    "message-templates",  # api publishing.py + transport.py capturing(): batch messages from templates
+    "flat-saferepr",  # api publishing.py: argsrepr/kwargsrepr of flat arguments without saferepr
+    "sqlite-executemany",  # records/store.py: SQLite executemany bound by stalk
+    "result-store",  # result_backend.py: one-script state writes, STARTED deferred
+    "revoke-release",  # revoking.py: a revoked countdown task let go at once, not at its ETA
+)
 
 
 class Settings(BaseSettings):
@@ -50,6 +63,18 @@ class Settings(BaseSettings):
     # Whether workers record task state in the database (the API always records submissions).
     record_tasks: bool = True
 
+    # Library shortcuts to turn off, comma separated names of LIBRARY_SHORTCUTS, or ``all``.
+    library_shortcuts_off: str = ""
+
+    @field_validator("library_shortcuts_off")
+    @classmethod
+    def _known_shortcuts(cls, value: str) -> str:
+        unknown = [name for name in _names(value) if name not in (*LIBRARY_SHORTCUTS, "all")]
+        if unknown:
+            raise ValueError(f"no library shortcut {', '.join(map(repr, unknown))} (known: "
+                             f"{', '.join(LIBRARY_SHORTCUTS)}, or all)")
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.soft_time_limit_seconds >= self.hard_time_limit_seconds:
@@ -67,7 +92,14 @@ class Settings(BaseSettings):
 
     @property
     def task_module_list(self) -> list[str]:
-        return [m.strip() for m in self.task_modules.split(",") if m.strip()]
+        return _names(self.task_modules)
+
+    def shortcut(self, name: str) -> bool:
+        """Whether the library shortcut ``name`` (one of LIBRARY_SHORTCUTS) is on."""
+        if name not in LIBRARY_SHORTCUTS:
+            raise KeyError(f"no library shortcut {name!r}")  # a typo in stalk's own code
+        off = _names(self.library_shortcuts_off)
+        return name not in off and "all" not in off
 
     @property
     def max_countdown_seconds(self) -> int:
@@ -80,3 +112,8 @@ class Settings(BaseSettings):
             0,
             self.visibility_timeout_seconds - self.hard_time_limit_seconds - VISIBILITY_MARGIN_SECONDS,
         )
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated setting's names, blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]

@@ -11,6 +11,10 @@ through its ``broker_transport`` setting; the URL, options and keys are kombu's 
 ``Channel.capturing()`` lets the API see the exact message kombu would push for a task without
 pushing it: the API builds one message per kind of task through Celery and kombu, then renders
 the rest of a batch from it (api/stalk_api/publishing.py).
+
+Both lean on kombu's private names (``_create_client``, ``_put``, ``_q_for_pri``), so each can be
+turned off (``STALK_LIBRARY_SHORTCUTS_OFF``): ``channel-client`` off takes ``CapturingTransport``
+(kombu's own client per command), both off take kombu's own transport (``create_app`` chooses).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ class NotCapturable(Exception):
     """The publish needs more than one LPUSH (the queue has an expiry), so it cannot be captured."""
 
 
-class Channel(kombu_redis.Channel):
-    _reused_client = None
+class CapturingChannel(kombu_redis.Channel):
+    """kombu's Redis channel that can capture a publish instead of pushing it."""
+
     _captured: list | None = None
 
     @contextmanager
@@ -48,6 +53,12 @@ class Channel(kombu_redis.Channel):
         priority = self._get_message_priority(message, reverse=False)
         self._captured.append((self._q_for_pri(queue, priority), message))
 
+
+class Channel(CapturingChannel):
+    """A capturing channel that builds one Redis client object and uses it for every command."""
+
+    _reused_client = None
+
     @contextmanager
     def conn_or_acquire(self, client=None):
         if client:
@@ -62,3 +73,9 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class CapturingTransport(kombu_redis.Transport):
+    """With ``channel-client`` off: kombu's client per command, publishes still capturable."""
+
+    Channel = CapturingChannel

@@ -13,9 +13,15 @@ from sqlalchemy.orm import sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_engine(url: str, **kwargs) -> Engine:
+# An engine's execution option, read by ``store._execute_many``: False takes SQLAlchemy's own
+# executemany on SQLite too (``sqlite-executemany`` in STALK_LIBRARY_SHORTCUTS_OFF).
+SQLITE_EXECUTEMANY = "stalk_sqlite_executemany"
+
+
+def create_engine(url: str, *, sqlite_executemany: bool = True, **kwargs) -> Engine:
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                  execution_options={SQLITE_EXECUTEMANY: sqlite_executemany}, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "handle_error", _sqlite_file_errors)
         return engine

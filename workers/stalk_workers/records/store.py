@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from stalk_workers.records.db import SQLITE_EXECUTEMANY
 from stalk_workers.records.models import (
     FAILURE,
     FINAL_STATES,
@@ -103,10 +104,11 @@ def _execute_many(conn: sa.Connection, statement, rows: list[dict]) -> None:
     column's bind processor run once per distinct value instead of once per row. The rows of a
     batch share their times, status and names, and SQLAlchemy's per-row work (a dict of ~15
     parameters, each datetime formatted again) was a quarter of a batched submission's CPU in the
-    API and most of a worker's record writes. Other databases: SQLAlchemy's own executemany
-    (psycopg's is batched already).
+    API and most of a worker's record writes. It reads SQLAlchemy's compiled ``positiontup``, so an
+    engine made with ``sqlite_executemany=False`` (db.create_engine) takes SQLAlchemy's own path.
+    Other databases: SQLAlchemy's own executemany (psycopg's is batched already).
     """
-    if conn.dialect.name != "sqlite":
+    if conn.dialect.name != "sqlite" or not conn.get_execution_options().get(SQLITE_EXECUTEMANY, True):
         conn.execute(statement, rows)
         return
     sql, columns, processors = _sqlite_compiled(conn.dialect, statement, tuple(rows[0]))
