@@ -16,7 +16,9 @@ SCALING_LIMITED = "ScalingLimited"
 
 # The fields View.measured holds, in its order; they change every tick under load, so they are
 # written at most every status interval (write_due: ROUTINE).
-MEASURED = ("depth", "inFlight", "scheduled", "oldestWaitSeconds")
+MEASURED = ("waiting", "inFlight", "scheduled", "oldestWaitSeconds")
+# status.depth is the name waiting had before: written with the same value for one release, then dropped.
+DEPRECATED_SAME_AS = {"depth": "waiting"}
 # Kept for restarts, not shown: written along with a shown change, never on its own.
 HIDDEN = frozenset({"policyHistory"})
 
@@ -82,6 +84,7 @@ def render(view: View, previous: Mapping[str, Any], now: float, history: dict[st
     desired: dict[str, Any] = {"observedGeneration": view.generation, "conditions": conditions}
     if view.measured is not None:
         desired.update(zip(MEASURED, view.measured, strict=True))
+        desired.update({old: desired[new] for old, new in DEPRECATED_SAME_AS.items()})
     if view.last_decision is not None:
         desired["lastDecision"] = view.last_decision
     if view.replicas is not None:

@@ -64,13 +64,24 @@ def test_get_taskqueues_prints_the_columns(kube_cluster, taskqueue_crd, kube_nam
     apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
                                                   target="w", minReplicas=1, maxReplicas=7))
     lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
+    assert lines[0].split() == ["NAME", "QUEUE", "WAITING", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
                                 "STATUS", "AGE"]
     # Cells without a value yet (no status before an operator runs) print as blanks: cut by the header.
     starts = [lines[0].index(name) for name in ("QUEUE", "MIN", "MAX", "STATUS")]
     row = lines[1]
     assert row[starts[0]:starts[1]].split() == ["emails"]
     assert row[starts[1]:starts[2]].strip() == "1" and row[starts[2]:starts[3]].strip() == "7"
+
+
+def test_the_waiting_column_reads_status_waiting_not_the_deprecated_depth(kube_cluster, taskqueue_crd,
+                                                                          kube_namespace):
+    apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
+                                                  target="w", maxReplicas=7))
+    kube_cluster.kubectl("patch", "tq", "emails", "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"waiting": 7, "depth": 99}}), namespace=kube_namespace)
+    lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
+    start, end = lines[0].index("WAITING"), lines[0].index("IN-FLIGHT")
+    assert lines[1][start:end].strip() == "7"
 
 
 def _field_paths(node: dict, path: str = "") -> list[str]:

@@ -87,12 +87,14 @@ def test_backlog_scales_up_with_an_event_and_status(redis_urls, producer):
     assert kube.scales == [("workers", 3)]
     assert kube.events[0][:2] == ("Normal", "ScaledUp") and "0 -> 3 replicas" in kube.events[0][2]
     written = kube.statuses[-1]
-    assert written["depth"] == 11 and written["replicas"] == 3 and written["desiredReplicas"] == 3
+    assert written["waiting"] == 11 and written["replicas"] == 3 and written["desiredReplicas"] == 3
     assert st.condition_status(written["conditions"], st.READY) == "True"
     assert "policyHistory" in written and written["lastScaleTime"] == st.utc_iso(NOW)
     samples = {(m.name, s.labels.get("taskqueue")): s.value
                for m in ticker.metrics.registry.collect() for s in m.samples}
-    assert samples[("stalk_taskqueue_depth", "emails")] == 11
+    assert samples[("stalk_taskqueue_waiting", "emails")] == 11
+    # The names waiting had before, kept for one release with the same value.
+    assert written["depth"] == 11 and samples[("stalk_taskqueue_depth", "emails")] == 11
     assert samples[("stalk_taskqueue_desired_replicas", "emails")] == 3
     assert samples[("stalk_taskqueue_max_replicas", "emails")] == 5
 
@@ -110,12 +112,12 @@ def test_status_is_written_only_when_a_shown_value_changes(redis_urls, producer)
     assert len(kube.statuses) == 1
     producer.send_task("demo.send", queue="emails")
     now[0] += 1
-    tick(ticker)  # only the depth moved, and the status interval has not passed
+    tick(ticker)  # only the waiting count moved, and the status interval has not passed
     assert len(kube.statuses) == 1
     now[0] += 5
-    tick(ticker)  # now it has: the depth is written, with the history riding along
-    assert len(kube.statuses) == 2 and kube.statuses[1]["depth"] == 2
-    assert set(kube.statuses[1]) <= {"depth", "oldestWaitSeconds", "policyHistory", "lastDecision"}
+    tick(ticker)  # now it has: the waiting count is written, with the history riding along
+    assert len(kube.statuses) == 2 and kube.statuses[1]["waiting"] == 2
+    assert set(kube.statuses[1]) <= {"waiting", "depth", "oldestWaitSeconds", "policyHistory", "lastDecision"}
 
 
 def test_taskqueues_on_one_redis_share_one_broker_loop(redis_urls):
@@ -217,14 +219,14 @@ def test_status_writer_writes_urgent_first_and_only_the_latest_view():
     registry = Registry()
     a, b = (registry.upsert(parse_taskqueue(body(name, "redis://unused")), None) for name in ("a", "b"))
 
-    def view(depth: int, ready: bool = True) -> st.View:
+    def view(waiting: int, ready: bool = True) -> st.View:
         return st.View(1, (st.Condition(st.READY, ready, "Scaling" if ready else "TargetNotFound", "m"),),
-                       measured=(depth, 0, 0, 0))
+                       measured=(waiting, 0, 0, 0))
 
     writer.submit(a, view(1), NOW, urgent=False)
     writer.submit(a, view(2), NOW, urgent=False)  # replaces the one not yet written
     writer.submit(b, view(5, ready=False), NOW, urgent=True)
 
     asyncio.run(drain_writer(writer))
-    assert [s.get("depth") for s in kube.statuses] == [5, 2]
-    assert a.view_written == view(2) and a.status["depth"] == 2
+    assert [s.get("waiting") for s in kube.statuses] == [5, 2]
+    assert a.view_written == view(2) and a.status["waiting"] == 2

@@ -33,7 +33,7 @@ def test_other_conditions_are_kept():
 
 
 LIMITED = {"type": "ScalingLimited", "status": "True", "reason": "AtMaxReplicas", "message": "30 waiting needs 6"}
-BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
+BASE = {"waiting": 3, "depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
         "lastDecision": "Steady: 3 waiting", "conditions": [LIMITED]}
 
 
@@ -41,7 +41,7 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
     ("desired", "expected"),
     [
         (dict(BASE), None),
-        ({**BASE, "depth": 4}, {"depth": 4}),
+        ({**BASE, "waiting": 4, "depth": 4}, {"waiting": 4, "depth": 4}),
         ({**BASE, "policyHistory": {"idleSince": 5.0}}, None),
         ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
     ],
@@ -49,6 +49,14 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
 )
 def test_status_patch_writes_only_shown_changes(desired, expected):
     assert st.status_patch(BASE, desired) == expected
+
+
+def test_render_writes_waiting_and_the_deprecated_depth_with_the_same_value():
+    view = st.View(1, (), measured=(7, 2, 1, 30))
+    rendered = st.render(view, {}, NOW, None)
+    assert {k: rendered[k] for k in ("waiting", "inFlight", "scheduled", "oldestWaitSeconds")} == {
+        "waiting": 7, "inFlight": 2, "scheduled": 1, "oldestWaitSeconds": 30}
+    assert rendered["depth"] == 7  # until it is dropped, one release after waiting came
 
 
 def test_removed_keys_are_sent_as_null_and_patch_applies():
