@@ -59,8 +59,8 @@ class OperatorMetrics:
         self.waiting = Gauge("stalk_taskqueue_waiting", "Tasks waiting in Redis, all priority levels.", _TQ_LABELS,
                              registry=r)
         # The name waiting had before (DEPRECATED_METRICS): the same value for one release, then dropped.
-        self.depth = Gauge("stalk_taskqueue_depth", "Deprecated: the same as stalk_taskqueue_waiting, which replaces it.",
-                           _TQ_LABELS, registry=r)
+        self.depth = Gauge("stalk_taskqueue_depth",
+                           "Deprecated: the same as stalk_taskqueue_waiting, which replaces it.", _TQ_LABELS, registry=r)
         self.in_flight = Gauge("stalk_taskqueue_in_flight", "Tasks delivered to workers and not yet acknowledged.",
                                _TQ_LABELS, registry=r)
         self.scheduled = Gauge("stalk_taskqueue_scheduled", "ETA/countdown tasks held by workers.", _TQ_LABELS,
@@ -99,8 +99,9 @@ class OperatorMetrics:
         labels = (namespace, name, queue)
         return TaskQueueSeries(
             labels=labels,
-            waiting=self.waiting.labels(*labels), depth=self.depth.labels(*labels), in_flight=self.in_flight.labels(*labels),
-            scheduled=self.scheduled.labels(*labels), oldest_wait=self.oldest_wait.labels(*labels),
+            waiting=self.waiting.labels(*labels), depth=self.depth.labels(*labels),
+            in_flight=self.in_flight.labels(*labels), scheduled=self.scheduled.labels(*labels),
+            oldest_wait=self.oldest_wait.labels(*labels),
             desired=self.desired.labels(*labels), current=self.current.labels(*labels),
             min_replicas=self.min_replicas.labels(*labels), max_replicas=self.max_replicas.labels(*labels),
         )

@@ -40,9 +40,9 @@ class TaskQueueState:
     # The target's pods as last inspected before a scale-down (see kube_actuator.KubeActuator).
     busy: Any = None
     busy_checked_at: float = float("-inf")
-    # The status view last written (None: not yet, or resumed from the object), and the one
-    # waiting for the status writer with the tick time it was found at.
-    view_written: Any = None
+    # The desired status (status.DesiredStatus) last written (None: not yet, or resumed from the
+    # object), and the one waiting for the status writer with the tick time it was found at.
+    desired_written: Any = None
     pending: Any = None
     pending_urgent: bool = False
     # MetricsAvailable is False (or was, on the object at first sight): a good read says so once.
@@ -66,7 +66,7 @@ class TaskQueueState:
         self.history = History.resume(saved)
         self.last_scale_time = self.status.get("lastScaleTime")
         self.status_written_at = float("-inf")
-        self.view_written, self.pending, self.pending_urgent = None, None, False
+        self.desired_written, self.pending, self.pending_urgent = None, None, False
         self.metrics_down = _metrics_down(self.status)
 
 
