@@ -16,6 +16,7 @@ persisted, because the recorded times are compared with later ``now`` values.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -143,8 +144,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def rfc3339(timestamp: float) -> str:
     """``timestamp`` (Unix seconds) as RFC 3339 in UTC, to the millisecond: 2026-12-02T07:09:25.482Z."""
-    millis = round(timestamp * 1000)  # integer arithmetic: no float rounding down to .481
-    return (_EPOCH + timedelta(milliseconds=millis)).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    # Integer arithmetic (no float rounding .482 down to .481) and the date looked up once a day:
+    # a third of the time of datetime.strftime, for every recommendation of every status write.
+    seconds, millis = divmod(round(timestamp * 1000), 1000)
+    day, second = divmod(seconds, 86400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_utc_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_date(days_since_epoch: int) -> str:
+    return (_EPOCH + timedelta(days=days_since_epoch)).date().isoformat()
 
 
 def _saved_time(value: str | float | None) -> float | None:

@@ -9,6 +9,7 @@ import math
 import random
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
@@ -174,6 +175,16 @@ def test_the_saved_history_has_named_fields_and_rfc3339_times():
     restored = History.from_dict(json.loads(json.dumps(history.to_dict())))
     assert restored.recommendations[0][0] == pytest.approx(1_796_195_910.5484, abs=0.0005)
     assert History.from_dict(restored.to_dict()) == restored
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(-1e9, 4e9))
+def test_rfc3339_writes_what_datetime_would_and_reads_back_to_the_millisecond(timestamp):
+    millis = round(timestamp * 1000)
+    expected = (datetime.fromtimestamp(millis // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+                + f".{millis % 1000:03d}Z")
+    assert policy.rfc3339(timestamp) == expected
+    assert History.from_dict({"idleSince": expected}).idle_since == millis / 1000
 
 
 def test_the_saved_history_of_the_release_before_still_reads():
