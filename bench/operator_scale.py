@@ -18,7 +18,7 @@ TaskQueues, and every operator setting, is a default (pollSeconds 1, status ever
 While measuring, a producer adds ``--rate`` tasks a second to random queues of the backlog, and a
 kombu consumer takes ``--deliver`` tasks a second from the scaling queues without acking them for
 10 s (``basic_get(no_ack=False)``: kombu files them in its ``unacked`` hash and index exactly as a
-Celery worker with acks_late does), so depth, in-flight and the status writes keep moving.
+Celery worker with acks_late does), so waiting, in-flight and the status writes keep moving.
 
 Measured, over a ``--seconds`` window after a ``--warmup``:
 - tick duration: the operator's own histogram ``stalk_operator_tick_duration_seconds`` (read,

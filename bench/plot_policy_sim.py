@@ -61,7 +61,7 @@ def plot_trace(title: str, series: dict[str, dict[str, list[float]]], out: Path)
     top.set_title(f"{title}: replicas over time", fontsize=10)
     bottom.set_ylabel("tasks waiting")
     bottom.set_xlabel("time (minutes)")
-    bottom.set_title("queue depth (all priority lists) under each model", fontsize=10)
+    bottom.set_title("tasks waiting (all priority lists) under each model", fontsize=10)
     _finish(fig, (top, bottom), out)
 
 

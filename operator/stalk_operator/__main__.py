@@ -13,7 +13,7 @@ from stalk_operator import handlers  # noqa: F401 - registers the kopf handlers
 from stalk_operator.config import OperatorSettings
 from stalk_operator.kube import KubeApi, load_api_client
 from stalk_operator.leader import LeaseElector
-from stalk_operator.loop import Ticker
+from stalk_operator.loop import BrokerSupervisor
 from stalk_operator.metrics import OperatorMetrics, health_app
 from stalk_operator.state import Registry, TargetCache
 
@@ -34,19 +34,19 @@ async def run(settings: OperatorSettings) -> None:
             identity=settings.identity, duration_seconds=settings.lease_duration_seconds,
             renew_seconds=settings.lease_renew_seconds,
         )
-    ticker = Ticker(
+    supervisor = BrokerSupervisor(
         registry=registry, targets=targets, kube=kube, metrics=metrics, settings=settings,
         is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
     )
     kopf_ready = asyncio.Event()
 
-    background = [asyncio.create_task(ticker.run(), name="ticker")]
+    background = [asyncio.create_task(supervisor.run(), name="supervisor")]
     if elector:
         background.append(asyncio.create_task(elector.run(), name="lease"))
 
     def alive() -> bool:
         # The supervisor beats every second; a minute of silence means the event loop is stuck.
-        return not background[0].done() and time.monotonic() - ticker.heartbeat < HEARTBEAT_TIMEOUT_SECONDS
+        return not background[0].done() and time.monotonic() - supervisor.heartbeat < HEARTBEAT_TIMEOUT_SECONDS
 
     app = health_app(metrics, alive=alive, ready=kopf_ready.is_set)
     runner = web.AppRunner(app, access_log=None)
@@ -63,7 +63,7 @@ async def run(settings: OperatorSettings) -> None:
             ready_flag=kopf_ready,
         )
     finally:
-        for task in background:  # the ticker stops first, then the lease is given up
+        for task in background:  # the supervisor stops first, then the lease is given up
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()

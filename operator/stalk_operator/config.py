@@ -35,7 +35,7 @@ class OperatorSettings(BaseSettings):
 
     # Celery remote-control inspection before a scale-down: how long to wait for worker replies.
     inspect_timeout_seconds: float = Field(0.5, gt=0)
-    # Depth, in-flight and oldest wait change every tick under load; write them to status at most
+    # Waiting, in-flight and oldest wait change every tick under load; write them to status at most
     # this often. Replicas, conditions and decisions are written as soon as they change.
     status_interval_seconds: float = Field(5.0, ge=0)
     # Concurrent API calls: status patches get this many slots, and scale patches (with the reads

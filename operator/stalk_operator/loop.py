@@ -3,7 +3,7 @@
 Each tick reads every queue of that broker in one pipelined round trip, then in two passes:
 
 1. ``BrokerLoop.prepare``, for every TaskQueue, without awaiting: the metrics, ``reconcile.plan``
-   from the cached target replicas, and the status view. It returns a ``Step``.
+   from the cached target replicas, and the desired status. It returns a ``Step``.
 2. ``BrokerLoop.actuate``, only for the steps that need the API server (a scale, a target not yet
    seen by the watch, an Event), together: ``reconcile.apply`` through a ``KubeActuator``.
 
@@ -62,11 +62,11 @@ class Step:
 class BrokerLoop:
     """Reads and decides for every TaskQueue on one Redis (one URL and key prefix)."""
 
-    def __init__(self, key: BrokerKey, ticker: Ticker) -> None:
+    def __init__(self, key: BrokerKey, supervisor: BrokerSupervisor) -> None:
         self.key = key
         self.url, self.key_prefix = key
         self.label = broker_label(self.url)
-        self._ticker = ticker
+        self._supervisor = supervisor
         # Built once per broker, never per poll.
         self.client = redis.Redis.from_url(
             self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
@@ -84,7 +84,7 @@ class BrokerLoop:
     @property
     def inspector(self) -> CeleryInspector:
         if self._inspector is None:  # only needed now and then, so built on first use
-            timeout = self._ticker.settings.inspect_timeout_seconds
+            timeout = self._supervisor.settings.inspect_timeout_seconds
             self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
         return self._inspector
 
@@ -96,7 +96,7 @@ class BrokerLoop:
         """Report lists holding messages that no TaskQueue names and no worker consumes (blocking)."""
         claimed = set(queues) | self.inspector.consumed_queues()
         found = unconsumed_lists(self.client, key_prefix=self.key_prefix, claimed=claimed)
-        gauge = self._ticker.metrics.unconsumed
+        gauge = self._supervisor.metrics.unconsumed
         for name in self._unconsumed.keys() - found.keys():
             gauge.remove(self.label, name)
         for name, count in found.items():
@@ -111,10 +111,10 @@ class BrokerLoop:
         try:
             while True:
                 started = time.monotonic()
-                members = self._ticker.membership.members(self.key)
-                self._ticker.leadership.update()
-                if members and self._ticker.leadership.leading:
-                    with self._ticker.metrics.tick_duration.time():
+                members = self._supervisor.membership.members(self.key)
+                self._supervisor.leadership.update()
+                if members and self._supervisor.leadership.leading:
+                    with self._supervisor.metrics.tick_duration.time():
                         await self.tick(members)
                 # The broker ticks as often as its most eager TaskQueue asks.
                 interval = min((m.config.poll_seconds for m in members), default=1.0)
@@ -126,7 +126,7 @@ class BrokerLoop:
         if self._unconsumed_task is not None:
             self._unconsumed_task.cancel()
         for name in self._unconsumed:
-            self._ticker.metrics.unconsumed.remove(self.label, name)
+            self._supervisor.metrics.unconsumed.remove(self.label, name)
         self._reads.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         if self._inspector is not None:
@@ -134,12 +134,12 @@ class BrokerLoop:
 
     async def tick(self, members: list[TaskQueueState]) -> None:
         queues = sorted({m.config.queue for m in members})
-        now = self._ticker.clock()
+        now = self._supervisor.clock()
         try:
             stats: dict[str, QueueStats] | None = await asyncio.get_running_loop().run_in_executor(
                 self._reads, self.reader.read, queues)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep replicas, report
-            self._ticker.metrics.broker_errors.labels(self.label).inc()
+            self._supervisor.metrics.broker_errors.labels(self.label).inc()
             if self._outage.failed(now):  # once per outage; the error counter counts every tick
                 log.warning("cannot read %d queues from %s, keeping replicas: %s", len(queues), self.label, exc)
             steps = self._each(members, lambda m, exc=exc: self._unreadable(m, exc, now))
@@ -178,9 +178,9 @@ class BrokerLoop:
 
     # ---- pass 1: no waiting ---------------------------------------------------------------
     def prepare(self, state: TaskQueueState, stats: QueueStats, now: float) -> Step | None:
-        """Measure, plan and show; a ``Step`` only when the API server is still needed (else None)."""
+        """Measure, plan and report; a ``Step`` only when the API server is still needed (else None)."""
         cfg = state.config
-        report = self._ticker.reporter
+        report = self._supervisor.reporter
         measured = Measured(stats=stats, now=now, metrics=st.Condition(
             st.METRICS_AVAILABLE, True, "QueueRead", f"queue {cfg.queue} read from {self.label}"))
         report.measured(state, measured)
@@ -193,7 +193,7 @@ class BrokerLoop:
             report.problem(state, measured, "TargetConflict", state.target_conflict,
                            f"TargetConflict: {state.target_conflict}")
             return Step(state, measured, event=event) if event else None
-        target = self._ticker.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
+        target = self._supervisor.targets.get(cfg.namespace, cfg.target.kind, cfg.target.name)
         if target is None:
             return Step(state, measured, event=event, find_target=True)
         state.target_problem = None
@@ -206,7 +206,7 @@ class BrokerLoop:
         cfg = state.config
         planned = plan(measured.stats, cfg.scaling, state.history, target.replicas, measured.now, drain=cfg.drain)
         if not planned.scales:
-            self._ticker.reporter.decision(state, target, measured, planned.decision, target.replicas)
+            self._supervisor.reporter.decision(state, target, measured, planned.decision, target.replicas)
         return planned
 
     def _unreadable(self, state: TaskQueueState, exc: Exception, now: float) -> Step | None:
@@ -215,7 +215,7 @@ class BrokerLoop:
         message = f"cannot read queue {cfg.queue} from {self.label}: {exc}"[:512]
         reason = unreadable_reason(exc)
         # Ready too: it does not scale, and `kubectl get tq` shows Ready's reason.
-        self._ticker.reporter.conditions(state, now, st.Condition(st.METRICS_AVAILABLE, False, reason, message),
+        self._supervisor.reporter.conditions(state, now, st.Condition(st.METRICS_AVAILABLE, False, reason, message),
                                          st.Condition(st.READY, False, reason, message))
         if state.metrics_down:
             return None
@@ -224,10 +224,10 @@ class BrokerLoop:
 
     # ---- pass 2: only the TaskQueues that need the API server -----------------------------
     async def actuate(self, step: Step) -> None:
-        state, ticker = step.state, self._ticker
+        state, supervisor = step.state, self._supervisor
         try:
             if step.event is not None:
-                await send_event(ticker.kube, state, *step.event)
+                await send_event(supervisor.kube, state, *step.event)
             if step.find_target:
                 step.target = await self._find_target(state, step.measured.now)
                 if step.target is None:
@@ -236,30 +236,30 @@ class BrokerLoop:
                 step.plan = self._plan(state, step.measured, step.target)
             if step.plan is None or not step.plan.scales:
                 return
-            actuator = KubeActuator(state, step.target, kube=ticker.kube, targets=ticker.targets,
-                                    metrics=ticker.metrics, active_tasks=self.active_tasks,
-                                    api_slots=ticker.api_slots, clock=ticker.clock)
+            actuator = KubeActuator(state, step.target, kube=supervisor.kube, targets=supervisor.targets,
+                                    metrics=supervisor.metrics, active_tasks=self.active_tasks,
+                                    api_slots=supervisor.api_slots, clock=supervisor.clock)
             applied = await apply(step.plan, actuator, state.config.scaling, state.history, step.measured.now)
             if actuator.failure is not None:
                 await self._problem(state, step.measured, "ScaleFailed", actuator.failure)
                 return
-            ticker.reporter.decision(state, step.target, step.measured, applied.decision, applied.replicas)
+            supervisor.reporter.decision(state, step.target, step.measured, applied.decision, applied.replicas)
         except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
             log.exception("TaskQueue %s/%s: tick failed", *state.config.key)
 
     async def _problem(self, state: TaskQueueState, measured: Measured, reason: str, message: str) -> None:
         """Measured, but this TaskQueue cannot scale: Ready is False, and a Warning event once."""
-        self._ticker.reporter.problem(state, measured, reason, message, f"{reason}: {message}")
+        self._supervisor.reporter.problem(state, measured, reason, message, f"{reason}: {message}")
         if state.announce(reason):
             log.warning("TaskQueue %s/%s: %s: %s", *state.config.key, reason, message)
-            await send_event(self._ticker.kube, state, "Warning", reason, message)
+            await send_event(self._supervisor.kube, state, "Warning", reason, message)
 
     async def _find_target(self, state: TaskQueueState, now: float) -> Target | None:
         """A target not (yet) seen by the watch: ask the API server, for a missing one only now and then.
         None leaves why in ``state.target_problem``."""
-        cfg, ticker = state.config, self._ticker
+        cfg, supervisor = state.config, self._supervisor
         ref = (cfg.namespace, cfg.target.kind, cfg.target.name)
-        target = ticker.targets.get(*ref)
+        target = supervisor.targets.get(*ref)
         if target is not None:
             state.target_problem = None
             return target
@@ -267,14 +267,14 @@ class BrokerLoop:
             return None
         state.target_checked_at = now
         try:
-            async with ticker.api_slots:
-                scale = await asyncio.to_thread(ticker.kube.read_scale, *ref)
+            async with supervisor.api_slots:
+                scale = await asyncio.to_thread(supervisor.kube.read_scale, *ref)
                 other = None
                 if scale is None:  # the most common mistake: the right name, the other kind
-                    other = await asyncio.to_thread(ticker.kube.read_scale, cfg.namespace,
+                    other = await asyncio.to_thread(supervisor.kube.read_scale, cfg.namespace,
                                                     OTHER_KIND[cfg.target.kind], cfg.target.name)
         except ApiException as exc:
-            ticker.metrics.api_errors.labels("read_scale").inc()
+            supervisor.metrics.api_errors.labels("read_scale").inc()
             state.target_problem = ("TargetUnreadable", f"cannot read the scale of {cfg.target.kind} "
                                                         f"{cfg.target.name}: {exc.status} {exc.reason}")
             return None
@@ -286,8 +286,8 @@ class BrokerLoop:
             state.target_problem = ("TargetNotFound", message)
             return None
         state.target_problem = None
-        ticker.targets.expect(*ref, scale.replicas, None)  # until the watch reports it
-        return ticker.targets.get(*ref)
+        supervisor.targets.expect(*ref, scale.replicas, None)  # until the watch reports it
+        return supervisor.targets.get(*ref)
 
 
 # The kinds a TaskQueue may scale (the CRD's enum), each with the one a user may have meant.
@@ -302,8 +302,8 @@ def unreadable_reason(exc: Exception) -> str:
     return "RedisUnavailable"
 
 
-class Ticker:
-    """The supervisor: one ``BrokerLoop`` per broker in use, restarted if it dies, and the status writer."""
+class BrokerSupervisor:
+    """Keeps one ``BrokerLoop`` per broker in use (restarted if it dies) and the status writer running."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Which TaskQueues the tick acts on, grouped by broker: leadership, target conflicts, broker Secrets.
 
-Everything here runs once a second in the supervisor (``loop.Ticker``); the broker loops only read
-its answer (``Membership.members``, ``Leadership.leading``).
+Everything here runs once a second in the supervisor (``loop.BrokerSupervisor``); the broker loops
+only read its answer (``Membership.members``, ``Leadership.leading``).
 """
 
 from __future__ import annotations

@@ -10,12 +10,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _TQ_LABELS = ("namespace", "taskqueue", "queue")
+# Old metric names still exported for one release, each with the name that replaces it; the chart's
+# dashboards and alerts use only the new ones (tests/observability).
+DEPRECATED_METRICS = {"stalk_taskqueue_depth": "stalk_taskqueue_waiting"}
 
 
 @dataclass(eq=False)
 class TaskQueueSeries:
     labels: tuple[str, str, str]
-    depth: Gauge
+    waiting: Gauge
+    depth: Gauge  # deprecated: the same value as waiting, for one release
     in_flight: Gauge
     scheduled: Gauge
     oldest_wait: Gauge
@@ -27,12 +31,12 @@ class TaskQueueSeries:
     _measured: tuple[float, ...] = ()
     _replicas: tuple[float, ...] = ()
 
-    def set_measured(self, depth: float, in_flight: float, scheduled: float, oldest_wait: float,
+    def set_measured(self, waiting: float, in_flight: float, scheduled: float, oldest_wait: float,
                      min_replicas: float, max_replicas: float) -> None:
-        values = (depth, in_flight, scheduled, oldest_wait, min_replicas, max_replicas)
+        values = (waiting, waiting, in_flight, scheduled, oldest_wait, min_replicas, max_replicas)
         if values != self._measured:
-            _set_changed((self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.min_replicas,
-                          self.max_replicas), self._measured, values)
+            _set_changed((self.waiting, self.depth, self.in_flight, self.scheduled, self.oldest_wait,
+                          self.min_replicas, self.max_replicas), self._measured, values)
             self._measured = values
 
     def set_replicas(self, desired: float, current: float) -> None:
@@ -52,7 +56,11 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.depth = Gauge("stalk_taskqueue_depth", "Tasks waiting in Redis, all priority levels.", _TQ_LABELS, registry=r)
+        self.waiting = Gauge("stalk_taskqueue_waiting", "Tasks waiting in Redis, all priority levels.", _TQ_LABELS,
+                             registry=r)
+        # The name waiting had before (DEPRECATED_METRICS): the same value for one release, then dropped.
+        self.depth = Gauge("stalk_taskqueue_depth",
+                           "Deprecated: the same as stalk_taskqueue_waiting, which replaces it.", _TQ_LABELS, registry=r)
         self.in_flight = Gauge("stalk_taskqueue_in_flight", "Tasks delivered to workers and not yet acknowledged.",
                                _TQ_LABELS, registry=r)
         self.scheduled = Gauge("stalk_taskqueue_scheduled", "ETA/countdown tasks held by workers.", _TQ_LABELS,
@@ -91,16 +99,17 @@ class OperatorMetrics:
         labels = (namespace, name, queue)
         return TaskQueueSeries(
             labels=labels,
-            depth=self.depth.labels(*labels), in_flight=self.in_flight.labels(*labels),
-            scheduled=self.scheduled.labels(*labels), oldest_wait=self.oldest_wait.labels(*labels),
+            waiting=self.waiting.labels(*labels), depth=self.depth.labels(*labels),
+            in_flight=self.in_flight.labels(*labels), scheduled=self.scheduled.labels(*labels),
+            oldest_wait=self.oldest_wait.labels(*labels),
             desired=self.desired.labels(*labels), current=self.current.labels(*labels),
             min_replicas=self.min_replicas.labels(*labels), max_replicas=self.max_replicas.labels(*labels),
         )
 
     def forget(self, namespace: str, name: str, queue: str) -> None:
         """Drop the series of a TaskQueue that was deleted."""
-        for gauge in (self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.desired, self.current,
-                      self.min_replicas, self.max_replicas):
+        for gauge in (self.waiting, self.depth, self.in_flight, self.scheduled, self.oldest_wait, self.desired,
+                      self.current, self.min_replicas, self.max_replicas):
             try:
                 gauge.remove(namespace, name, queue)
             except KeyError:

@@ -16,8 +16,10 @@ persisted, because the recorded times are compared with later ``now`` values.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from stalk_operator.defaults import TASKQUEUE_DEFAULTS as _CRD
 
@@ -106,17 +108,28 @@ class History:
     resumed: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {"recommendations": [[t, r] for t, r in self.recommendations], "idleSince": self.idle_since,
-                "lastDecisionAt": self.last_decision_at}
+        """The history as the status keeps it (``policyHistory``): named fields and RFC 3339 times
+        (UTC, to the millisecond), so that ``kubectl describe`` shows when, not Unix seconds."""
+        saved: dict = {"recommendations": [{"time": rfc3339(t), "replicas": r} for t, r in self.recommendations]}
+        if self.idle_since is not None:
+            saved["idleSince"] = rfc3339(self.idle_since)
+        if self.last_decision_at is not None:
+            saved["lastDecisionAt"] = rfc3339(self.last_decision_at)
+        return saved
 
     @classmethod
     def from_dict(cls, data: dict | None) -> History:
+        """Read what ``to_dict`` wrote, or what releases before it wrote (``[[unix time, replicas], ...]``
+        and Unix times); ``ValueError`` for anything else."""
         data = data or {}
-        return cls(
-            recommendations=[(float(t), int(r)) for t, r in data.get("recommendations", [])],
-            idle_since=None if data.get("idleSince") is None else float(data["idleSince"]),
-            last_decision_at=None if data.get("lastDecisionAt") is None else float(data["lastDecisionAt"]),
-        )
+        try:
+            return cls(
+                recommendations=[_recommendation(item) for item in data.get("recommendations") or []],
+                idle_since=_saved_time(data.get("idleSince")),
+                last_decision_at=_saved_time(data.get("lastDecisionAt")),
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"unreadable policy history: {exc!r}") from exc
 
     @classmethod
     def resume(cls, data: dict | None) -> History:
@@ -124,6 +137,46 @@ class History:
         history = cls.from_dict(data)
         history.resumed = True
         return history
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` (Unix seconds) as RFC 3339 in UTC, to the millisecond: 2026-12-02T07:09:25.482Z."""
+    # Integer arithmetic (no float rounding .482 down to .481) and the date looked up once a day:
+    # a third of the time of datetime.strftime, for every recommendation of every status write.
+    seconds, millis = divmod(round(timestamp * 1000), 1000)
+    day, second = divmod(seconds, 86400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_utc_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_date(days_since_epoch: int) -> str:
+    return (_EPOCH + timedelta(days=days_since_epoch)).date().isoformat()
+
+
+def _saved_time(value: str | float | None) -> float | None:
+    """Unix seconds from an RFC 3339 time with a zone (or from a number: the format before it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"not a time: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    when = datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        raise ValueError(f"a time without a zone: {value!r}")
+    return (when - _EPOCH) // timedelta(microseconds=1) / 1_000_000
+
+
+def _recommendation(item: dict | list) -> tuple[float, int]:
+    time, replicas = (item["time"], item["replicas"]) if isinstance(item, dict) else item
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(f"not a replica count: {replicas!r}")
+    return _saved_time(time), replicas
 
 
 @dataclass(frozen=True)

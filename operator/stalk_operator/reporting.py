@@ -1,6 +1,6 @@
-"""What a tick says about each TaskQueue: its status view (handed to the writer) and its metrics.
+"""What a tick says about each TaskQueue: its desired status (handed to the writer) and its metrics.
 
-The tick never waits for a status write: ``Reporter.show`` hands the view to ``StatusWriter`` only
+The tick never waits for a status write: ``Reporter.write_if_due`` hands it to ``StatusWriter`` only
 when ``status.write_due`` says the status needs it.
 """
 
@@ -25,7 +25,7 @@ class Measured:
     metrics: st.Condition  # MetricsAvailable, as read
 
     @property
-    def shown(self) -> tuple[int, int, int, int]:
+    def status_fields(self) -> tuple[int, int, int, int]:
         """The status' measured fields (status.MEASURED), in order."""
         return (self.stats.waiting, self.stats.in_flight, self.stats.scheduled,
                 int(self.stats.oldest_wait_seconds or 0))
@@ -55,12 +55,12 @@ class Reporter:
         state.fault = None  # it scales again: a fault from now on is a new one
         state.series.set_replicas(decision.replicas, replicas)
         limited, reason, message = st.scaling_limited(decision)
-        self.show(state, st.View(
+        self.write_if_due(state, st.DesiredStatus(
             generation=cfg.generation,
             conditions=(measured.metrics,
                         st.Condition(st.READY, True, "Scaling", f"scaling {cfg.target.kind} {cfg.target.name}"),
                         st.Condition(st.SCALING_LIMITED, limited, reason, message)),
-            measured=measured.shown,
+            measured=measured.status_fields,
             last_decision=f"{decision.reason}: {decision.message}",
             replicas=(replicas, target.ready_replicas, decision.replicas),
             last_scale_time=state.last_scale_time,
@@ -70,21 +70,21 @@ class Reporter:
     def problem(self, state: TaskQueueState, measured: Measured, reason: str, message: str,
                 last_decision: str) -> None:
         """Measured, but not scaling: Ready is False for ``reason``."""
-        self.show(state, st.View(
+        self.write_if_due(state, st.DesiredStatus(
             generation=state.config.generation,
             conditions=(measured.metrics, st.Condition(st.READY, False, reason, message)),
-            measured=measured.shown, last_decision=last_decision,
+            measured=measured.status_fields, last_decision=last_decision,
         ), measured.now)
 
     def conditions(self, state: TaskQueueState, now: float, *conditions: st.Condition) -> None:
         """Nothing measured: only these conditions (Redis unreadable, broker Secret missing)."""
-        self.show(state, st.View(state.config.generation, conditions), now)
+        self.write_if_due(state, st.DesiredStatus(state.config.generation, conditions), now)
 
-    def show(self, state: TaskQueueState, view: st.View, now: float) -> None:
-        """Hand ``view`` to the status writer if the status needs it."""
-        if state.pending is not None and state.pending[0] == view:
+    def write_if_due(self, state: TaskQueueState, desired: st.DesiredStatus, now: float) -> None:
+        """Hand ``desired`` to the status writer if the status needs it (``status.write_due``)."""
+        if state.pending is not None and state.pending[0] == desired:
             return
-        due = st.write_due(state.view_written, view,
+        due = st.write_due(state.desired_written, desired,
                            measurements_due=now - state.status_written_at >= self._interval)
         if due:
-            self.writer.submit(state, view, now, urgent=due is st.Due.URGENT)
+            self.writer.submit(state, desired, now, urgent=due is st.Due.URGENT)

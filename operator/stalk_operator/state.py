@@ -6,6 +6,7 @@ tick loop. Nothing here does I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from stalk_operator.policy import History
 from stalk_operator.spec import TaskQueueConfig
 from stalk_operator.status import METRICS_AVAILABLE, condition_status
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -40,9 +43,9 @@ class TaskQueueState:
     # The target's pods as last inspected before a scale-down (see kube_actuator.KubeActuator).
     busy: Any = None
     busy_checked_at: float = float("-inf")
-    # The status view last written (None: not yet, or resumed from the object), and the one
-    # waiting for the status writer with the tick time it was found at.
-    view_written: Any = None
+    # The desired status (status.DesiredStatus) last written (None: not yet, or resumed from the
+    # object), and the one waiting for the status writer with the tick time it was found at.
+    desired_written: Any = None
     pending: Any = None
     pending_urgent: bool = False
     # MetricsAvailable is False (or was, on the object at first sight): a good read says so once.
@@ -62,12 +65,25 @@ class TaskQueueState:
     def resume_from_seen(self) -> None:
         """Take over status and history from the object, as another leader left them."""
         self.status = dict(self.seen_status)
-        saved = self.status.get("policyHistory")
-        self.history = History.resume(saved)
+        self.history = resumed_history(self.status, self.config.key)
         self.last_scale_time = self.status.get("lastScaleTime")
         self.status_written_at = float("-inf")
-        self.view_written, self.pending, self.pending_urgent = None, None, False
+        self.desired_written, self.pending, self.pending_urgent = None, None, False
         self.metrics_down = _metrics_down(self.status)
+
+
+def resumed_history(status: Mapping[str, Any], key: tuple[str, str]) -> History:
+    """The history another decider left in ``status.policyHistory``, to continue from.
+
+    One it cannot read (edited by hand, or a format this release does not know) is dropped with a
+    warning: an empty resumed history keeps the replicas it finds for one stabilization window
+    (``policy.decide``), so nothing is scaled down because of it.
+    """
+    try:
+        return History.resume(status.get("policyHistory"))
+    except ValueError as exc:
+        log.warning("TaskQueue %s/%s: status.policyHistory ignored: %s", *key, exc)
+        return History.resume(None)
 
 
 def _metrics_down(status: Mapping[str, Any]) -> bool:
@@ -91,7 +107,7 @@ class Registry:
             return state
         # First sight (or recreated under the same name): resume from what status kept.
         status = dict(status or {})
-        history = History.resume(status["policyHistory"]) if status.get("policyHistory") else History()
+        history = resumed_history(status, config.key) if status.get("policyHistory") else History()
         state = TaskQueueState(config=config, history=history, status=status,
                                last_scale_time=status.get("lastScaleTime"), seen_status=dict(status))
         self._items[config.key] = state

@@ -14,9 +14,11 @@ READY = "Ready"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 
-# The fields View.measured holds, in its order; they change every tick under load, so they are
+# The fields DesiredStatus.measured holds, in its order; they change every tick under load, so they are
 # written at most every status interval (write_due: ROUTINE).
-MEASURED = ("depth", "inFlight", "scheduled", "oldestWaitSeconds")
+MEASURED = ("waiting", "inFlight", "scheduled", "oldestWaitSeconds")
+# status.depth is the name waiting had before: written with the same value for one release, then dropped.
+DEPRECATED_SAME_AS = {"depth": "waiting"}
 # Kept for restarts, not shown: written along with a shown change, never on its own.
 HIDDEN = frozenset({"policyHistory"})
 
@@ -30,8 +32,8 @@ class Condition:
 
 
 @dataclass(frozen=True)
-class View:
-    """What one tick found for one TaskQueue: the status before it is rendered, cheap to compare.
+class DesiredStatus:
+    """The status one tick wants for one TaskQueue, before it is rendered: cheap to compare.
 
     The tick builds one per TaskQueue; the status dict (``render``) is built only when a write is due.
     """
@@ -46,51 +48,53 @@ class View:
 
 
 class Due(IntEnum):
-    """Whether a view needs writing, and how soon (false when not at all)."""
+    """Whether a desired status needs writing, and how soon (false when not at all)."""
 
     NOT = 0
     ROUTINE = 1  # measurements, or messages whose reason stayed: at most every status interval
     URGENT = 2  # any other shown value (replicas, a condition's or a decision's reason): at once
 
 
-def write_due(written: View | None, view: View, *, measurements_due: bool) -> Due:
-    """Whether ``view`` needs writing after ``written``: the one statement of the rule.
+def write_due(written: DesiredStatus | None, desired: DesiredStatus, *, measurements_due: bool) -> Due:
+    """Whether ``desired`` needs writing after ``written``: the one statement of the rule.
 
     Shown values other than measurements and messages are urgent (``_urgent_part``); the rest is
     written only when ``measurements_due``. ``policyHistory`` is never a reason to write.
     """
     if written is None:
         return Due.URGENT
-    if view == written:
+    if desired == written:
         return Due.NOT
-    if _urgent_part(view) != _urgent_part(written):
+    if _urgent_part(desired) != _urgent_part(written):
         return Due.URGENT
     return Due.ROUTINE if measurements_due else Due.NOT
 
 
-def _urgent_part(view: View) -> tuple[Any, ...]:
-    return (view.generation, tuple((c.type, c.status, c.reason) for c in view.conditions),
-            _reason(view.last_decision), view.replicas, view.last_scale_time, view.measured is None)
+def _urgent_part(desired: DesiredStatus) -> tuple[Any, ...]:
+    return (desired.generation, tuple((c.type, c.status, c.reason) for c in desired.conditions),
+            _reason(desired.last_decision), desired.replicas, desired.last_scale_time, desired.measured is None)
 
 
-def render(view: View, previous: Mapping[str, Any], now: float, history: dict[str, Any] | None) -> dict[str, Any]:
-    """The status ``view`` stands for, on top of ``previous`` (its conditions keep their transition times)."""
+def render(desired: DesiredStatus, previous: Mapping[str, Any], now: float,
+           history: dict[str, Any] | None) -> dict[str, Any]:
+    """The status ``desired`` stands for, on top of ``previous`` (its conditions keep their transition times)."""
     conditions = previous.get("conditions", [])
-    for c in view.conditions:
+    for c in desired.conditions:
         conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, now=now,
-                                   generation=view.generation)
-    desired: dict[str, Any] = {"observedGeneration": view.generation, "conditions": conditions}
-    if view.measured is not None:
-        desired.update(zip(MEASURED, view.measured, strict=True))
-    if view.last_decision is not None:
-        desired["lastDecision"] = view.last_decision
-    if view.replicas is not None:
-        desired.update(zip(("replicas", "readyReplicas", "desiredReplicas"), view.replicas, strict=True))
-    if view.last_scale_time:
-        desired["lastScaleTime"] = view.last_scale_time
-    if view.history and history is not None:
-        desired["policyHistory"] = history
-    return desired
+                                   generation=desired.generation)
+    out: dict[str, Any] = {"observedGeneration": desired.generation, "conditions": conditions}
+    if desired.measured is not None:
+        out.update(zip(MEASURED, desired.measured, strict=True))
+        out.update({old: out[new] for old, new in DEPRECATED_SAME_AS.items()})
+    if desired.last_decision is not None:
+        out["lastDecision"] = desired.last_decision
+    if desired.replicas is not None:
+        out.update(zip(("replicas", "readyReplicas", "desiredReplicas"), desired.replicas, strict=True))
+    if desired.last_scale_time:
+        out["lastScaleTime"] = desired.last_scale_time
+    if desired.history and history is not None:
+        out["policyHistory"] = history
+    return out
 
 
 def utc_iso(timestamp: float) -> str:
@@ -152,7 +156,7 @@ def scaling_limited(decision: Decision) -> tuple[bool, str, str]:
 def status_patch(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
     """The merge patch that brings ``previous`` to ``desired``, or None when nothing shown changed.
 
-    Whether it is due is ``write_due``'s question, asked on views before anything is rendered;
+    Whether it is due is ``write_due``'s question, asked of ``DesiredStatus`` values before anything is rendered;
     this only leaves out what the object already says. Hidden fields alone never make a patch.
     """
     changed = {key for key, value in desired.items() if previous.get(key) != value}

@@ -1,7 +1,7 @@
 """TaskQueue status writes, off the tick's path.
 
-The tick decides what each TaskQueue's status should say (a ``status.View``) and hands it over; a
-writer task renders and PATCHes it later. Per TaskQueue only the latest view is kept (a newer one
+The tick decides what each TaskQueue's status should say (a ``status.DesiredStatus``) and hands it
+over; a writer task renders and PATCHes it later. Per TaskQueue only the latest is kept (a newer one
 replaces one not yet written), and at most one write per TaskQueue is in flight, so writes never
 overtake each other. Urgent changes (replicas, conditions, decisions: what ``write_due`` calls
 urgent) are written first and as fast as the API slots allow; measurement refreshes wait behind
@@ -44,9 +44,9 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._next_routine = 0.0
 
-    def submit(self, state: TaskQueueState, view: st.View, now: float, *, urgent: bool) -> None:
-        """Have ``view`` written, replacing any view of the same TaskQueue not yet written."""
-        state.pending = (view, now)
+    def submit(self, state: TaskQueueState, desired: st.DesiredStatus, now: float, *, urgent: bool) -> None:
+        """Have ``desired`` written, replacing any desired status of the same TaskQueue not yet written."""
+        state.pending = (desired, now)
         state.pending_urgent = state.pending_urgent or urgent
         if state not in self._writing:
             self._enqueue(state)
@@ -120,14 +120,14 @@ class StatusWriter:
         try:
             if state.pending is None:
                 return
-            view, now = state.pending
+            desired, now = state.pending
             state.pending, state.pending_urgent = None, False
-            history = state.history.to_dict() if view.history else None
-            desired = st.render(view, state.status, now, history)
+            history = state.history.to_dict() if desired.history else None
+            rendered = st.render(desired, state.status, now, history)
             # The tick found the write due; status_patch leaves out what the object already says.
-            patch = st.status_patch(state.status, desired)
+            patch = st.status_patch(state.status, rendered)
             if patch is None:
-                state.view_written = view
+                state.desired_written = desired
                 return
             try:
                 written = await asyncio.get_running_loop().run_in_executor(
@@ -135,11 +135,11 @@ class StatusWriter:
             except ApiException as exc:
                 self.metrics.api_errors.labels("patch_status").inc()
                 log.warning("TaskQueue %s/%s: status not written: %s", *state.config.key, exc.reason)
-                return  # view_written stays: the next tick hands the view over again
+                return  # desired_written stays: the next tick hands the desired status over again
             if written:
                 state.status = st.apply_patch(state.status, patch)
                 state.status_written_at = now
-                state.view_written = view
+                state.desired_written = desired
         except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the writer
             log.exception("TaskQueue %s/%s: status write failed", *state.config.key)
         finally:

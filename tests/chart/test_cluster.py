@@ -119,7 +119,7 @@ def _lifecycle(helm_kube, kube, ns):
 
     # --- kubectl get taskqueues: one per queue, with the CRD's columns
     table = kube.kubectl("get", "taskqueues", namespace=ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
+    assert table[0].split() == ["NAME", "QUEUE", "WAITING", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
                                 "STATUS", "AGE"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert {name: row[1] for name, row in rows.items()} == {

@@ -94,7 +94,7 @@ def test_the_operator_with_the_charts_rbac_scales_a_chart_worker_deployment_from
         def status():
             tq = json.loads(kube.kubectl("get", "taskqueue", deployment, "-o", "json", namespace=ns).stdout)
             st = tq.get("status", {})
-            assert st.get("depth") == TASKS and st.get("desiredReplicas") == want, st
+            assert st.get("waiting") == TASKS and st.get("desiredReplicas") == want, st
             return True
         poll(status, timeout=30, what="the TaskQueue's status written with the chart's RBAC")
         row = kube.kubectl("get", "taskqueue", deployment, "--no-headers", namespace=ns).stdout.split()

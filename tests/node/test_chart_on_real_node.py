@@ -156,7 +156,7 @@ def test_the_api_a_worker_pod_and_the_operator_pod_serve_metrics(real_cluster, r
     operator = _running_pod(real_cluster, "app.kubernetes.io/component=operator")
     assert "stalk_api_requests_total" in _scrape(real_cluster, "svc/stalk-api", 8000)
     assert "stalk_worker_" in _scrape(real_cluster, f"pod/{worker}", 9818)
-    assert 'stalk_taskqueue_depth{' in _scrape(real_cluster, f"pod/{operator}", 8090)
+    assert 'stalk_taskqueue_waiting{' in _scrape(real_cluster, f"pod/{operator}", 8090)
 
 
 def _exec(real_cluster, pod, *argv, container=None):
@@ -226,7 +226,7 @@ def test_the_in_cluster_operator_scales_real_workers_from_zero_and_back(real_clu
     # Nothing waits: after the scale-down window and idle time the operator goes back to zero.
     poll(lambda: _replicas(real_cluster, deployment) == 0, timeout=120, what="the operator to scale back to zero")
     status = _json(real_cluster, "get", "taskqueue", deployment)["status"]
-    assert status["replicas"] == 0 and status["depth"] == 0, status
+    assert status["replicas"] == 0 and status["waiting"] == 0, status
 
 
 def test_a_worker_pod_deleted_mid_task_finishes_it_first_and_a_force_deleted_one_has_it_redelivered(

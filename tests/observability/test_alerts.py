@@ -61,3 +61,12 @@ def test_alerts_use_only_metrics_that_stalk_exports():
     used = {name for rule in rules() for name in re.findall(r"\bstalk_[a-z_]+\b", rule["expr"])}
     missing = used - exported_names()
     assert not missing, f"alerts use metrics nobody exports: {sorted(missing)}"
+
+
+def test_alerts_and_their_tests_use_no_deprecated_metric():
+    from stalk_operator.metrics import DEPRECATED_METRICS
+
+    for path in (RULES, RULE_TESTS):
+        text = path.read_text()
+        for old, new in DEPRECATED_METRICS.items():
+            assert not re.search(rf"\b{old}\b", text), f"{path.name} uses {old}: use {new}"

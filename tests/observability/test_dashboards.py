@@ -96,6 +96,15 @@ def test_every_panel_uses_the_datasource_variable_and_exported_metrics(path):
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.stem for p in DASHBOARDS])
+def test_no_dashboard_reads_a_deprecated_metric(path):
+    from stalk_operator.metrics import DEPRECATED_METRICS
+
+    text = path.read_text()
+    for old, new in DEPRECATED_METRICS.items():
+        assert not re.search(rf"\b{old}\b", text), f"{path.name} reads {old}: use {new}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=[p.stem for p in DASHBOARDS])
 def test_panels_do_not_overlap(path):
     taken: set[tuple[int, int]] = set()
     for panel in load(path)["panels"]:

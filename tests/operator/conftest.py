@@ -23,7 +23,7 @@ from tests.fixtures.wait import wait_for_async
 from tests.fixtures.servers import free_port
 
 if TYPE_CHECKING:
-    from stalk_operator.loop import Ticker
+    from stalk_operator.loop import BrokerSupervisor
     from stalk_operator.writer import StatusWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,11 +190,11 @@ def start_worker(pod: str, redis_urls: tuple[str, str], tmp_path: Path) -> subpr
         )
 
 
-def tick(ticker: Ticker) -> None:
+def tick(supervisor: BrokerSupervisor) -> None:
     async def run():
-        await ticker.tick_once()
+        await supervisor.tick_once()
         # Status is written off the tick by the writer: let it write what the tick handed over.
-        await drain_writer(ticker.writer)
+        await drain_writer(supervisor.writer)
 
     asyncio.run(run())
 

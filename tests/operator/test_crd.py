@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -64,13 +65,40 @@ def test_get_taskqueues_prints_the_columns(kube_cluster, taskqueue_crd, kube_nam
     apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
                                                   target="w", minReplicas=1, maxReplicas=7))
     lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "QUEUE", "DEPTH", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
+    assert lines[0].split() == ["NAME", "QUEUE", "WAITING", "IN-FLIGHT", "OLDEST", "READY", "DESIRED", "MIN", "MAX",
                                 "STATUS", "AGE"]
     # Cells without a value yet (no status before an operator runs) print as blanks: cut by the header.
     starts = [lines[0].index(name) for name in ("QUEUE", "MIN", "MAX", "STATUS")]
     row = lines[1]
     assert row[starts[0]:starts[1]].split() == ["emails"]
     assert row[starts[1]:starts[2]].strip() == "1" and row[starts[2]:starts[3]].strip() == "7"
+
+
+def test_the_waiting_column_reads_status_waiting_not_the_deprecated_depth(kube_cluster, taskqueue_crd,
+                                                                          kube_namespace):
+    apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
+                                                  target="w", maxReplicas=7))
+    kube_cluster.kubectl("patch", "tq", "emails", "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"waiting": 7, "depth": 99}}), namespace=kube_namespace)
+    lines = kube_cluster.kubectl("get", "taskqueues", namespace=kube_namespace).stdout.splitlines()
+    start, end = lines[0].index("WAITING"), lines[0].index("IN-FLIGHT")
+    assert lines[1][start:end].strip() == "7"
+
+
+def test_kubectl_describe_prints_the_policy_history_with_times_people_read(kube_cluster, taskqueue_crd,
+                                                                          kube_namespace):
+    from stalk_operator.policy import History
+
+    apply(kube_cluster, kube_namespace, taskqueue("emails", queue="emails", broker_url="redis://r:6379/0",
+                                                  target="w", maxReplicas=7))
+    history = History(recommendations=[(1_796_195_910.5, 2)], idle_since=None, last_decision_at=1_796_195_913.0)
+    kube_cluster.kubectl("patch", "tq", "emails", "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"policyHistory": history.to_dict()}}), namespace=kube_namespace)
+    out = kube_cluster.kubectl("describe", "tq", "emails", namespace=kube_namespace).stdout
+    described = out[out.index("Policy History:"):]
+    assert re.search(r"Last Decision At:\s+2026-12-02T07:18:33.000Z", described), described
+    assert re.search(r"Replicas:\s+2\s+Time:\s+2026-12-02T07:18:30.500Z", described), described
+    assert "e+09" not in out and "1796195" not in out  # no raw Unix seconds
 
 
 def _field_paths(node: dict, path: str = "") -> list[str]:

@@ -26,7 +26,7 @@ from kubernetes import client
 
 from stalk_operator.config import OperatorSettings
 from stalk_operator.kube import KubeApi
-from stalk_operator.loop import Ticker
+from stalk_operator.loop import BrokerSupervisor
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.spec import parse_taskqueue
 from stalk_operator.state import Registry, TargetCache
@@ -150,21 +150,21 @@ def broken_taskqueue(ns: Namespace, fault: Fault, name: str, queue: str, broker_
     return ns.taskqueue(body)
 
 
-def run_ticks(ns: Namespace, bodies: list[dict], ticks: int = 2) -> Ticker:
+def run_ticks(ns: Namespace, bodies: list[dict], ticks: int = 2) -> BrokerSupervisor:
     """Tick the operator ``ticks`` times over these TaskQueues (as the leader), status written each time."""
     registry = Registry()
     for body in bodies:
         registry.upsert(parse_taskqueue(body), None)
-    ticker = Ticker(registry=registry, targets=TargetCache(), kube=ns.api, metrics=OperatorMetrics(),
+    supervisor = BrokerSupervisor(registry=registry, targets=TargetCache(), kube=ns.api, metrics=OperatorMetrics(),
                     settings=OperatorSettings(status_interval_seconds=0), is_leader=lambda: True)
 
     async def run():
         for _ in range(ticks):
-            await ticker.tick_once()
-            await drain_writer(ticker.writer)
+            await supervisor.tick_once()
+            await drain_writer(supervisor.writer)
 
     asyncio.run(run())
-    return ticker
+    return supervisor
 
 
 _example = itertools.count()

@@ -48,8 +48,8 @@ def test_exact_figures_for_a_foreign_app_and_its_unconsumed_list(kube_api, kube_
         op = start_operator()
 
         status = poll(lambda: (s := custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "issues")
-                               .get("status") or {}).get("depth") == 23 and s.get("inFlight") == 2 and s,
-                      timeout=60, what="depth 23 over ten priority lists and 2 in flight by the binding")
+                               .get("status") or {}).get("waiting") == 23 and s.get("inFlight") == 2 and s,
+                      timeout=60, what="23 waiting over ten priority lists and 2 in flight by the binding")
         assert status["desiredReplicas"] == 5  # ceil((23 + 2) / 5)
         metric = poll(lambda: op.metric("stalk_operator_unconsumed_messages", broker=redis_urls[0],
                                         list="tracker:celery"), timeout=30, what="the unconsumed list as a metric")

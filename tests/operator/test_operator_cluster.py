@@ -90,11 +90,14 @@ def test_scales_up_with_the_queue_and_down_to_zero(cluster, start_operator, cele
     poll(lambda: cluster.ready("workers") == 3, timeout=60, what="3 worker pods Ready on kwok nodes")
     status = poll(lambda: (s := cluster.tq_status("work")).get("readyReplicas") == 3 and s, timeout=30,
                   what="status showing 3 ready replicas")
-    assert status["depth"] == 12 and status["desiredReplicas"] == 3 and status["replicas"] == 3
+    assert status["waiting"] == 12 and status["desiredReplicas"] == 3 and status["replicas"] == 3
     assert cluster.condition("work", "Ready")["status"] == "True"
     assert cluster.condition("work", "MetricsAvailable")["status"] == "True"
     scaled_up = poll(lambda: cluster.events("work", "ScaledUp"), timeout=10, what="a ScaledUp event")
     assert "0 -> 3 replicas" in scaled_up[0].message
+    assert op.metric("stalk_taskqueue_waiting", namespace=cluster.ns, taskqueue="work", queue=QUEUE) == 12
+    # The names waiting had before, kept for one release with the same value.
+    assert status["depth"] == 12
     assert op.metric("stalk_taskqueue_depth", namespace=cluster.ns, taskqueue="work", queue=QUEUE) == 12
     assert op.metric("stalk_operator_scale_events_total", direction="up") == 1
     assert op.http_status("/healthz") == 200 and op.http_status("/readyz") == 200
@@ -104,7 +107,7 @@ def test_scales_up_with_the_queue_and_down_to_zero(cluster, start_operator, cele
     poll(lambda: cluster.replicas("workers") == 0, timeout=30, what="workers scaled down to zero after the windows")
     assert cluster.events("work", "ScaledDown")
     poll(lambda: not cluster.pods("workers"), timeout=30, what="worker pods gone")
-    assert cluster.tq_status("work")["depth"] == 0
+    assert cluster.tq_status("work")["waiting"] == 0
 
 
 def test_target_missing_is_reported(cluster, start_operator, redis_urls):
@@ -122,7 +125,7 @@ def test_paused_taskqueue_measures_but_does_not_scale(cluster, start_operator, c
     push(celery_client, 30)
     cond = poll(lambda: (c := cluster.condition("work", "ScalingLimited")).get("reason") == "Paused" and c,
                 timeout=30, what="ScalingLimited=True, reason Paused")
-    assert cond["status"] == "True" and cluster.tq_status("work")["depth"] == 30
+    assert cond["status"] == "True" and cluster.tq_status("work")["waiting"] == 30
     ticks = op.ticks()
     poll(lambda: op.ticks() >= ticks + 3, timeout=30, what="three more ticks")
     assert cluster.replicas("workers") == 1 and not cluster.events("work", "ScaledUp")

@@ -9,6 +9,7 @@ import math
 import random
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
@@ -160,6 +161,39 @@ def test_history_survives_a_restart_through_json():
     # The restored history still holds the scale-down: the window has not passed.
     assert decide(obs(waiting=0, current=8), spec, restored, NOW + 30).replicas == 8
     assert History.from_dict(None) == History()
+
+
+def test_the_saved_history_has_named_fields_and_rfc3339_times():
+    # kubectl describe prints status.policyHistory as it is: times people can read, not Unix seconds.
+    history = History(recommendations=[(1_796_195_910.5484, 2)], idle_since=1_796_195_900.0,
+                      last_decision_at=1_796_195_913.0)
+    assert history.to_dict() == {
+        "recommendations": [{"time": "2026-12-02T07:18:30.548Z", "replicas": 2}],
+        "idleSince": "2026-12-02T07:18:20.000Z", "lastDecisionAt": "2026-12-02T07:18:33.000Z"}
+    assert History().to_dict() == {"recommendations": []}
+    # Read back, a time is within half a millisecond of what was saved, and then stays put.
+    restored = History.from_dict(json.loads(json.dumps(history.to_dict())))
+    assert restored.recommendations[0][0] == pytest.approx(1_796_195_910.5484, abs=0.0005)
+    assert History.from_dict(restored.to_dict()) == restored
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(-1e9, 4e9))
+def test_rfc3339_writes_what_datetime_would_and_reads_back_to_the_millisecond(timestamp):
+    millis = round(timestamp * 1000)
+    expected = (datetime.fromtimestamp(millis // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+                + f".{millis % 1000:03d}Z")
+    assert policy.rfc3339(timestamp) == expected
+    assert History.from_dict({"idleSince": expected}).idle_since == millis / 1000
+
+
+def test_the_saved_history_of_the_release_before_still_reads():
+    old = {"recommendations": [[NOW - 5, 2], [NOW - 1, 3]], "idleSince": NOW - 30.25, "lastDecisionAt": NOW - 1}
+    history = History.from_dict(old)
+    assert history == History(recommendations=[(NOW - 5, 2), (NOW - 1, 3)], idle_since=NOW - 30.25,
+                              last_decision_at=NOW - 1)
+    with pytest.raises(ValueError, match="unreadable policy history"):
+        History.from_dict({"recommendations": [[NOW]]})
 
 
 # --- properties ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_other_conditions_are_kept():
 
 
 LIMITED = {"type": "ScalingLimited", "status": "True", "reason": "AtMaxReplicas", "message": "30 waiting needs 6"}
-BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
+BASE = {"waiting": 3, "depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyHistory": {"idleSince": None},
         "lastDecision": "Steady: 3 waiting", "conditions": [LIMITED]}
 
 
@@ -41,7 +41,7 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
     ("desired", "expected"),
     [
         (dict(BASE), None),
-        ({**BASE, "depth": 4}, {"depth": 4}),
+        ({**BASE, "waiting": 4, "depth": 4}, {"waiting": 4, "depth": 4}),
         ({**BASE, "policyHistory": {"idleSince": 5.0}}, None),
         ({**BASE, "replicas": 3, "policyHistory": {"idleSince": 5.0}}, {"replicas": 3, "policyHistory": {"idleSince": 5.0}}),
     ],
@@ -49,6 +49,14 @@ BASE = {"depth": 3, "inFlight": 1, "replicas": 2, "desiredReplicas": 2, "policyH
 )
 def test_status_patch_writes_only_shown_changes(desired, expected):
     assert st.status_patch(BASE, desired) == expected
+
+
+def test_render_writes_waiting_and_the_deprecated_depth_with_the_same_value():
+    view = st.DesiredStatus(1, (), measured=(7, 2, 1, 30))
+    rendered = st.render(view, {}, NOW, None)
+    assert {k: rendered[k] for k in ("waiting", "inFlight", "scheduled", "oldestWaitSeconds")} == {
+        "waiting": 7, "inFlight": 2, "scheduled": 1, "oldestWaitSeconds": 30}
+    assert rendered["depth"] == 7  # until it is dropped, one release after waiting came
 
 
 def test_removed_keys_are_sent_as_null_and_patch_applies():
@@ -60,7 +68,7 @@ def test_removed_keys_are_sent_as_null_and_patch_applies():
 
 
 LIMITED_VIEW = st.Condition(st.SCALING_LIMITED, True, "AtMaxReplicas", "30 waiting needs 6")
-WRITTEN = st.View(1, (LIMITED_VIEW,), measured=(3, 1, 0, 0), last_decision="Steady: 3 waiting",
+WRITTEN = st.DesiredStatus(1, (LIMITED_VIEW,), measured=(3, 1, 0, 0), last_decision="Steady: 3 waiting",
                   replicas=(2, 2, 2), history=True)
 URGENT, ROUTINE, NOT = st.Due.URGENT, st.Due.ROUTINE, st.Due.NOT
 
@@ -106,7 +114,7 @@ def test_scaling_limited_follows_the_decision(decision, expected):
 conditions = st_.tuples(
     st_.sampled_from([None, True, False]), st_.sampled_from(["A", "B"]), st_.sampled_from(["m1", "m2"]))
 views = st_.builds(
-    lambda gen, metrics, ready, measured, decision, replicas, scaled, history: st.View(
+    lambda gen, metrics, ready, measured, decision, replicas, scaled, history: st.DesiredStatus(
         generation=gen,
         conditions=(st.Condition(st.METRICS_AVAILABLE, *metrics),) + ((st.Condition(st.READY, *ready),) if ready else ()),
         measured=measured, last_decision=decision, replicas=replicas, last_scale_time=scaled, history=history),
@@ -133,6 +141,6 @@ def test_the_tick_hands_over_every_view_that_changes_the_status(written, view, h
         assert handed_over == (patch is not None)
 
 
-def shape(view: st.View) -> tuple:
+def shape(view: st.DesiredStatus) -> tuple:
     fields = (view.measured, view.last_decision, view.replicas, view.last_scale_time)
     return tuple(f is None for f in fields) + (view.history, tuple(c.type for c in view.conditions))

@@ -37,7 +37,7 @@ class QueueSpec(BaseModel):
     tasks_per_replica: int = Field(10, ge=1, description="Waiting plus in-flight tasks one worker should carry.")
     max_wait_seconds: int | None = Field(
         None, ge=1, description="Scale up while the oldest waiting task has waited longer than this; "
-                                "unset: by depth only.")
+                                "unset: by waiting and in-flight tasks only.")
 
     @field_validator("max_replicas")
     @classmethod

@@ -11,7 +11,7 @@ from stalk_api.schemas import QueuePublic, QueuesPublic
 router = APIRouter(prefix="/queues", tags=["queues"])
 
 
-@router.get("", response_model=QueuesPublic, summary="Depth, in-flight and oldest wait per queue")
+@router.get("", response_model=QueuesPublic, summary="Waiting, in-flight, scheduled and oldest wait per queue")
 def list_queues(gateway: GatewayDep) -> QueuesPublic:
     names = gateway.queue_names()
     try:
