@@ -48,6 +48,11 @@ class ApiSettings(Settings):
     # A request must arrive whole (line, headers, body) within this long of the connection opening
     # or of its first byte; slower clients get 408 and are disconnected (slow-loris).
     api_read_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    # An idle keep-alive connection is closed after this long. Longer than the idle timeouts of the
+    # proxies and clients in front (nginx 75 s is the longest common one; AWS ALB 60 s): the side
+    # that closes first must be the one that would send next, or a request sent as the server
+    # closes gets no answer (uvicorn's 5 s cut connections that a busy client left idle).
+    api_keep_alive_seconds: float = Field(90.0, gt=0, le=3600)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

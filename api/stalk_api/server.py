@@ -127,4 +127,4 @@ def run(app: ASGIApp, settings: ApiSettings) -> None:
     admission = Admission(app, settings.api_max_requests, settings.api_database_wait_seconds)
     uvicorn.run(admission, host=settings.api_host, port=settings.api_port,
                 http=protocol(settings.api_read_timeout_seconds), log_level="info", proxy_headers=True,
-                access_log=False)
+                timeout_keep_alive=settings.api_keep_alive_seconds, access_log=False)

@@ -128,3 +128,16 @@ def test_a_client_that_keeps_sending_whole_requests_is_never_cut(api):
             ports.add(response.extensions["network_stream"].get_extra_info("client_addr"))
             time.sleep(READ_TIMEOUT / 4)
     assert len(ports) == 1, f"the connection was replaced: {ports}"
+
+
+def test_an_idle_keep_alive_connection_stays_usable_for_a_proxys_idle_time(api):
+    # A proxy or a busy client reuses a connection after several seconds of quiet; uvicorn's own
+    # 5 s closed it under them, and the request sent as it closed got no answer.
+    request = b"GET /healthz HTTP/1.1\r\nhost: api\r\n\r\n"
+    with connect(api.url) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(6)
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
