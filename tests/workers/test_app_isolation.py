@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+
+import redis
+from celery import Celery
 
 from stalk_workers.factory import create_app
 from stalk_workers.settings import Settings
@@ -38,3 +42,21 @@ def test_two_apps_keep_their_own_record_writer(tmp_path):
     assert writer is not None and silent.conf.get("stalk_record_writer") is None
     other = create_app(Settings(broker_url=BROKER, database_url=f"sqlite:///{tmp_path}/b.db"))
     assert recording.conf.stalk_record_writer is writer and other.conf.stalk_record_writer is not writer
+
+
+def test_a_closed_client_leaves_the_shared_pool_to_the_next_one(redis_urls):
+    """kombu keeps one connection pool per broker URL for the whole process: a client closed the
+    way stalk's tests and API close theirs must not leave the next client on that URL waiting."""
+    first = Celery("first", broker=redis_urls[0], set_as_current=False)
+    first.send_task("stalk.echo", queue="isolation")
+    first.close()
+    second = Celery("second", broker=redis_urls[0], set_as_current=False)
+    try:
+        sent = threading.Thread(target=lambda: second.send_task("stalk.echo", queue="isolation"), daemon=True)
+        sent.start()
+        sent.join(timeout=10)
+        assert not sent.is_alive(), "send_task waited for a connection the first client's close took away"
+        assert redis.Redis.from_url(redis_urls[0]).llen("isolation") == 2
+    finally:
+        second.close()
+        redis.Redis.from_url(redis_urls[0]).delete("isolation")

@@ -192,9 +192,11 @@ def test_a_real_worker_shows_started_results_and_chords_to_a_plain_client(stack_
             assert result.get(timeout=30) == {"args": [[{"args": [i], "kwargs": {}} for i in range(3)]],
                                               "kwargs": {}}
         finally:
-            # Not closed for good: kombu shares this pool with every later client of the same
-            # Redis database (tests reuse database numbers), which would get "Acquire on closed pool".
-            client.pool.force_close_all(close_pool=False)
+            # app.close(), not client.pool.force_close_all(): kombu shares that pool with every
+            # later client of the same Redis database (tests reuse database numbers). Closed for
+            # good it raises "Acquire on closed pool"; closed with close_pool=False it is left
+            # empty, and the next send_task on that database waits for a connection forever.
+            client.close()
 
 
 def test_stored_success_survives_a_second_delivery_through_a_worker(stack_factory):
@@ -216,6 +218,8 @@ def test_stored_success_survives_a_second_delivery_through_a_worker(stack_factor
             assert client.AsyncResult(first.id).get(timeout=5) == {"args": ["first"], "kwargs": {}}
             assert client.backend.get_task_meta(first.id, cache=False)["result"] == {"args": ["first"], "kwargs": {}}
         finally:
-            # Not closed for good: kombu shares this pool with every later client of the same
-            # Redis database (tests reuse database numbers), which would get "Acquire on closed pool".
-            client.pool.force_close_all(close_pool=False)
+            # app.close(), not client.pool.force_close_all(): kombu shares that pool with every
+            # later client of the same Redis database (tests reuse database numbers). Closed for
+            # good it raises "Acquire on closed pool"; closed with close_pool=False it is left
+            # empty, and the next send_task on that database waits for a connection forever.
+            client.close()
