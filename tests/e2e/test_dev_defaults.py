@@ -115,7 +115,10 @@ def test_the_failure_demo_shows_each_retry_and_ends_in_seconds(tmp_path):
     lines = done.stdout.splitlines()
     retries = [int(line.split(", retry ")[1].split()[0]) for line in lines if ", retry " in line]
     assert retries == sorted(retries) and retries[-1] == 3, done.stdout
-    assert any(line.endswith("RETRY, retry 3 of 3 after IntentionalFailure: failed on purpose") for line in lines)
+    # Which retries show as RETRY lines depends on the polls' timing (a loaded machine can miss the
+    # last one, which turns FAILURE at once); each one shown names its reason.
+    shown = [line for line in lines if "RETRY, retry " in line]
+    assert shown and all(line.endswith(" of 3 after IntentionalFailure: failed on purpose") for line in shown), done.stdout
     assert "FAILURE, retry 3 of 3" in done.stdout
     assert "ended FAILURE: IntentionalFailure: failed on purpose" in done.stderr
 
