@@ -190,6 +190,9 @@ class DevStack:
         if self.autoscaler is None or self._stopping:
             return
         restarted = self.autoscaler.restart_workers()
+        if not restarted:  # scaled to zero: the next worker started imports the new code anyway
+            self.say(f"{os.path.relpath(changed)} changed; no worker is running, the next one starts with it")
+            return
         self.say(f"{os.path.relpath(changed)} changed; restarted {restarted} worker{'s' * (restarted != 1)} "
                  f"(running tasks finish on the old code)")
 
