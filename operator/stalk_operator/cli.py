@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
                                                       "this machine's.")] = None,
         run_dir: Annotated[Path, typer.Option(envvar="STALK_RUN_DIR",
                                               help="Logs, the SQLite file and Redis data.")] = Path(".run"),
+        reload: Annotated[bool, typer.Option("--reload/--no-reload", envvar="STALK_DEV_RELOAD",
+                                             help="Restart the workers when a .py file of your tasks changes.")] = True,
     ) -> None:
         """Run everything on this machine: Redis, the API on 127.0.0.1, and autoscaled workers per queue."""
         import logging
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
         logging.getLogger("stalk.local").setLevel(logging.INFO)
 
         stack = DevStack(settings=load_settings(), run_dir=run_dir, api_port=api_port, redis_port=redis_port, cpus=cpus,
-                         say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
+                         reload=reload, say=lambda line: console.print(f"[dim]stalk dev:[/dim] {line}"))
         stack.handle_stop_signals()
         try:
             stack.start()

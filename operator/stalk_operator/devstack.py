@@ -26,6 +26,7 @@ import redis
 from stalk_operator import tethered
 from stalk_operator.local_mode import LocalAutoscaler
 from stalk_operator.local_sizing import Machine, describe, size_for_machine, this_machine
+from stalk_operator.reloading import Reloader, watch_roots
 from stalk_workers.settings import Settings
 
 
@@ -96,10 +97,12 @@ class DevStack:
     api_port: int = 8000
     redis_port: int | None = None  # None: the one this run folder remembers
     cpus: int | None = None  # the CPUs workers are sized for; None: this machine's
+    reload: bool = True  # restart the workers when task code changes
     say: callable = print
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     autoscaler: LocalAutoscaler | None = None
+    reloader: Reloader | None = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
     _stopping: bool = False
 
@@ -145,6 +148,7 @@ class DevStack:
         self._spawn("api", [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
+        self._watch_task_code(here)
         if self.settings.beat_schedule:  # exactly one beat, or periodic tasks would be sent twice
             self._spawn("beat", [sys.executable, "-m", "stalk_workers", "beat", "--schedule-file",
                                  str((self.run_dir / "beat-schedule").resolve())], log="beat.log")
@@ -169,6 +173,28 @@ class DevStack:
         self.say(f"your tasks: {', '.join(modules) if modules else 'none yet (STALK_TASK_MODULES=yourpackage.tasks)'}, "
                  f"importable from {here} (on the workers' import path)")
         return here
+
+    def _watch_task_code(self, here: str) -> None:
+        if not self.reload:
+            self.say("reload: off; workers keep the task code they started with (--reload or STALK_DEV_RELOAD=1 "
+                     "turns it on)")
+            return
+        modules = [sys.modules.get(name) for name in self.settings.task_module_list]
+        roots = watch_roots(Path(here), (getattr(module, "__file__", None) for module in modules))
+        self.reloader = Reloader(roots, self._restart_workers, ignored=[self.run_dir])
+        self.reloader.start()
+        self.say(f"reload: on; a change to a .py file in {', '.join(map(str, roots))} restarts the workers "
+                 f"(--no-reload or STALK_DEV_RELOAD=0 turns it off)")
+
+    def _restart_workers(self, changed: str) -> None:
+        if self.autoscaler is None or self._stopping:
+            return
+        restarted = self.autoscaler.restart_workers()
+        if not restarted:  # scaled to zero: the next worker started imports the new code anyway
+            self.say(f"{os.path.relpath(changed)} changed; no worker is running, the next one starts with it")
+            return
+        self.say(f"{os.path.relpath(changed)} changed; restarted {restarted} worker{'s' * (restarted != 1)} "
+                 f"(running tasks finish on the old code)")
 
     def _retry_backoff(self) -> dict[str, str]:
         """The workers' retry backoff variables: stalk dev's short one unless the user chose one."""
@@ -271,6 +297,8 @@ class DevStack:
     def stop(self) -> None:
         self._stopping = True
         self.stop_requested.set()
+        if self.reloader is not None:
+            self.reloader.stop()
         if self.autoscaler is not None:
             self._stop_event.set()
             self.autoscaler.stop()

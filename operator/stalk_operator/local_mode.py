@@ -150,6 +150,15 @@ class LocalActuator:
             for worker in self._pick_to_stop(surplus):
                 self._terminate(worker)
 
+    def restart(self) -> int:
+        """Replace every running worker by a new one (new code), the old ones stopping with a warm
+        shutdown as on a scale-down: their running tasks finish, prefetched ones go back to Redis."""
+        self._reap()
+        count = len(self._running)
+        self.terminate()
+        self.scale(count)
+        return count
+
     def terminate(self) -> None:
         """Ask every worker to stop (warm shutdown), without waiting."""
         for worker in list(self._running):
@@ -266,6 +275,8 @@ class LocalAutoscaler:
         }
         self._histories = {q.name: History() for q in queues}
         self._outage = Outage()
+        # A tick and a restart (stalk dev's reloader thread) never change the same workers at once.
+        self._lock = threading.Lock()
 
     def tick(self) -> dict[str, Decision]:
         """One measurement and one decision per queue; replicas stay as they are if Redis is down."""
@@ -280,7 +291,13 @@ class LocalAutoscaler:
             log.info("reading queues from Redis again")
         # The reconcile's actuator calls are coroutines: each tick runs them on an event loop of its own,
         # so stop() from another thread (stalk dev's Ctrl-C) never meets a loop in use.
-        return asyncio.run(self._reconcile(stats, now))
+        with self._lock:
+            return asyncio.run(self._reconcile(stats, now))
+
+    def restart_workers(self) -> int:
+        """Restart every running worker of every queue (warm shutdown); returns how many."""
+        with self._lock:
+            return sum(actuator.restart() for actuator in self.actuators.values())
 
     async def _reconcile(self, stats, now: float) -> dict[str, Decision]:
         decisions = {}

@@ -225,3 +225,13 @@ def test_with_every_library_shortcut_off_the_path_users_rely_on_is_the_same(stac
         task = stack.client.get(f"/v1/tasks/{task_id}").json()
         assert task["status"] == "REVOKED" and task["started_at"] is None and task["result"] is None
         assert stack.wait_for(stack.submit("stalk.echo", args=["after"]))["status"] == SUCCESS
+
+
+def test_the_start_of_an_id_matches_in_any_case(stack):
+    # Ids are lowercase UUIDs; a user may paste one in upper case, whole or in part.
+    task_id = stack.submit("stalk.echo")
+    stack.wait_for(task_id)
+    for prefix in (task_id[:23].upper(), task_id.upper(), task_id[:23].swapcase()):
+        response = stack.client.get("/v1/tasks", params={"id_prefix": prefix})
+        assert response.status_code == 200, response.text
+        assert [t["task_id"] for t in response.json()["tasks"]] == [task_id], prefix

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -13,10 +14,10 @@ from tests.fixtures.servers import free_port, wait_until
 from tests.fixtures.stack import running_stack
 
 
-@pytest.fixture(scope="module")
-def served(redis_server, postgres_server, tmp_path_factory):
+@contextmanager
+def serving(redis_server, postgres_server, folder, database: str = "sqlite"):
     """A stack with one worker, plus the API served by ``stalk api`` on a free port."""
-    with running_stack(redis_server, postgres_server, tmp_path_factory.mktemp("cli")) as stack:
+    with running_stack(redis_server, postgres_server, folder, database) as stack:
         stack.start_worker("default")
         port = free_port()
         env = {**stack.env, "STALK_API_TOKENS": "cli-token"}
@@ -28,6 +29,19 @@ def served(redis_server, postgres_server, tmp_path_factory):
         yield stack
         api.terminate()
         api.wait(10)
+
+
+@pytest.fixture(scope="module")
+def served(redis_server, postgres_server, tmp_path_factory):
+    with serving(redis_server, postgres_server, tmp_path_factory.mktemp("cli")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def served_on(request, redis_server, postgres_server, tmp_path_factory):
+    """``served`` on each record database, for what SQL does differently on them (LIKE and case)."""
+    with serving(redis_server, postgres_server, tmp_path_factory.mktemp("cli"), request.param) as stack:
+        yield stack
 
 
 def stalk(env: dict, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -129,21 +143,23 @@ def test_db_upgrade_on_postgres(postgres_url):
     assert done.returncode == 0 and "database at head" in done.stdout
 
 
-def test_status_retry_and_cancel_take_the_start_of_an_id(served):
+def test_status_retry_and_cancel_take_the_start_of_an_id(served_on):
+    served = served_on
     url = served.env["STALK_API_URL"]
     headers = {"Authorization": "Bearer cli-token"}
-    # One batch: ids of one millisecond, alike up to their random part (UUIDv7).
+    # One batch: ids of one millisecond, alike up to their random part (UUIDv7); more than the error names.
     batch = httpx.post(f"{url}/v1/tasks/batch", headers=headers,
-                       json={"tasks": [{"task": "stalk.echo", "countdown": 600} for _ in range(3)]})
+                       json={"tasks": [{"task": "stalk.echo", "countdown": 600} for _ in range(7)]})
     assert batch.status_code == 202, batch.text
     ids = [t["task_id"] for t in batch.json()["tasks"]]
     shared = os.path.commonprefix(ids)
     assert len(shared) >= 8, ids
 
-    cancelled = stalk(served.env, "cancel", ids[0][:-6])
+    # In upper case, as a user may paste it: ids are lowercase.
+    cancelled = stalk(served.env, "cancel", ids[0][:-6].upper())
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.split() == [ids[0], "REVOKED"]
-    status = stalk(served.env, "status", ids[0][:-6])
+    status = stalk(served.env, "status", ids[0].upper())
     assert status.returncode == 0 and ids[0] in status.stdout and "REVOKED" in status.stdout, status.stderr
     retried = stalk(served.env, "retry", ids[0][:-6])
     assert retried.returncode == 0, retried.stderr
@@ -153,7 +169,8 @@ def test_status_retry_and_cancel_take_the_start_of_an_id(served):
         several = stalk(served.env, command, shared)
         assert several.returncode == 1, several.stdout
         assert len(several.stderr.strip().splitlines()) == 1 and "Traceback" not in several.stderr
-        assert f"{shared!r} matches 3 tasks: " in several.stderr and all(i in several.stderr for i in ids)
+        assert f"{shared!r} matches 7 tasks: " in several.stderr, several.stderr
+        assert sum(i in several.stderr for i in ids) == 5 and "…; give more of the id" in several.stderr
         none = stalk(served.env, command, "zz" + shared)
         assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1
         assert "no task with id" in none.stderr and "none whose id starts with it" in none.stderr

@@ -19,50 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.dev import command_line, descendants, still_running
 from tests.fixtures.servers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 # One queue, one worker with two pool processes: every kind of child (Redis, the API, a worker and
 # its grandchildren) with as little start-up work as the 2-core test machine allows.
 QUEUES = "default:\n  routes: ['stalk.*']\n  concurrency: 2\n  minReplicas: 1\n  maxReplicas: 1\n"
-
-
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time): the start time tells a pid's reuse from the process."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(stat.parent.name)] = (int(fields[1]), fields[19])
-    return table
-
-
-def descendants(root: int) -> dict[int, str]:
-    table = process_table()
-    found, frontier = {}, {root}
-    while frontier:
-        frontier = {pid for pid, (parent, _) in table.items() if parent in frontier and pid not in found}
-        found |= {pid: table[pid][1] for pid in frontier}
-    return found
-
-
-def still_running(processes: dict[int, str]) -> list[str]:
-    table = process_table()
-    left = []
-    for pid, started in processes.items():
-        if pid in table and table[pid][1] == started:
-            left.append(f"{pid}: {command_line(pid)}")
-    return left
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 class MakeRun:

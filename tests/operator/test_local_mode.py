@@ -140,3 +140,24 @@ def test_takes_limits_from_the_queue_table_and_reads_under_the_key_prefix(broker
             "default": (1, "ScaleUpForBacklog"), "reports": (1, "AtMinReplicas")}
     finally:
         scaler.stop()
+
+
+def test_restart_replaces_each_worker_and_lets_the_old_one_finish_its_task(broker, app, tmp_path):
+    # What stalk dev --reload does on a code change: new workers, the old ones drain (warm shutdown).
+    active_tasks = celery_active_tasks(app, timeout=0.5)
+    actuator = LocalActuator(QUEUE, app_module=APP_MODULE, env=worker_env(broker), active_tasks=active_tasks,
+                             log_dir=tmp_path, extra_args=FAST_START)
+    reader = QueueReader(redis.Redis.from_url(broker))
+    try:
+        actuator.scale(1)
+        old = actuator.worker_names
+        app.send_task("tests.sleep", args=[3], queue="q")
+        wait_until(lambda: active_tasks(old).get(old[0]), timeout=60, what="the worker to run the task")
+        for _ in range(2):
+            app.send_task("tests.sleep", args=[0.2], queue="q")
+        assert actuator.restart() == 1
+        assert actuator.replicas == 1 and actuator.worker_names != old and actuator.alive == 2
+        wait_until(lambda: actuator.alive == 1, timeout=30, what="the old worker to finish its task and exit")
+        wait_until(lambda: drained(reader), timeout=60, what="the new worker to run the waiting tasks")
+    finally:
+        actuator.stop(timeout=5)

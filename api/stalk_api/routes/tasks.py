@@ -188,7 +188,7 @@ async def list_tasks(
     created_after: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
     created_before: Annotated[Moment | None, Query(description="ISO 8601; without a zone, UTC.")] = None,
     id_prefix: Annotated[str | None, Query(min_length=1, max_length=255,
-                                           description="Only tasks whose id starts with this.")] = None,
+                                           description="Only tasks whose id starts with this, in any case.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:

@@ -50,8 +50,10 @@ class Api:
         return response.json()
 
 
-# How many tasks the error for a shortened id that matches several of them names.
+# How many tasks the error for a shortened id that matches several of them names, and up to how many
+# it counts (one page of the API's list; beyond it the line says "more than").
 SHOWN_MATCHES = 5
+COUNTED_MATCHES = 100
 
 
 def find_task(api: Api, task_id: str) -> dict:
@@ -62,12 +64,14 @@ def find_task(api: Api, task_id: str) -> dict:
     task = api.call("GET", f"/v1/tasks/{quote(task_id, safe='')}", missing_ok=True)
     if task is not None:
         return task
-    matches = api.call("GET", "/v1/tasks", params={"id_prefix": task_id, "limit": SHOWN_MATCHES + 1})["tasks"]
+    # In any case: ids are lowercase, a pasted one may not be.
+    matches = api.call("GET", "/v1/tasks", params={"id_prefix": task_id, "limit": COUNTED_MATCHES + 1})["tasks"]
     if not matches:
         fail(f"404: no task with id {task_id!r}, and none whose id starts with it")
     if len(matches) > 1:
-        count = f"more than {SHOWN_MATCHES}" if len(matches) > SHOWN_MATCHES else str(len(matches))
-        fail(f"{task_id!r} matches {count} tasks: {', '.join(t['task_id'] for t in matches[:SHOWN_MATCHES])}; "
+        count = f"more than {COUNTED_MATCHES}" if len(matches) > COUNTED_MATCHES else str(len(matches))
+        shown = ", ".join(t["task_id"] for t in matches[:SHOWN_MATCHES])
+        fail(f"{task_id!r} matches {count} tasks: {shown}{', …' if len(matches) > SHOWN_MATCHES else ''}; "
              "give more of the id")
     return matches[0]
 

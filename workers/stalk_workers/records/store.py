@@ -215,8 +215,10 @@ def list_page(
             query = query.where(column == value)
     if where.id_prefix:
         # LIKE, not a range on the key: a range follows the column's collation, which in PostgreSQL
-        # ignores the dashes of a UUID. autoescape: a foreign id may hold % or _.
-        query = query.where(TaskRecord.task_id.startswith(where.id_prefix, autoescape=True))
+        # ignores the dashes of a UUID. autoescape: a foreign id may hold % or _. Any case, on both
+        # databases (SQLite's LIKE ignores ASCII case, PostgreSQL's does not): ids are lowercase
+        # UUIDs, and a user may paste one in upper case.
+        query = query.where(TaskRecord.task_id.istartswith(where.id_prefix, autoescape=True))
     # In UTC, as written: SQLite compares the stored text, which has no zone, so 10:00+05:00 would
     # otherwise be taken for 10:00 UTC.
     if where.created_after is not None:
