@@ -31,6 +31,9 @@ class ApiSettings(Settings):
     migrate_on_start: bool = True
     # How long to wait for workers to answer a remote-control inspection.
     inspect_timeout_seconds: float = Field(0.8, gt=0, le=5)
+    # Finding lists nobody consumes walks the broker's keyspace (stalk_workers.unconsumed), so one
+    # look serves GET /v1/queues for this long; 0 looks on every request.
+    unconsumed_scan_seconds: float = Field(10.0, ge=0, le=3600)
     # How long a publish may wait for Redis's answer before the submission fails with a 503. Writes
     # go one at a time (stalk_api/writer.py), so a Redis that accepts connections but does not answer
     # (paused, stalled fork, half-open connection) must not hold every submission forever.

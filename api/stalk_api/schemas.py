@@ -139,8 +139,19 @@ class QueuePublic(BaseModel):
     workers: int = Field(description="Workers online that consume this queue.")
 
 
+class UnconsumedListPublic(BaseModel):
+    list: str = Field(description="The exact Redis list name (key prefix and priority suffix included).")
+    queue: str = Field(description="The Celery queue it belongs to: a worker started with -Q <queue> consumes it.")
+    messages: int = Field(description="Messages in the list.")
+
+
 class QueuesPublic(BaseModel):
     queues: list[QueuePublic]
+    unconsumed: list[UnconsumedListPublic] = Field(
+        description="A warning: lists on the broker that hold Celery messages but that no queue of this "
+                    "API names and no online worker consumes, so nothing will run them (a send_task "
+                    "without a queue lands in Celery's default list 'celery'). Looked for now and then "
+                    "(STALK_UNCONSUMED_SCAN_SECONDS), not on every request.")
 
 
 class WorkerPublic(BaseModel):

@@ -16,7 +16,7 @@ import inspect
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
@@ -35,6 +35,7 @@ from stalk_api.writer import Writer
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.records import store
 from stalk_workers.records.models import TaskRecord
+from stalk_workers.unconsumed import unconsumed_lists
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,39 @@ class Gateway:
         return GroupCommitter(self)
 
     @cached_property
+    def _broker(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
+
+    @cached_property
     def _reader(self) -> QueueReader:
-        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
-        return QueueReader(client, key_prefix=self.settings.broker_key_prefix)
+        return QueueReader(self._broker, key_prefix=self.settings.broker_key_prefix)
 
     def read_queues(self, names: list[str]) -> dict:
         """Queue stats from the shared reader; it keeps state between reads, so one at a time."""
         with _reader_lock:
             return self._reader.read(names)
+
+    @cached_property
+    def _unconsumed(self) -> _Unconsumed:
+        return _Unconsumed()
+
+    def unconsumed(self, claimed: set[str]) -> dict[str, int]:
+        """Lists holding messages of queues not in ``claimed`` (stalk_workers.unconsumed): exact list
+        name -> messages. A keyspace walk, so one answer serves ``unconsumed_scan_seconds``."""
+        look = self._unconsumed
+        with look.lock:  # one walk at a time; callers meanwhile get its answer
+            if time.monotonic() - look.at >= self.settings.unconsumed_scan_seconds:
+                look.found = unconsumed_lists(self._broker, key_prefix=self.settings.broker_key_prefix,
+                                              claimed=claimed)
+                look.at = time.monotonic()
+            return look.found
+
+
+@dataclass
+class _Unconsumed:
+    found: dict[str, int] = field(default_factory=dict)
+    at: float = float("-inf")
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)

@@ -374,3 +374,16 @@ def test_no_secret_reaches_a_command_line(rendered, sid):
             line = " ".join(c.get("command", []) + c.get("args", []))
             leaked = sorted(v for v in secret_vars if f"$({v})" in line)
             assert not leaked, f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}: {leaked} on its command line"
+
+
+@pytest.mark.parametrize("sid", SCENARIO_IDS)
+def test_the_operator_gets_only_the_settings_it_reads(rendered, sid):
+    # No broker URL, result backend or database URL: a TaskQueue names its own broker.
+    from stalk_operator.config import OperatorSettings
+
+    reads = {f"STALK_{name.upper()}" for name in OperatorSettings.model_fields}
+    for obj in rendered[sid]:
+        if obj["kind"] == "Deployment" and obj["metadata"]["labels"]["app.kubernetes.io/component"] == "operator":
+            (container,) = pod_spec(obj)["containers"]
+            assert "envFrom" not in container
+            assert {e["name"] for e in container["env"]} <= reads, container["env"]

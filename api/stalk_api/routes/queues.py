@@ -6,7 +6,8 @@ from fastapi import APIRouter, HTTPException, status
 
 from stalk_api.deps import GatewayDep
 from stalk_api.routes.workers import workers_or_503
-from stalk_api.schemas import QueuePublic, QueuesPublic
+from stalk_api.schemas import QueuePublic, QueuesPublic, UnconsumedListPublic
+from stalk_workers.unconsumed import queue_of_list
 
 router = APIRouter(prefix="/queues", tags=["queues"])
 
@@ -19,7 +20,16 @@ def list_queues(gateway: GatewayDep) -> QueuesPublic:
     except Exception as exc:  # noqa: BLE001
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the broker is unavailable: {exc}") from exc
     workers = workers_or_503(gateway)
-    return QueuesPublic(queues=[
+    claimed = set(names).union(*(w.queues for w in workers))
+    try:
+        unconsumed = gateway.unconsumed(claimed)
+    except Exception as exc:  # noqa: BLE001
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the broker is unavailable: {exc}") from exc
+    prefix = gateway.settings.broker_key_prefix
+    return QueuesPublic(unconsumed=[
+        UnconsumedListPublic(list=name, queue=queue_of_list(name[len(prefix):]), messages=count)
+        for name, count in sorted(unconsumed.items())
+    ], queues=[
         QueuePublic(name=name, waiting=stats[name].waiting, in_flight=stats[name].in_flight,
                     scheduled=stats[name].scheduled, oldest_wait_seconds=stats[name].oldest_wait_seconds,
                     workers=sum(1 for w in workers if name in w.queues))

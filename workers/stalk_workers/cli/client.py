@@ -11,7 +11,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from stalk_workers.cli.errors import fail
+from stalk_workers.cli.errors import err_console, fail
 from stalk_workers.cli.output import make_console
 
 console = make_console()
@@ -23,6 +23,14 @@ ApiUrl = Annotated[str, typer.Option("--api-url", envvar="STALK_API_URL", help="
 ApiToken = Annotated[str | None, typer.Option("--token", envvar="STALK_API_TOKEN", help="Bearer token.",
                                               show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
+
+
+def _unconsumed_warning(lost: dict) -> str:
+    """One line for a list nobody consumes: its exact name (repr shows a priority suffix's control
+    characters) and how to have it consumed."""
+    return (f"warning: {lost['messages']} messages in Redis list {lost['list']!r} that no queue names and no "
+            f"worker consumes; start a worker on it (celery -A <app> worker -Q {lost['queue']}) or send "
+            f"those tasks with a queue")
 
 
 class Api:
@@ -230,6 +238,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(q["name"], str(q["waiting"]), str(q["in_flight"]), str(q["scheduled"]), oldest,
                           str(q["workers"]))
         console.print(table)
+        for lost in data.get("unconsumed", ()):
+            # One line each, on stderr: the table stays the output scripts parse.
+            err_console.print(_unconsumed_warning(lost), markup=False, highlight=False, soft_wrap=True)
 
     @app.command()
     def workers(api_url: ApiUrl = "http://127.0.0.1:8000", token: ApiToken = None, as_json: JsonOut = False) -> None:

@@ -1,0 +1,101 @@
+"""The kustomize base (k8s/) as `kubectl apply -k k8s/` sees it: rendered by the built kubectl, hardened
+like the chart's operator, its image pinned to the chart's appVersion, and admitted by a namespace
+that enforces the Pod Security "restricted" level."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.kube import BIN_DIR, ensure_cluster_binaries
+from tests.fixtures.servers import unavailable
+
+REPO = Path(__file__).resolve().parents[2]
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+pytestmark = pytest.mark.binaries
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    """Every object of `kubectl kustomize k8s/`."""
+    why = ensure_cluster_binaries(say=lambda line: None)
+    if why:
+        unavailable(f"no kubectl: {why}")
+    out = subprocess.run([str(BIN_DIR / "kubectl"), "kustomize", str(REPO / "k8s")], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
+    return [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]) for o in objects if o["kind"] in WORKLOADS]
+
+
+def test_every_pod_template_runs_as_the_restricted_level_asks(rendered):
+    templates = pod_templates(rendered)
+    assert templates, "the base has no workload"
+    for name, template in templates:
+        pod = template["spec"]
+        assert pod.get("securityContext", {}).get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert pod["securityContext"].get("runAsNonRoot") is True, name
+        empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = f"{name} container {container['name']}"
+            security = container.get("securityContext", {})
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not security["capabilities"].get("add"), where
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and tmp[0]["name"] in empty_dirs, f"{where}: /tmp is no emptyDir"
+
+
+def test_a_disruption_budget_keeps_an_operator_pod_up(rendered):
+    budgets = [o for o in rendered if o["kind"] == "PodDisruptionBudget"]
+    for name, template in pod_templates(rendered):
+        labels = template["metadata"]["labels"]
+        covering = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert [b["spec"].get("minAvailable") for b in covering] == [1], name
+
+
+def test_the_image_is_pinned_to_the_charts_app_version(rendered):
+    app_version = str(yaml.safe_load((REPO / "charts" / "stalk" / "Chart.yaml").read_text())["appVersion"])
+    for name, template in pod_templates(rendered):
+        for container in template["spec"]["containers"]:
+            repository, _, tag = container["image"].rpartition(":")
+            assert (repository, tag) == ("stalk", app_version), f"{name}: {container['image']}"
+
+
+@pytest.mark.cluster
+def test_a_restricted_namespace_admits_the_operator_and_refuses_a_looser_pod(rendered, kube_cluster, kube_namespace):
+    kubectl = kube_cluster.kubectl
+    kubectl("label", "namespace", kube_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kubectl("create", "serviceaccount", "stalk-operator", namespace=kube_namespace)
+    (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
+    deployment = copy.deepcopy(deployment)
+    deployment["metadata"]["namespace"] = kube_namespace
+    # Pod Security only warns about a workload's template; it enforces on pods.
+    applied = kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", namespace=kube_namespace,
+                      input=json.dumps(deployment))
+    assert "PodSecurity" not in applied.stderr, applied.stderr
+
+    def pod(template: dict) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "operator", "namespace": kube_namespace,
+                                        "labels": template["metadata"]["labels"]},
+                           "spec": template["spec"]})
+
+    template = deployment["spec"]["template"]
+    kubectl("create", "--dry-run=server", "-f", "-", namespace=kube_namespace, input=pod(template))
+
+    looser = copy.deepcopy(template)
+    del looser["spec"]["securityContext"]["seccompProfile"]
+    looser["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    refused = kubectl("create", "--dry-run=server", "-f", "-", namespace=kube_namespace, input=pod(looser),
+                      check=False)
+    assert refused.returncode != 0 and 'violates PodSecurity "restricted' in refused.stderr, refused.stderr
