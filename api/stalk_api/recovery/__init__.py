@@ -1,1 +1,2 @@
-"""Recovering accepted tasks whose messages Redis lost: the decision (``rules``, no I/O)."""
+"""Recovering accepted tasks whose messages Redis lost: the decision (``rules``, no I/O) and the
+Redis side of its evidence (``presence``)."""
