@@ -145,6 +145,8 @@ class DevStack:
         self._spawn("api", [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
+        # Exactly one recoverer acts at a time (its Redis lock); here it is the only one anyway.
+        self._spawn("recover", [sys.executable, "-m", "stalk_workers", "recover"], log="recover.log")
         if self.settings.beat_schedule:  # exactly one beat, or periodic tasks would be sent twice
             self._spawn("beat", [sys.executable, "-m", "stalk_workers", "beat", "--schedule-file",
                                  str((self.run_dir / "beat-schedule").resolve())], log="beat.log")

@@ -3,7 +3,10 @@ one (same ids) and they end SUCCESS; two recoverers at once: only one recovers."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 
 import redis
 import sqlalchemy as sa
@@ -84,3 +87,26 @@ def test_a_task_fetched_by_a_worker_between_the_reads_is_not_republished(stack_f
         assert fetched  # the pass did read twice, with the fetch between
         task = stack.wait_for(task_id)
         assert (task["status"], task["recovered"]) == ("SUCCESS", 0)
+
+
+def test_stalk_recover_once_recovers_what_a_flushdb_lost(stack_factory):
+    with stack_factory() as stack:
+        ids = [stack.submit("stalk.echo", args=[i]) for i in range(5)]
+        lose_messages(stack)
+        env = {**stack.env, "STALK_RECOVER_AFTER_SECONDS": "10"}
+        time.sleep(10)  # not a wait for a condition: the records must be 10 s old (the setting's least)
+        done = subprocess.run([sys.executable, "-m", "stalk_workers", "recover", "--once"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "recovered 5 task(s)"
+        stack.start_worker("default", concurrency=2)
+        assert all(stack.wait_for(task_id)["status"] == "SUCCESS" for task_id in ids)
+
+
+def test_stalk_recover_with_no_broker_is_one_line(stack_factory):
+    with stack_factory() as stack:
+        env = {**stack.env, "STALK_BROKER_URL": "redis://127.0.0.1:1/0"}
+        done = subprocess.run([sys.executable, "-m", "stalk_workers", "recover", "--once"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert "cannot reach the broker" in done.stderr and "Traceback" not in done.stderr
