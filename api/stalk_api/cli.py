@@ -29,3 +29,42 @@ def register(app: typer.Typer) -> None:
         except InsecureBindError as exc:
             fail(str(exc))
         server.run(application, settings)
+
+    @app.command()
+    def recover(
+        once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+        every: Annotated[float, typer.Option(min=1, help="Seconds between passes when looping.")] = 30.0,
+    ) -> None:
+        """Publish again the accepted tasks whose messages Redis lost (docs/recovery.md). Same settings as the API."""
+        import time
+
+        import redis
+
+        from stalk_api.config import ApiSettings
+        from stalk_api.recovery.recoverer import Recoverer
+        from stalk_workers.factory import TaskModuleError, create_app
+        from stalk_workers.queues import QueueTableError
+        from stalk_workers.records import db
+
+        settings = load_settings(ApiSettings)
+        try:
+            celery = create_app(settings.model_copy(update={"record_tasks": False}))
+        except (QueueTableError, TaskModuleError) as exc:
+            fail(str(exc))
+        recoverer = Recoverer(
+            celery=celery, sessions=db.session_factory(db.create_engine(settings.database_url)),
+            client=redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5),
+            queues=[q.name for q in celery.conf.stalk_queues], recover_after=settings.recover_after_seconds,
+            key_prefix=settings.broker_key_prefix, inspect_timeout=settings.inspect_timeout_seconds)
+        while True:
+            try:
+                recovered = recoverer.run_once()
+            except redis.RedisError as exc:
+                if once:
+                    fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+                recovered = 0
+            if once or recovered:
+                typer.echo("another recoverer holds the lock" if recovered is None else f"recovered {recovered} task(s)")
+            if once:
+                return
+            time.sleep(every)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from stalk_api.recovery.rules import RECOVER_AFTER_SECONDS
 from stalk_workers.settings import Settings
 
 
@@ -56,6 +57,10 @@ class ApiSettings(Settings):
     # that closes first must be the one that would send next, or a request sent as the server
     # closes gets no answer (uvicorn's 5 s cut connections that a busy client left idle).
     api_keep_alive_seconds: float = Field(90.0, gt=0, le=3600)
+    # A task whose message is gone from Redis is published again once its record has not changed
+    # for this long (the default and why: stalk_api/recovery/rules.py, docs/recovery.md); at least
+    # 10 s, past the API's publish window (STALK_BROKER_TIMEOUT_SECONDS, 5 s) where nothing is lost.
+    recover_after_seconds: float = Field(RECOVER_AFTER_SECONDS, ge=10)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

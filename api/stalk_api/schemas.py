@@ -113,6 +113,9 @@ class TaskPublic(BaseModel):
     started_at: datetime | None = Field(description="When the task's first attempt started; retries and "
                                                     "redeliveries do not move it (`retries` counts them).")
     finished_at: datetime | None
+    recovered: int = Field(0, description="Times the task's message was found lost in Redis (a restart without "
+                                          "persistence, a failover, a FLUSHDB) and published again; docs/recovery.md.")
+    recovered_at: datetime | None = Field(None, description="When it was last published again by a recovery.")
     runtime_seconds: float | None = Field(description="From `started_at` to `finished_at`: the whole run, retries "
                                                       "and their backoff included.")
     unreadable: list[str] = Field(

@@ -148,6 +148,8 @@ class DevStack:
         self._spawn("api", [sys.executable, "-m", "stalk_workers", "api", "--host", "127.0.0.1",
                             "--port", str(self.api_port)], log="api.log")
         self._start_workers(broker)
+        # Exactly one recoverer acts at a time (its Redis lock); here it is the only one anyway.
+        self._spawn("recover", [sys.executable, "-m", "stalk_workers", "recover"], log="recover.log")
         self._watch_task_code(here)
         if self.settings.beat_schedule:  # exactly one beat, or periodic tasks would be sent twice
             self._spawn("beat", [sys.executable, "-m", "stalk_workers", "beat", "--schedule-file",

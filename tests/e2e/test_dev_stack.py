@@ -64,7 +64,9 @@ def test_stalk_dev_runs_a_health_check_and_stops_cleanly(tmp_path):
         assert {"default", "classification", "summarization", "notifications"} <= queues
 
         spawned = children_of(dev.pid)
-        assert len(spawned) >= 3, "redis, the API and at least one worker"
+        assert len(spawned) >= 4, "redis, the API, the recoverer and at least one worker"
+        recoverer = [p for p in spawned if b"recover" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert recoverer, "stalk dev runs `stalk recover`"
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(90)

@@ -76,6 +76,7 @@ def public(record: TaskRecord, *, repair: bool = False) -> TaskPublic:
         priority=record.priority, eta=store.as_utc(record.eta), error=error, retries=record.retries,
         dead_lettered=record.dead_lettered, worker=record.worker, retry_of=record.retry_of, source=record.source,
         created_at=store.as_utc(record.created_at), started_at=started, finished_at=finished,
+        recovered=record.recovered or 0, recovered_at=store.as_utc(record.recovered_at),
         runtime_seconds=(finished - started).total_seconds() if started and finished else None,
         unreadable=unreadable, **values,
     )

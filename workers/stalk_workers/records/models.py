@@ -44,6 +44,11 @@ class TaskRecord(Base):
     # False from the API's commit of a submission until its message is in Redis: a record left
     # unpublished by a fault or a crash is settled by ``store.sweep_unpublished``.
     published: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
+    # Times the task's message was found lost in Redis and published again (stalk_api/recovery),
+    # and when last.
+    recovered: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # no Python default: the
+    # workers' SQLite executemany (store._execute_many) binds only the columns a row names
+    recovered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -165,6 +165,16 @@ def sweep_unpublished(session: Session, *, older_than: datetime) -> int:
     return session.execute(sa.delete(TABLE).where(*unsettled, TABLE.c.status == PENDING)).rowcount
 
 
+def mark_recovered(session: Session, *, task_id: str, now: datetime | None = None) -> bool:
+    """Count one recovery of a task whose message was published again, if its record is still
+    unfinished (a task that finished meanwhile is left as it is). Returns whether it was counted."""
+    now = now or utcnow()
+    done = session.execute(
+        sa.update(TABLE).where(TABLE.c.task_id == task_id, TABLE.c.status.in_((PENDING, STARTED, RETRY)))
+        .values(recovered=TABLE.c.recovered + 1, recovered_at=now, updated_at=now))
+    return done.rowcount == 1
+
+
 def get(session: Session, task_id: str) -> TaskRecord | None:
     return session.get(TaskRecord, task_id)
 

@@ -1,0 +1,106 @@
+"""One recovery pass: the I/O around ``rules.decide``. Candidates from the records, two Redis reads
+a gap apart, the workers' inspection, then a republish through the API's publish path.
+
+Only one recoverer acts at a time: a Redis lock with an expiry (``LOCK_KEY``), held for the pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.orm import sessionmaker
+
+from stalk_api import publishing
+from stalk_api.recovery.presence import present_task_ids
+from stalk_api.recovery.rules import MIN_READ_GAP_SECONDS, UNFINISHED, Action, Evidence, decide
+from stalk_workers.records import store
+from stalk_workers.records.models import TaskRecord
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "stalk:recover:lock"
+# The lock outlives a pass by far (reads, inspection, publish: seconds), and frees itself soon
+# after a recoverer dies.
+LOCK_SECONDS = 60
+BATCH = 500
+
+
+class Recoverer:
+    def __init__(self, *, celery: Celery, sessions: sessionmaker, client: redis.Redis, queues: list[str],
+                 recover_after: float, key_prefix: str = "", inspect_timeout: float = 1.0,
+                 read_gap: float = MIN_READ_GAP_SECONDS, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.celery, self.sessions, self.client, self.queues = celery, sessions, client, queues
+        self.recover_after, self.key_prefix, self.inspect_timeout = recover_after, key_prefix, inspect_timeout
+        self.read_gap, self.sleep = read_gap, sleep
+        self.registry = CollectorRegistry()
+        self.recovered = Counter("stalk_recover_tasks_recovered", "Tasks whose lost message was published again.",
+                                 ["queue"], registry=self.registry)
+
+    def run_once(self) -> int | None:
+        """One pass; how many tasks it recovered, or None when another recoverer holds the lock."""
+        lock = self.client.lock(self.key_prefix + LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
+        if not lock.acquire():
+            return None
+        try:
+            return self._pass()
+        finally:
+            lock.release()
+
+    def _candidates(self) -> list[TaskRecord]:
+        older_than = store.utcnow() - timedelta(seconds=self.recover_after)
+        with self.sessions() as session:
+            return list(session.scalars(
+                sa.select(TaskRecord).where(TaskRecord.status.in_(sorted(UNFINISHED)), TaskRecord.published,
+                                            TaskRecord.updated_at < older_than)
+                .order_by(TaskRecord.updated_at).limit(BATCH)))
+
+    def _held_by_workers(self) -> set[str]:
+        inspect = self.celery.control.inspect(timeout=self.inspect_timeout)
+        held: set[str] = set()
+        for answer in (inspect.active() or {}, inspect.reserved() or {}, inspect.scheduled() or {}):
+            for tasks in answer.values():
+                for task in tasks or []:
+                    task_id = (task.get("request") or task).get("id") if isinstance(task, dict) else None
+                    if task_id:
+                        held.add(task_id)
+        return held
+
+    def _pass(self) -> int:
+        candidates = self._candidates()
+        if not candidates:
+            return 0
+        first_at, first = store.utcnow(), present_task_ids(self.client, self.queues, key_prefix=self.key_prefix)
+        self.sleep(self.read_gap)
+        held = self._held_by_workers()
+        second_at, second = store.utcnow(), present_task_ids(self.client, self.queues, key_prefix=self.key_prefix)
+        recovered = 0
+        with self.sessions() as session:
+            for candidate in candidates:
+                record = store.get(session, candidate.task_id)
+                session.refresh(record)  # read again: a task that finished during the check is left
+                decision = decide(Evidence(
+                    status=record.status, published=record.published, updated_at=store.as_utc(record.updated_at),
+                    in_redis_first=record.task_id in first, in_redis_second=record.task_id in second,
+                    held_by_worker=record.task_id in held, first_read_at=first_at, second_read_at=second_at,
+                ), now=store.utcnow(), recover_after=self.recover_after)
+                if decision.action is not Action.RECOVER:
+                    continue
+                publishing.publish(self.celery, [{
+                    "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
+                    "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
+                    "priority": record.priority,
+                }], sent_at=time.time())
+                store.mark_recovered(session, task_id=record.task_id)
+                session.commit()
+                self.recovered.labels(record.queue).inc()
+                recovered += 1
+                log.warning("recovered task %s (%s on %s): %s", record.task_id, record.task_name, record.queue,
+                            decision.reason)
+        return recovered

@@ -1,0 +1,145 @@
+"""The recoverer against a real stack: FLUSHDB while tasks wait, then one pass republishes every
+one (same ids) and they end SUCCESS; two recoverers at once: only one recovers; a normal day: nothing recovered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import redis
+import sqlalchemy as sa
+
+from stalk_api.recovery.recoverer import Recoverer
+from stalk_workers.records import store
+from stalk_workers.records.models import TaskRecord
+from tests.fixtures.servers import wait_until
+
+
+def wait_published(stack) -> None:
+    """Until every record is marked published (the API marks them up to a flush later)."""
+    sessions = stack.client.app.state.gateway.sessions
+
+    def all_published():
+        with sessions() as session:
+            return not session.scalar(sa.select(sa.func.count()).where(~TaskRecord.published))
+
+    wait_until(all_published, timeout=10, what="the records to be marked published")
+
+
+def lose_messages(stack) -> None:
+    """FLUSHDB on the broker: the records remain, the messages are gone."""
+    wait_published(stack)
+    redis.Redis.from_url(stack.settings.broker_url).flushdb()
+
+
+def recoverer(stack, **kw) -> Recoverer:
+    gateway = stack.client.app.state.gateway
+    return Recoverer(celery=gateway.celery, sessions=gateway.sessions,
+                     client=redis.Redis.from_url(stack.settings.broker_url),
+                     queues=gateway.queue_names(), recover_after=0, inspect_timeout=0.5, **kw)
+
+
+def test_a_flushdb_while_tasks_wait_loses_none(stack_factory):
+    with stack_factory() as stack:
+        ids = [stack.submit("stalk.echo", args=[i], priority=i % 10) for i in range(30)]
+        lose_messages(stack)
+        one = recoverer(stack)
+        assert one.run_once() == 30
+        assert one.registry.get_sample_value("stalk_recover_tasks_recovered_total", {"queue": "default"}) == 30
+        assert one.run_once() == 0  # present again: nothing more
+        stack.start_worker("default", concurrency=2)
+        for task_id in ids:
+            task = stack.wait_for(task_id)
+            assert (task["status"], task["recovered"]) == ("SUCCESS", 1), task
+
+
+def test_two_recoverers_at_once_only_one_recovers(stack_factory):
+    with stack_factory() as stack:
+        ids = [stack.submit("stalk.echo", args=[i]) for i in range(10)]
+        lose_messages(stack)
+        results = []
+        first, second = recoverer(stack), recoverer(stack)
+        threads = [threading.Thread(target=lambda r=r: results.append(r.run_once())) for r in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results, key=str) == [10, None]
+        with stack.client.app.state.gateway.sessions() as session:
+            assert all(store.get(session, task_id).recovered == 1 for task_id in ids)
+
+
+def test_a_task_fetched_by_a_worker_between_the_reads_is_not_republished(stack_factory):
+    with stack_factory() as stack:
+        task_id = stack.submit("stalk.sleep", kwargs={"seconds": 6})  # still running at the second read
+        wait_published(stack)
+        fetched = []
+
+        def worker_fetches_it(_gap: float) -> None:
+            stack.start_worker("default", concurrency=1)
+            wait_until(lambda: stack.client.get(f"/v1/tasks/{task_id}").json()["status"] == "STARTED",
+                       timeout=20, what="the worker to start the task")
+            fetched.append(True)
+
+        assert recoverer(stack, sleep=worker_fetches_it).run_once() == 0
+        assert fetched  # the pass did read twice, with the fetch between
+        task = stack.wait_for(task_id)
+        assert (task["status"], task["recovered"]) == ("SUCCESS", 0)
+
+
+def test_stalk_recover_once_recovers_what_a_flushdb_lost(stack_factory):
+    with stack_factory() as stack:
+        ids = [stack.submit("stalk.echo", args=[i]) for i in range(5)]
+        lose_messages(stack)
+        env = {**stack.env, "STALK_RECOVER_AFTER_SECONDS": "10"}
+        time.sleep(10)  # not a wait for a condition: the records must be 10 s old (the setting's least)
+        done = subprocess.run([sys.executable, "-m", "stalk_workers", "recover", "--once"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "recovered 5 task(s)"
+        stack.start_worker("default", concurrency=2)
+        assert all(stack.wait_for(task_id)["status"] == "SUCCESS" for task_id in ids)
+
+
+def test_stalk_recover_with_no_broker_is_one_line(stack_factory):
+    with stack_factory() as stack:
+        env = {**stack.env, "STALK_BROKER_URL": "redis://127.0.0.1:1/0"}
+        done = subprocess.run([sys.executable, "-m", "stalk_workers", "recover", "--once"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert "cannot reach the broker" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_normal_day_recovers_nothing(stack_factory):
+    # STALK_TEST_NORMAL_DAY_TASKS=10000 for the issue's full count (minutes); a few hundred by default.
+    count = int(os.environ.get("STALK_TEST_NORMAL_DAY_TASKS", "300"))
+    with stack_factory() as stack:
+        stack.start_worker("default", concurrency=1)  # slow enough that tasks wait for seconds
+        # A 1 s grace, far below the default: only the two reads and the inspection protect.
+        watcher = recoverer(stack, read_gap=1.0)
+        watcher.recover_after = 1.0
+        stop, passes = threading.Event(), []
+
+        def loop():
+            while not stop.is_set():
+                passes.append(watcher.run_once())
+
+        thread = threading.Thread(target=loop)
+        thread.start()
+        try:
+            ids = []
+            for start in range(0, count, 100):
+                answer = stack.client.post("/v1/tasks/batch", json={"tasks": [
+                    {"task": "stalk.sleep", "kwargs": {"seconds": 0.02}} for _ in range(min(100, count - start))]})
+                assert answer.status_code == 202, answer.text
+                ids += [t["task_id"] for t in answer.json()["tasks"]]
+            for task_id in ids:
+                stack.wait_for(task_id, timeout=120)
+        finally:
+            stop.set()
+            thread.join(60)
+        assert len(passes) >= 2
+        assert watcher.registry.get_sample_value("stalk_recover_tasks_recovered_total", {"queue": "default"}) is None
