@@ -44,6 +44,7 @@ from stalk_operator.policy import (
 
 NOW = 1_000_000.0
 SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 45 s scale-down window, 120 s idle before zero
+EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s, not the default 30
 
 
 def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
@@ -112,17 +113,17 @@ RULES = [
     ("pairs recorded out of time order still hold the window",
      replace(SPEC, scale_up=Behavior(3), scale_down=Behavior(6)), past((1, 4), (5, 2), (4, 9)),
      obs(waiting=100, current=2), 4, STABILIZING_SCALE_UP),
-    ("idle spare replicas go once idleReplicaSeconds held, busy ones kept", SPEC, past((30, 5), spare_for=5),
+    ("idle spare replicas go once idleReplicaSeconds held, busy ones kept", EAGER, past((30, 5), spare_for=5),
      obs(in_flight=10, current=5, busy=2), 2, RELEASING_IDLE_REPLICAS),
-    ("spare replicas wait for idleReplicaSeconds", SPEC, past((30, 5), spare_for=2),
+    ("spare replicas wait for idleReplicaSeconds", EAGER, past((30, 5), spare_for=2),
      obs(in_flight=10, current=5, busy=2), 5, STABILIZING_SCALE_DOWN),
-    ("no release while the busy replicas are unknown", SPEC, past((30, 5), spare_for=60),
+    ("no release while the busy replicas are unknown", EAGER, past((30, 5), spare_for=60),
      obs(in_flight=10, current=5), 5, STABILIZING_SCALE_DOWN),
-    ("a release stops at what in-flight work needs", SPEC, past((30, 5), spare_for=5),
+    ("a release stops at what in-flight work needs", EAGER, past((30, 5), spare_for=5),
      obs(waiting=5, in_flight=15, current=5, busy=1), 2, RELEASING_IDLE_REPLICAS),
-    ("a release keeps one worker: zero is idleSecondsBeforeZero's", SPEC, past((30, 5), idle_for=10, spare_for=10),
+    ("a release keeps one worker: zero is idleSecondsBeforeZero's", EAGER, past((30, 5), idle_for=10, spare_for=10),
      obs(current=5, busy=0), 1, RELEASING_IDLE_REPLICAS),
-    ("a release is held at minReplicas", replace(SPEC, min_replicas=3), past((30, 5), spare_for=5),
+    ("a release is held at minReplicas", replace(EAGER, min_replicas=3), past((30, 5), spare_for=5),
      obs(in_flight=10, current=5, busy=1), 3, AT_MIN_REPLICAS),
     ("paused keeps the replicas whatever the load", replace(SPEC, paused=True), past(),
      obs(waiting=100, current=3), 3, PAUSED),
@@ -147,10 +148,10 @@ def test_a_release_asks_for_the_busy_replicas_only_when_it_would_release():
 
 def test_spare_time_restarts_when_the_load_needs_every_replica():
     history = past((30, 5), spare_for=60)
-    decide(obs(waiting=50, current=5, busy=5), SPEC, history, NOW)
+    decide(obs(waiting=50, current=5, busy=5), EAGER, history, NOW)
     assert history.spare_since is None
-    assert decide(obs(in_flight=10, current=5, busy=1), SPEC, history, NOW + 1).replicas == 5  # spare for 0 s
-    assert decide(obs(in_flight=10, current=5, busy=1), SPEC, history, NOW + 6).reason == RELEASING_IDLE_REPLICAS
+    assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 1).replicas == 5  # spare for 0 s
+    assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 6).reason == RELEASING_IDLE_REPLICAS
 
 
 def test_a_window_shorter_than_the_poll_interval_still_scales_down():
