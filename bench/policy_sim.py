@@ -12,7 +12,7 @@ one from a real run: a private Redis and a real Celery worker). ``--csv DIR`` wr
 (one row per trace, seed and model) and, with ``--seed``, each run's per-second replicas, waiting
 and in-flight counts (``<trace>-<model>.csv``) for plotting. Sensitivity: ``--priority-share 0``
 sends every task to the base list, the one KEDA reads; ``--tasks-per-replica`` and
-``--scale-down-seconds`` and ``--idle-seconds-before-zero`` change stalk's side only (KEDA and the
+``--scale-down-seconds``, ``--idle-seconds-before-zero`` and ``--idle-replica-seconds`` change stalk's side only (KEDA and the
 reactive baseline keep theirs).
 
 One worker Deployment consumes one Celery queue, simulated second by second:
@@ -418,13 +418,16 @@ def economy_targets(c: Comparison) -> dict[str, bool]:
 
 def sweep(seeds: range, *, recorded: dict[str, list[Task]] | None = None, priority_share: float = PRIORITY_SHARE,
           scale_down_seconds: float | None = None, tasks_per_replica: int = TARGET_PER_REPLICA,
-          idle_seconds_before_zero: float | None = None) -> list[Comparison]:
+          idle_seconds_before_zero: float | None = None,
+          idle_replica_seconds: float | None = None) -> list[Comparison]:
     """Every trace under every seed; a recorded trace keeps its arrivals, the seed only orders the workers."""
     spec = ScalingSpec(min_replicas=0, max_replicas=MAX_REPLICAS, tasks_per_replica=tasks_per_replica)
     if scale_down_seconds is not None:
         spec = replace(spec, scale_down=Behavior(scale_down_seconds))
     if idle_seconds_before_zero is not None:
         spec = replace(spec, idle_seconds_before_zero=idle_seconds_before_zero)
+    if idle_replica_seconds is not None:
+        spec = replace(spec, idle_replica_seconds=idle_replica_seconds)
     return [compare(name, tasks, spec, seed)
             for seed in seeds
             for name, tasks in (traces(random.Random(seed), priority_share) | (recorded or {})).items()]
@@ -445,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stalk's scale-down stabilization window (default: the TaskQueue default)")
     parser.add_argument("--idle-seconds-before-zero", type=float,
                         help="stalk's idle time before zero replicas (default: the TaskQueue default)")
+    parser.add_argument("--idle-replica-seconds", type=float,
+                        help="how long stalk's spare idle replicas wait before they are released "
+                             "(scaleDown.idleReplicaSeconds; default: the TaskQueue default; 3600: never)")
     parser.add_argument("--csv", type=Path, help="write per-second series (--seed) or one row per seed here")
     parser.add_argument("--strict", action="store_true", help="exit with status 2 when the target is missed")
     args = parser.parse_args(argv)
@@ -455,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
           f"seed{'s' if len(seeds) > 1 else ''} {_span(seeds)}")
     comparisons = sweep(seeds, recorded=recorded, priority_share=args.priority_share,
                         scale_down_seconds=args.scale_down_seconds, tasks_per_replica=args.tasks_per_replica,
-                        idle_seconds_before_zero=args.idle_seconds_before_zero)
+                        idle_seconds_before_zero=args.idle_seconds_before_zero,
+                        idle_replica_seconds=args.idle_replica_seconds)
     print_summary(comparisons)
     print()
     print_economy(comparisons)

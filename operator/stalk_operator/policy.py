@@ -8,7 +8,7 @@ The shape follows the Kubernetes HPA (pkg/controller/podautoscaler/horizontal.go
 steps, each returning a count, applied in a fixed order:
 
     recommend (load, tolerance, oldest wait) -> stabilize (windows) -> guard zero (idle, activation)
-    -> keep busy workers -> limit the step -> clamp to [min, max]
+    -> release idle replicas -> keep busy workers -> limit the step -> clamp to [min, max]
 
 ``now`` must come from a clock that survives restarts (``time.time()``) when the history is
 persisted, because the recorded times are compared with later ``now`` values.
@@ -46,6 +46,7 @@ STABILIZING_SCALE_DOWN = "StabilizingScaleDown"
 STABILIZING_SCALE_UP = "StabilizingScaleUp"
 WAITING_FOR_IDLE = "WaitingForIdle"
 KEEPING_BUSY_WORKERS = "KeepingBusyWorkers"
+RELEASING_IDLE_REPLICAS = "ReleasingIdleReplicas"
 SCALE_STEP_LIMITED = "ScaleStepLimited"
 AT_MAX_REPLICAS = "AtMaxReplicas"
 AT_MIN_REPLICAS = "AtMinReplicas"
@@ -69,6 +70,8 @@ class ScalingSpec:
     max_wait_seconds: float | None = None
     scale_up: Behavior = Behavior(stabilization_seconds=_CRD["scaleUp.stabilizationSeconds"])
     scale_down: Behavior = Behavior(stabilization_seconds=_CRD["scaleDown.stabilizationSeconds"])
+    # Spare replicas (more than this tick's recommendation), idle, for this long go before the window.
+    idle_replica_seconds: float = _CRD["scaleDown.idleReplicaSeconds"]
     idle_seconds_before_zero: float = _CRD["idleSecondsBeforeZero"]
     paused: bool = _CRD["paused"]
 
@@ -104,6 +107,10 @@ class History:
     idle_since: float | None = None
     # When decide() last ran for this queue; None before the first decision.
     last_decision_at: float | None = None
+    # Since when the current replicas have been above every tick's recommendation (None: not now).
+    # Not saved in status: a decider that lost it waits idle_replica_seconds again, which costs a
+    # few seconds of spare replicas, never a task.
+    spare_since: float | None = field(default=None, compare=False)
     # Read back by a decider that did not write it (a restart, a new leader): not saved.
     resumed: bool = field(default=False, compare=False)
 
@@ -186,6 +193,9 @@ class Decision:
     message: str  # one line saying why, with numbers
     # True when min/max replicas or a max_step held the count back (the ScalingLimited condition).
     limited: bool = False
+    # True when idle replicas could be released if the busy ones were known (Observation.busy_replicas
+    # was None): the caller asks the workers and decides again (reconcile.replan).
+    wants_busy_replicas: bool = False
 
 
 def decide(observation: Observation, spec: ScalingSpec, history: History, now: float) -> Decision:
@@ -224,6 +234,10 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     if guard_reason:
         replicas, reason = guarded, guard_reason
 
+    released, wants_busy = release_idle(replicas, recommended, obs, spec, history, now)
+    if released < replicas:
+        replicas, reason = released, RELEASING_IDLE_REPLICAS
+
     needed = max(ceil_div(obs.in_flight, spec.tasks_per_replica), obs.busy_replicas or 0)
     if replicas < current and replicas < needed:
         # Busy workers are not scaled away: in-flight tasks already sit in the workers we have.
@@ -242,7 +256,7 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     if replicas == current and reason in (SCALE_UP_FOR_BACKLOG, SCALE_UP_FOR_WAIT, SCALE_DOWN_FOR_LOAD):
         reason = STEADY
     message = _message(reason, obs, spec, current, replicas, recommended, history, now)
-    return Decision(replicas, reason, message, limited)
+    return Decision(replicas, reason, message, limited, wants_busy)
 
 
 def recommend(obs: Observation, spec: ScalingSpec) -> tuple[int, str]:
@@ -290,6 +304,34 @@ def guard_zero(replicas: int, current: int, load: int, spec: ScalingSpec, histor
             return 1, WAITING_FOR_IDLE
         return 0, SCALE_DOWN_IDLE
     return replicas, None
+
+
+def release_idle(replicas: int, recommended: int, obs: Observation, spec: ScalingSpec, history: History,
+                 now: float) -> tuple[int, bool]:
+    """Replicas the recommendation leaves with nothing to do go once that has held idle_replica_seconds.
+
+    Drain-safe removal (idle pods first, busy ones kept) makes a wrong release cost one pod start,
+    not a killed task, so spare idle replicas need not wait out the whole scale-down window. Never
+    below the recommendation, the busy replicas or 1 (the step to zero is guard_zero's). Returns the
+    replicas and whether a release waits only for the busy count (unknown: nothing is released).
+    """
+    current = obs.current_replicas
+    if current == 0 or recommended >= current:
+        history.spare_since = None  # every replica has work (or there are none)
+        return replicas, False
+    if history.spare_since is None:
+        history.spare_since = now
+    if now - history.spare_since < spec.idle_replica_seconds:
+        # Spare, but not yet for idle_replica_seconds: the window decides.
+        return replicas, False
+    floor = max(recommended, ceil_div(obs.in_flight, spec.tasks_per_replica), 1)
+    if replicas <= floor:
+        return replicas, False
+    if obs.busy_replicas is None:
+        # Which replicas are idle is not known: release nothing, ask for the busy count.
+        return replicas, True
+    # Release the idle spare replicas: keep the recommendation and every busy replica.
+    return max(floor, obs.busy_replicas), False
 
 
 def limit_step(replicas: int, current: int, spec: ScalingSpec) -> int:
@@ -366,6 +408,11 @@ def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, rep
         busy = f", {obs.busy_replicas} replicas busy" if obs.busy_replicas else ""
         return (f"{work}{busy} needs {_replicas(recommended)}; keeping {replicas} so no busy worker is "
                 f"stopped")
+    if reason == RELEASING_IDLE_REPLICAS:
+        spare = now - history.spare_since if history.spare_since is not None else 0.0
+        busy = f", {obs.busy_replicas} replicas busy" if obs.busy_replicas else ""
+        return (f"{work}{busy} needs {_replicas(recommended)}; idle spare replicas for {spare:.0f}s "
+                f"(idleReplicaSeconds {spec.idle_replica_seconds:g}s): releasing to {replicas}")
     if reason == SCALE_STEP_LIMITED:
         step = spec.scale_up.max_step if replicas > current else spec.scale_down.max_step
         return f"{work} needs {_replicas(recommended)}; at most {step} added or removed per decision"

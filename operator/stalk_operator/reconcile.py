@@ -56,12 +56,14 @@ class Plan:
 
     @property
     def scales(self) -> bool:
-        """Whether carrying the plan out needs the actuator (the replicas move)."""
-        return self.decision.replicas != self.current
+        """Whether carrying the plan out needs the actuator (the replicas move, or may once the
+        busy workers are known: a release of idle replicas)."""
+        return self.decision.replicas != self.current or self.asks_busy
 
     @property
     def asks_busy(self) -> bool:
-        return self.history_before is not None and self.decision.replicas < self.current
+        return self.history_before is not None and (self.decision.replicas < self.current
+                                                    or self.decision.wants_busy_replicas)
 
 
 def plan(stats: QueueStats, spec: ScalingSpec, history: History, current: int, now: float, *,
@@ -73,13 +75,16 @@ def plan(stats: QueueStats, spec: ScalingSpec, history: History, current: int, n
     may_drain = current > 0 and drain and not spec.paused
     before = _copy(history) if may_drain else None
     decision = decide(observation, spec, history, now)
-    keep = before if before is not None and decision.replicas < current else None
+    # Kept for a scale-down, and for idle replicas the policy releases only once it knows the busy ones.
+    keep = before if before is not None and (decision.replicas < current or decision.wants_busy_replicas) else None
     return Plan(current=current, decision=decision, observation=observation, drain=drain, history_before=keep)
 
 
 def replan(planned: Plan, busy_replicas: int | None, spec: ScalingSpec, history: History, now: float) -> Plan:
     """The plan once the busy workers are known: busy workers are not scaled away."""
-    if planned.history_before is None or busy_replicas is None or busy_replicas <= planned.decision.replicas:
+    if planned.history_before is None or busy_replicas is None:
+        return planned
+    if busy_replicas <= planned.decision.replicas and not planned.decision.wants_busy_replicas:
         return planned
     # Decide this tick again, from the history as it was, knowing how many workers are busy.
     _restore(history, planned.history_before)
@@ -98,7 +103,7 @@ async def apply(planned: Plan, actuator: Actuator, spec: ScalingSpec, history: H
     """Carry ``planned`` out through ``actuator``."""
     if planned.asks_busy:
         planned = replan(planned, await actuator.busy_workers(), spec, history, now)
-    if not planned.scales:
+    if planned.decision.replicas == planned.current:  # nothing to do, or a release nobody could confirm
         return Applied(planned.decision, planned.current)
     if planned.decision.replicas < planned.current and planned.drain:
         await actuator.mark_idle()

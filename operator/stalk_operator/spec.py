@@ -78,6 +78,8 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
             max_wait_seconds=_optional_int(spec.get("maxWaitSeconds")),
             scale_up=_behavior(spec.get("scaleUp"), DEFAULTS["scaleUp.stabilizationSeconds"]),
             scale_down=_behavior(spec.get("scaleDown"), DEFAULTS["scaleDown.stabilizationSeconds"]),
+            idle_replica_seconds=int((spec.get("scaleDown") or {}).get(
+                "idleReplicaSeconds", DEFAULTS["scaleDown.idleReplicaSeconds"])),
             idle_seconds_before_zero=int(spec.get("idleSecondsBeforeZero", DEFAULTS["idleSecondsBeforeZero"])),
             paused=bool(spec.get("paused", DEFAULTS["paused"])),
         )

@@ -23,6 +23,7 @@ from stalk_operator.policy import (
     AT_MIN_REPLICAS,
     KEEPING_BUSY_WORKERS,
     PAUSED,
+    RELEASING_IDLE_REPLICAS,
     SCALE_DOWN_FOR_LOAD,
     SCALE_DOWN_IDLE,
     SCALE_STEP_LIMITED,
@@ -43,6 +44,7 @@ from stalk_operator.policy import (
 
 NOW = 1_000_000.0
 SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 45 s scale-down window, 120 s idle before zero
+EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s, not the default 30
 
 
 def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
@@ -50,10 +52,12 @@ def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
                        busy_replicas=busy)
 
 
-def past(*pairs, idle_for=None):
-    """A history with recommendations (seconds ago, replicas) and optionally idle for some seconds."""
+def past(*pairs, idle_for=None, spare_for=None):
+    """A history with recommendations (seconds ago, replicas), optionally idle for some seconds and
+    with replicas above the recommendation for some seconds."""
     return History(recommendations=[(NOW - ago, r) for ago, r in pairs],
-                   idle_since=None if idle_for is None else NOW - idle_for)
+                   idle_since=None if idle_for is None else NOW - idle_for,
+                   spare_since=None if spare_for is None else NOW - spare_for)
 
 
 RULES = [
@@ -109,6 +113,18 @@ RULES = [
     ("pairs recorded out of time order still hold the window",
      replace(SPEC, scale_up=Behavior(3), scale_down=Behavior(6)), past((1, 4), (5, 2), (4, 9)),
      obs(waiting=100, current=2), 4, STABILIZING_SCALE_UP),
+    ("idle spare replicas go once idleReplicaSeconds held, busy ones kept", EAGER, past((30, 5), spare_for=5),
+     obs(in_flight=10, current=5, busy=2), 2, RELEASING_IDLE_REPLICAS),
+    ("spare replicas wait for idleReplicaSeconds", EAGER, past((30, 5), spare_for=2),
+     obs(in_flight=10, current=5, busy=2), 5, STABILIZING_SCALE_DOWN),
+    ("no release while the busy replicas are unknown", EAGER, past((30, 5), spare_for=60),
+     obs(in_flight=10, current=5), 5, STABILIZING_SCALE_DOWN),
+    ("a release stops at what in-flight work needs", EAGER, past((30, 5), spare_for=5),
+     obs(waiting=5, in_flight=15, current=5, busy=1), 2, RELEASING_IDLE_REPLICAS),
+    ("a release keeps one worker: zero is idleSecondsBeforeZero's", EAGER, past((30, 5), idle_for=10, spare_for=10),
+     obs(current=5, busy=0), 1, RELEASING_IDLE_REPLICAS),
+    ("a release is held at minReplicas", replace(EAGER, min_replicas=3), past((30, 5), spare_for=5),
+     obs(in_flight=10, current=5, busy=1), 3, AT_MIN_REPLICAS),
     ("paused keeps the replicas whatever the load", replace(SPEC, paused=True), past(),
      obs(waiting=100, current=3), 3, PAUSED),
 ]
@@ -121,6 +137,21 @@ def test_rule(spec, history, observation, replicas, reason):
     assert (decision.replicas, decision.reason) == (replicas, reason), decision.message
     assert decision.message and "\n" not in decision.message
     assert decision.limited == (reason in (AT_MAX_REPLICAS, AT_MIN_REPLICAS, SCALE_STEP_LIMITED))
+
+
+def test_a_release_asks_for_the_busy_replicas_only_when_it_would_release():
+    spare = past((30, 5), spare_for=60)
+    assert decide(obs(in_flight=10, current=5), SPEC, spare, NOW).wants_busy_replicas
+    assert not decide(obs(in_flight=10, current=5), SPEC, past((30, 5), spare_for=1), NOW).wants_busy_replicas
+    assert not decide(obs(in_flight=50, current=5), SPEC, past((30, 5), spare_for=60), NOW).wants_busy_replicas
+
+
+def test_spare_time_restarts_when_the_load_needs_every_replica():
+    history = past((30, 5), spare_for=60)
+    decide(obs(waiting=50, current=5, busy=5), EAGER, history, NOW)
+    assert history.spare_since is None
+    assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 1).replicas == 5  # spare for 0 s
+    assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 6).reason == RELEASING_IDLE_REPLICAS
 
 
 def test_a_window_shorter_than_the_poll_interval_still_scales_down():
@@ -217,12 +248,14 @@ ticks = st.lists(
 )
 
 
-def run(spec, start_replicas, tick_list):
-    """Feed the ticks through decide, with each decision becoming the next current replicas."""
+def run(spec, start_replicas, tick_list, *, busy_share=None):
+    """Feed the ticks through decide, with each decision becoming the next current replicas; with
+    ``busy_share``, that share of the current replicas (rounded up) is busy, as the workers say."""
     history, now, current, trace = History(), NOW, start_replicas, []
     for dt, waiting, in_flight, oldest in tick_list:
         now += dt
-        o = obs(waiting=waiting, in_flight=in_flight, current=current, oldest=oldest)
+        busy = None if busy_share is None else min(current, math.ceil(current * busy_share))
+        o = obs(waiting=waiting, in_flight=in_flight, current=current, oldest=oldest, busy=busy)
         decision = decide(o, spec, history, now)
         trace.append((now, o, decision))
         current = decision.replicas
@@ -260,11 +293,46 @@ def test_no_scale_down_before_the_window_passed(spec, start, tick_list):
                     assert load <= capacity + 1e-6, (t - t_asked, decision.message)
 
 
+busy_shares = st.none() | st.sampled_from([0.0, 0.5, 1.0])
+idle_replica_seconds = st.sampled_from([0, 5, 30])
+
+
 @PROPERTY
-@given(specs, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100), st.none() | st.floats(0, 300),
-       st.floats(0.5, 20), st.integers(5, 60))
-def test_no_flapping_under_a_steady_load(spec, start, waiting, in_flight, oldest, dt, n):
-    trace = run(spec, start, [(dt, waiting, in_flight, oldest)] * n)
+@given(specs, idle_replica_seconds, st.integers(0, 20), ticks, st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+def test_a_release_keeps_the_limits_the_in_flight_need_and_the_busy_replicas(spec, idle, start, tick_list, share):
+    spec = replace(spec, idle_replica_seconds=idle)
+    for _, o, decision in run(spec, start, tick_list, busy_share=share):
+        assert spec.min_replicas <= decision.replicas <= spec.max_replicas
+        if decision.replicas < o.current_replicas:
+            needed = max(math.ceil(o.in_flight / spec.tasks_per_replica), o.busy_replicas)
+            assert decision.replicas >= min(needed, spec.max_replicas), decision.message
+
+
+@PROPERTY
+@given(specs, idle_replica_seconds, st.integers(0, 20), ticks, st.sampled_from([0.0, 0.5, 1.0]))
+def test_before_the_window_only_idle_spare_replicas_go(spec, idle, start, tick_list, share):
+    # A scale-down inside the window is a release: spare for idle_replica_seconds, to at least this
+    # tick's load (within the tolerance) and no busy replica stopped.
+    spec = replace(spec, idle_replica_seconds=idle)
+    trace = run(spec, start, tick_list, busy_share=share)
+    asked = [(trace[0][0], start * spec.tasks_per_replica)] + [(t, o.waiting + o.in_flight) for t, o, _ in trace]
+    for t, o, decision in trace:
+        if decision.replicas >= o.current_replicas or decision.reason == AT_MAX_REPLICAS:
+            continue
+        early = [load for t_asked, load in asked if t - spec.scale_down.stabilization_seconds < t_asked <= t
+                 and load > decision.replicas * spec.tasks_per_replica * (1 + TOLERANCE) + 1e-6]
+        if early:
+            assert decision.reason in (RELEASING_IDLE_REPLICAS, AT_MIN_REPLICAS, SCALE_STEP_LIMITED), decision.message
+            assert o.waiting + o.in_flight <= decision.replicas * spec.tasks_per_replica * (1 + TOLERANCE) + 1e-6
+            assert decision.replicas >= min(o.busy_replicas, spec.max_replicas)
+
+
+@PROPERTY
+@given(specs, idle_replica_seconds, st.integers(0, 20), st.integers(0, 300), st.integers(0, 100),
+       st.none() | st.floats(0, 300), st.floats(0.5, 20), st.integers(5, 60), busy_shares)
+def test_no_flapping_under_a_steady_load(spec, idle, start, waiting, in_flight, oldest, dt, n, share):
+    spec = replace(spec, idle_replica_seconds=idle)
+    trace = run(spec, start, [(dt, waiting, in_flight, oldest)] * n, busy_share=share)
     steps = [d.replicas - o.current_replicas for _, o, d in trace]
     assert not (any(s > 0 for s in steps) and any(s < 0 for s in steps)), [d.replicas for _, _, d in trace]
 

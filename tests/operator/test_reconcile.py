@@ -62,6 +62,12 @@ ROWS = {
     "a scale-down stops idle workers first": Row(
         current=3, waiting=0, in_flight=1, busy=frozenset({0}), replicas=1, reason=policy.SCALE_DOWN_FOR_LOAD,
         survivors=frozenset({0})),
+    # A 45 s window holds all 4; idle spare replicas go at once (idleReplicaSeconds 0), once the
+    # workers said which are busy: the two busy ones stay.
+    "idle spare replicas are released before the window, busy ones kept": Row(
+        current=4, waiting=0, in_flight=2, busy=frozenset({0, 1}),
+        spec=ScalingSpec(max_replicas=5, tasks_per_replica=5, idle_replica_seconds=0), replicas=2,
+        reason=policy.RELEASING_IDLE_REPLICAS, survivors=frozenset({0, 1})),
 }
 
 
@@ -127,3 +133,26 @@ def test_rule(row: Row, through):
     assert (replicas, reason) == (row.replicas, row.reason)
     if row.survivors is not None:
         assert survivors == row.survivors
+
+
+def test_a_release_nobody_can_confirm_changes_nothing():
+    # The workers do not answer (busy count unknown): no idle replica is released and nothing is
+    # scaled, not even to the same count (which would send a ScaledDown event for no change).
+    spec = ScalingSpec(max_replicas=5, tasks_per_replica=5, idle_replica_seconds=0)
+    kube = CostKube(replicas={"workers": 4}, costs={f"pod-{i}": None for i in range(4)})
+    state = Registry().upsert(parse_taskqueue(body("emails", "redis://unused")), None)
+    targets = TargetCache()
+    targets.expect("ns", "Deployment", "workers", 4, "1")
+
+    def no_answer():
+        raise TimeoutError("no worker answered")
+
+    actuator = KubeActuator(state, targets.get("ns", "Deployment", "workers"), kube=kube, targets=targets,
+                            metrics=OperatorMetrics(), api_slots=asyncio.Semaphore(1), clock=lambda: NOW,
+                            active_tasks=no_answer)
+    history = History()
+    planned = plan(QueueStats(0, 2, 0, None), spec, history, 4, NOW)
+    assert planned.decision.wants_busy_replicas and planned.scales
+    applied = asyncio.run(apply(planned, actuator, spec, history, NOW))
+    assert (applied.replicas, applied.decision.reason) == (4, policy.STABILIZING_SCALE_DOWN)
+    assert kube.replicas["workers"] == 4 and not kube.events

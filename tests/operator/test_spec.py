@@ -43,7 +43,8 @@ def test_minimal_taskqueue_gets_the_crd_defaults():
     assert config.poll_seconds == 1 and config.drain is True
     assert config.scaling == ScalingSpec(
         min_replicas=0, max_replicas=5, tasks_per_replica=10, activation_tasks=0, max_wait_seconds=None,
-        scale_up=Behavior(0, None), scale_down=Behavior(45, None), idle_seconds_before_zero=120, paused=False,
+        scale_up=Behavior(0, None), scale_down=Behavior(45, None), idle_replica_seconds=30, idle_seconds_before_zero=120,
+        paused=False,
     )
 
 
@@ -53,7 +54,7 @@ def test_every_field_is_read():
         "broker": {"secretKeyRef": {"name": "redis", "key": "url"}, "keyPrefix": "team-a:"},
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"},
         "minReplicas": 1, "tasksPerReplica": 4, "maxWaitSeconds": 30, "activationTasks": 2,
-        "scaleUp": {"stabilizationSeconds": 5, "maxStep": 3}, "scaleDown": {"stabilizationSeconds": 90, "maxStep": 1},
+        "scaleUp": {"stabilizationSeconds": 5, "maxStep": 3}, "scaleDown": {"stabilizationSeconds": 90, "maxStep": 1, "idleReplicaSeconds": 7},
         "idleSecondsBeforeZero": 10, "pollSeconds": 2, "paused": True, "drain": False,
     })
     config = parse_taskqueue(body)
@@ -62,7 +63,8 @@ def test_every_field_is_read():
     assert config.target.kind == "StatefulSet"
     assert config.scaling == ScalingSpec(
         min_replicas=1, max_replicas=5, tasks_per_replica=4, activation_tasks=2, max_wait_seconds=30,
-        scale_up=Behavior(5, 3), scale_down=Behavior(90, 1), idle_seconds_before_zero=10, paused=True,
+        scale_up=Behavior(5, 3), scale_down=Behavior(90, 1), idle_replica_seconds=7, idle_seconds_before_zero=10,
+        paused=True,
     )
     assert config.poll_seconds == 2 and config.drain is False
 
