@@ -126,6 +126,25 @@ def test_unconsumed_lists_are_found_by_exact_name_and_claimed_ones_are_not(track
     assert unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed={"issues", "reports", "celery"}) == {}
 
 
+def test_a_remote_control_reply_nobody_waits_for_is_not_reported(tracker, redis_urls):
+    """A worker's reply that comes after the inspector stopped listening stays in the inspector's
+    reply list (``<oid>.reply.celery.pidbox``): Celery's plumbing, not a queue to warn about."""
+    from stalk_workers.unconsumed import unconsumed_lists
+
+    with tracker.connection_for_write() as conn:
+        mailbox = tracker.control.mailbox(conn)
+        reply_queue = mailbox.reply_queue
+        reply_queue(conn.default_channel).declare()
+        mailbox._publish_reply({"worker1": {"ok": "pong"}}, mailbox.reply_exchange.name, mailbox.oid, "ticket")
+    client = redis.Redis.from_url(redis_urls[0])
+    try:
+        assert client.llen(foreign_app.KEY_PREFIX + reply_queue.name) == 1  # the late reply, as kombu left it
+        found = unconsumed_lists(client, key_prefix=foreign_app.KEY_PREFIX, claimed=set())
+        assert not [name for name in found if "pidbox" in name], found
+    finally:
+        client.delete(foreign_app.KEY_PREFIX + reply_queue.name)
+
+
 # --- Oldest wait of a backlog the team's own code sent --------------------------------------------
 
 ISSUES_LIST = f"{foreign_app.KEY_PREFIX}issues\x06\x165"  # priority 5, the app's default, of ten steps

@@ -19,6 +19,7 @@ from kombu.utils.encoding import bytes_to_str
 # SCAN at most this many keys per look (a bounded cost on a big keyspace; beyond it, lists are missed).
 MAX_KEYS_SCANNED = 100_000
 SCAN_COUNT = 1000
+_PIDBOX_SUFFIX = ".pidbox"  # kombu.pidbox.Mailbox.reply_exchange_fmt: "reply.%s.pidbox"
 
 
 def queue_of_list(name: str) -> str:
@@ -35,6 +36,10 @@ def unconsumed_lists(client: redis.Redis, *, key_prefix: str, claimed: Collectio
     for key in client.scan_iter(match=_escape(key_prefix) + "*", count=SCAN_COUNT, _type="list"):
         scanned += 1
         name = bytes_to_str(key)
+        if name.endswith(_PIDBOX_SUFFIX):
+            # Remote-control replies that came after the inspector stopped listening (kombu's
+            # "<oid>.reply.celery.pidbox"): Celery's plumbing, which no worker is meant to consume.
+            continue
         if queue_of_list(name[len(key_prefix):]) not in claimed:
             candidates.append(name)
         if scanned >= max_keys:
