@@ -56,12 +56,22 @@ def register(app: typer.Typer) -> None:
             client=redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5),
             queues=[q.name for q in celery.conf.stalk_queues], recover_after=settings.recover_after_seconds,
             key_prefix=settings.broker_key_prefix, inspect_timeout=settings.inspect_timeout_seconds)
+        if not once and settings.recover_metrics_port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(settings.recover_metrics_port, addr=settings.recover_metrics_host,
+                                  registry=recoverer.registry)
+            except OSError as exc:  # e.g. a second stalk dev on this machine: recovering matters more
+                typer.echo(f"warning: no /metrics on {settings.recover_metrics_host}:{settings.recover_metrics_port} "
+                           f"(STALK_RECOVER_METRICS_PORT): {exc.strerror or exc}", err=True)
         while True:
             try:
                 recovered = recoverer.run_once()
             except redis.RedisError as exc:
                 if once:
                     fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+                typer.echo(f"warning: cannot reach the broker: {exc}; next pass in {every:g} s", err=True)
                 recovered = 0
             if once or recovered:
                 typer.echo("another recoverer holds the lock" if recovered is None else f"recovered {recovered} task(s)")

@@ -61,6 +61,10 @@ class ApiSettings(Settings):
     # for this long (the default and why: stalk_api/recovery/rules.py, docs/recovery.md); at least
     # 10 s, past the API's publish window (STALK_BROKER_TIMEOUT_SECONDS, 5 s) where nothing is lost.
     recover_after_seconds: float = Field(RECOVER_AFTER_SECONDS, ge=10)
+    # Where a looping `stalk recover` serves /metrics (stalk_recover_tasks_recovered_total); 0 turns
+    # it off. Next to the workers' 9818, as their host default is.
+    recover_metrics_host: str = "0.0.0.0"
+    recover_metrics_port: int = Field(9819, ge=0, le=65535)
 
     def tokens(self) -> frozenset[str]:
         tokens = {t.strip() for t in self.api_tokens.split(",") if t.strip()}

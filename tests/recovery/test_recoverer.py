@@ -9,13 +9,14 @@ import sys
 import threading
 import time
 
+import httpx
 import redis
 import sqlalchemy as sa
 
 from stalk_api.recovery.recoverer import Recoverer
 from stalk_workers.records import store
 from stalk_workers.records.models import TaskRecord
-from tests.fixtures.servers import wait_until
+from tests.fixtures.servers import free_port, wait_until
 
 
 def wait_published(stack) -> None:
@@ -100,6 +101,34 @@ def test_stalk_recover_once_recovers_what_a_flushdb_lost(stack_factory):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "recovered 5 task(s)"
+        stack.start_worker("default", concurrency=2)
+        assert all(stack.wait_for(task_id)["status"] == "SUCCESS" for task_id in ids)
+
+
+def test_stalk_recover_looping_recovers_and_counts_it_on_its_metrics_port(stack_factory):
+    with stack_factory() as stack:
+        ids = [stack.submit("stalk.echo", args=[i]) for i in range(5)]
+        lose_messages(stack)
+        port = free_port()
+        env = {**stack.env, "STALK_RECOVER_AFTER_SECONDS": "10", "STALK_RECOVER_METRICS_PORT": str(port),
+               "STALK_RECOVER_METRICS_HOST": "127.0.0.1"}
+        process = subprocess.Popen([sys.executable, "-m", "stalk_workers", "recover", "--every", "1"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sample = 'stalk_recover_tasks_recovered_total{queue="default"} 5.0'
+
+        def counted() -> bool:
+            try:
+                return sample in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return False
+
+        try:
+            # The records become 10 s old (the setting's least) during the loop's passes.
+            wait_until(counted, timeout=45, what="the 5 recoveries counted on /metrics")
+        finally:
+            process.terminate()
+            out, err = process.communicate(timeout=20)
+        assert "recovered 5 task(s)" in out and "Traceback" not in err, (out, err)
         stack.start_worker("default", concurrency=2)
         assert all(stack.wait_for(task_id)["status"] == "SUCCESS" for task_id in ids)
 
