@@ -139,7 +139,9 @@ class DevStack:
                     "STALK_DATABASE_URL": database, "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
                     # Many local workers would compete for one metrics port; the API has /metrics.
-                    "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0")}
+                    "STALK_WORKER_METRICS_PORT": os.environ.get("STALK_WORKER_METRICS_PORT", "0"),
+                    # The recoverer's /metrics on this machine only, as the API's in stalk dev.
+                    "STALK_RECOVER_METRICS_HOST": os.environ.get("STALK_RECOVER_METRICS_HOST", "127.0.0.1")}
         self.env |= self._retry_backoff()
         from stalk_workers.records import db
 
