@@ -226,9 +226,9 @@ def list_page(
     if where.id_prefix:
         # LIKE, not a range on the key: a range follows the column's collation, which in PostgreSQL
         # ignores the dashes of a UUID. autoescape: a foreign id may hold % or _. Any case, on both
-        # databases (SQLite's LIKE ignores ASCII case, PostgreSQL's does not): ids are lowercase
-        # UUIDs, and a user may paste one in upper case.
-        query = query.where(TaskRecord.task_id.istartswith(where.id_prefix, autoescape=True))
+        # databases: ids are lowercase UUIDs, and a user may paste one in upper case. lower() LIKE
+        # rather than ILIKE, which PostgreSQL's prefix index (migration 0004) cannot serve.
+        query = query.where(sa.func.lower(TaskRecord.task_id).startswith(where.id_prefix.lower(), autoescape=True))
     # In UTC, as written: SQLite compares the stored text, which has no zone, so 10:00+05:00 would
     # otherwise be taken for 10:00 UTC.
     if where.created_after is not None:
