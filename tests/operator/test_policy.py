@@ -44,7 +44,7 @@ from stalk_operator.policy import (
 
 NOW = 1_000_000.0
 SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 45 s scale-down window, 120 s idle before zero
-EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s (the default; named for the rows)
+EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s, not the default 10
 
 
 def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
