@@ -15,7 +15,7 @@ TASKQUEUE_DEFAULTS: dict[str, Any] = {
     "activationTasks": 0,
     "scaleUp.stabilizationSeconds": 0,
     "scaleDown.stabilizationSeconds": 45,
-    "scaleDown.idleReplicaSeconds": 30,
+    "scaleDown.idleReplicaSeconds": 10,
     "idleSecondsBeforeZero": 120,
     "pollSeconds": 1,
     "paused": False,

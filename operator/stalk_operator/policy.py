@@ -34,6 +34,12 @@ MAX_WAIT_SCALE_FACTOR = 2.0
 # A gap between two decisions longer than this (and than both windows) means the decider was away:
 # an operator restart, a Redis outage, a pause. Several missed 1 s ticks, not one slow tick.
 AWAY_SECONDS = 10.0
+# Under a steady (Poisson) arrival rate the tasks in flight are themselves Poisson distributed (an
+# M/G/inf queue): they stray about sqrt(load) from their mean. Replicas beyond what load + this
+# many sqrt(load) needs are more than the load's own noise asks for again within seconds: what a
+# burst left behind, not a steady load dipping. Only those are released before the window (3:
+# measured, docs/benchmarks.md "The release's frontier"; 0 releases down to the recommendation).
+LOAD_NOISE_SIGMAS = 3.0
 
 # Reasons, in CamelCase for Events and the status' lastDecision.
 PAUSED = "Paused"
@@ -70,7 +76,7 @@ class ScalingSpec:
     max_wait_seconds: float | None = None
     scale_up: Behavior = Behavior(stabilization_seconds=_CRD["scaleUp.stabilizationSeconds"])
     scale_down: Behavior = Behavior(stabilization_seconds=_CRD["scaleDown.stabilizationSeconds"])
-    # Spare replicas (more than this tick's recommendation), idle, for this long go before the window.
+    # Spare replicas (beyond this tick's noise band, ``noise_band``), idle, for this long go before the window.
     idle_replica_seconds: float = _CRD["scaleDown.idleReplicaSeconds"]
     idle_seconds_before_zero: float = _CRD["idleSecondsBeforeZero"]
     paused: bool = _CRD["paused"]
@@ -107,7 +113,7 @@ class History:
     idle_since: float | None = None
     # When decide() last ran for this queue; None before the first decision.
     last_decision_at: float | None = None
-    # Since when the current replicas have been above every tick's recommendation (None: not now).
+    # Since when the current replicas have been above every tick's noise band (None: not now).
     # Not saved in status: a decider that lost it waits idle_replica_seconds again, which costs a
     # few seconds of spare replicas, never a task.
     spare_since: float | None = field(default=None, compare=False)
@@ -308,30 +314,39 @@ def guard_zero(replicas: int, current: int, load: int, spec: ScalingSpec, histor
 
 def release_idle(replicas: int, recommended: int, obs: Observation, spec: ScalingSpec, history: History,
                  now: float) -> tuple[int, bool]:
-    """Replicas the recommendation leaves with nothing to do go once that has held idle_replica_seconds.
+    """Replicas beyond the load's noise band, with nothing to do, go once that has held idle_replica_seconds.
 
     Drain-safe removal (idle pods first, busy ones kept) makes a wrong release cost one pod start,
-    not a killed task, so spare idle replicas need not wait out the whole scale-down window. Never
-    below the recommendation, the busy replicas or 1 (the step to zero is guard_zero's). Returns the
-    replicas and whether a release waits only for the busy count (unknown: nothing is released).
+    not a killed task, so spare idle replicas need not wait out the whole scale-down window. The
+    noise band tells a burst draining (released within seconds) from a steady load dipping (left
+    to the window: releasing those is what a steady load asks back a few seconds later, each time
+    a pod start its tasks wait for). Never below the band, the recommendation, the busy replicas or
+    1 (the step to zero is guard_zero's). Returns the replicas and whether a release waits only for
+    the busy count (unknown: nothing is released).
     """
     current = obs.current_replicas
-    if current == 0 or recommended >= current:
-        history.spare_since = None  # every replica has work (or there are none)
+    band = max(recommended, noise_band(obs.waiting + obs.in_flight, spec))
+    if current == 0 or band >= current:
+        history.spare_since = None  # the load, with its noise, may need every replica (or there are none)
         return replicas, False
     if history.spare_since is None:
         history.spare_since = now
     if now - history.spare_since < spec.idle_replica_seconds:
-        # Spare, but not yet for idle_replica_seconds: the window decides.
+        # Beyond the band, but not yet for idle_replica_seconds: the window decides.
         return replicas, False
-    floor = max(recommended, ceil_div(obs.in_flight, spec.tasks_per_replica), 1)
+    floor = max(band, ceil_div(obs.in_flight, spec.tasks_per_replica), 1)
     if replicas <= floor:
         return replicas, False
     if obs.busy_replicas is None:
         # Which replicas are idle is not known: release nothing, ask for the busy count.
         return replicas, True
-    # Release the idle spare replicas: keep the recommendation and every busy replica.
+    # Release the idle spare replicas: keep the band and every busy replica.
     return max(floor, obs.busy_replicas), False
+
+
+def noise_band(load: int, spec: ScalingSpec) -> int:
+    """Replicas for the load plus LOAD_NOISE_SIGMAS times its Poisson spread, sqrt(load)."""
+    return ceil_div(load + math.ceil(LOAD_NOISE_SIGMAS * math.sqrt(load)), spec.tasks_per_replica)
 
 
 def limit_step(replicas: int, current: int, spec: ScalingSpec) -> int:
@@ -411,8 +426,9 @@ def _message(reason: str, obs: Observation, spec: ScalingSpec, current: int, rep
     if reason == RELEASING_IDLE_REPLICAS:
         spare = now - history.spare_since if history.spare_since is not None else 0.0
         busy = f", {obs.busy_replicas} replicas busy" if obs.busy_replicas else ""
-        return (f"{work}{busy} needs {_replicas(recommended)}; idle spare replicas for {spare:.0f}s "
-                f"(idleReplicaSeconds {spec.idle_replica_seconds:g}s): releasing to {replicas}")
+        band = noise_band(obs.waiting + obs.in_flight, spec)
+        return (f"{work}{busy} needs {_replicas(recommended)}, {band} with its noise; idle replicas beyond "
+                f"that for {spare:.0f}s (idleReplicaSeconds {spec.idle_replica_seconds:g}s): releasing to {replicas}")
     if reason == SCALE_STEP_LIMITED:
         step = spec.scale_up.max_step if replicas > current else spec.scale_down.max_step
         return f"{work} needs {_replicas(recommended)}; at most {step} added or removed per decision"

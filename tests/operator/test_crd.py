@@ -28,7 +28,7 @@ def test_defaults_are_filled_in_by_the_api_server(kube_cluster, taskqueue_crd, k
     obj = json.loads(kube_cluster.kubectl("get", "tq", "emails", "-o", "json", namespace=kube_namespace).stdout)
     spec = obj["spec"]
     assert spec["minReplicas"] == 0 and spec["pollSeconds"] == 1 and spec["drain"] is True
-    assert spec["scaleDown"] == {"stabilizationSeconds": 45, "idleReplicaSeconds": 30} and spec["scaleUp"] == {"stabilizationSeconds": 0}
+    assert spec["scaleDown"] == {"stabilizationSeconds": 45, "idleReplicaSeconds": 10} and spec["scaleUp"] == {"stabilizationSeconds": 0}
     assert spec["broker"]["keyPrefix"] == "" and spec["scaleTargetRef"]["apiVersion"] == "apps/v1"
 
 

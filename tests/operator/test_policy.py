@@ -44,7 +44,7 @@ from stalk_operator.policy import (
 
 NOW = 1_000_000.0
 SPEC = ScalingSpec()  # 0..10 replicas, 10 tasks each, 45 s scale-down window, 120 s idle before zero
-EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s, not the default 30
+EAGER = replace(SPEC, idle_replica_seconds=5)  # releases spare replicas after 5 s, not the default 10
 
 
 def obs(waiting=0, in_flight=0, current=1, oldest=None, busy=None):
@@ -119,8 +119,10 @@ RULES = [
      obs(in_flight=10, current=5, busy=2), 5, STABILIZING_SCALE_DOWN),
     ("no release while the busy replicas are unknown", EAGER, past((30, 5), spare_for=60),
      obs(in_flight=10, current=5), 5, STABILIZING_SCALE_DOWN),
-    ("a release stops at what in-flight work needs", EAGER, past((30, 5), spare_for=5),
-     obs(waiting=5, in_flight=15, current=5, busy=1), 2, RELEASING_IDLE_REPLICAS),
+    ("a release stops at the load plus its noise, 3 sqrt(load): (20 + 14) / 10", EAGER, past((30, 5), spare_for=5),
+     obs(waiting=5, in_flight=15, current=5, busy=1), 4, RELEASING_IDLE_REPLICAS),
+    ("replicas within the load's noise are left to the window: (30 + 17) / 10", EAGER, past((30, 5), spare_for=60),
+     obs(in_flight=30, current=5, busy=3), 5, STABILIZING_SCALE_DOWN),
     ("a release keeps one worker: zero is idleSecondsBeforeZero's", EAGER, past((30, 5), idle_for=10, spare_for=10),
      obs(current=5, busy=0), 1, RELEASING_IDLE_REPLICAS),
     ("a release is held at minReplicas", replace(EAGER, min_replicas=3), past((30, 5), spare_for=5),
@@ -152,6 +154,21 @@ def test_spare_time_restarts_when_the_load_needs_every_replica():
     assert history.spare_since is None
     assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 1).replicas == 5  # spare for 0 s
     assert decide(obs(in_flight=10, current=5, busy=1), EAGER, history, NOW + 6).reason == RELEASING_IDLE_REPLICAS
+
+
+def test_without_the_noise_band_a_release_goes_down_to_the_recommendation(monkeypatch):
+    # LOAD_NOISE_SIGMAS 0 is the release as it was before the band: every spare idle replica goes.
+    history = past((30, 5), spare_for=60)
+    assert decide(obs(in_flight=30, current=5, busy=3), EAGER, history, NOW).replicas == 5
+    monkeypatch.setattr(policy, "LOAD_NOISE_SIGMAS", 0.0)
+    decision = decide(obs(in_flight=30, current=5, busy=3), EAGER, past((30, 5), spare_for=60), NOW)
+    assert (decision.replicas, decision.reason) == (3, RELEASING_IDLE_REPLICAS), decision.message
+
+
+def test_the_release_message_names_the_band_and_the_setting():
+    decision = decide(obs(waiting=5, in_flight=15, current=5, busy=1), EAGER, past((30, 5), spare_for=5), NOW)
+    assert decision.message == ("5 waiting, 15 in flight, 1 replicas busy needs 2 replicas, 4 with its noise; idle "
+                                "replicas beyond that for 5s (idleReplicaSeconds 5s): releasing to 4")
 
 
 def test_a_window_shorter_than_the_poll_interval_still_scales_down():
@@ -306,6 +323,8 @@ def test_a_release_keeps_the_limits_the_in_flight_need_and_the_busy_replicas(spe
         if decision.replicas < o.current_replicas:
             needed = max(math.ceil(o.in_flight / spec.tasks_per_replica), o.busy_replicas)
             assert decision.replicas >= min(needed, spec.max_replicas), decision.message
+        if decision.reason == RELEASING_IDLE_REPLICAS:  # never below what the load and its noise need
+            assert decision.replicas >= policy.noise_band(o.waiting + o.in_flight, spec), decision.message
 
 
 @PROPERTY
@@ -445,6 +464,26 @@ def test_in_the_simulator_no_busy_worker_is_stopped_and_no_task_killed(sim):
     assert (result.busy_stops, result.killed_tasks) == (0, 0)
     assert max(replicas for _, replicas, _, _ in result.series) > 1  # it did scale up and down
     assert result.series[-1][1] == 0
+
+
+def test_in_the_simulator_the_noise_band_keeps_a_steady_load_and_releases_a_burst(sim, monkeypatch):
+    # The band's reason to be (docs/benchmarks.md, "The release's frontier"): on a steady Poisson
+    # load it releases about nothing the window would keep (no more scale events than with no early
+    # release at all), and a burst's replicas go within seconds, not after the window.
+    spec = ScalingSpec(min_replicas=0, max_replicas=sim.MAX_REPLICAS, tasks_per_replica=sim.TARGET_PER_REPLICA)
+    steady = sim.poisson_trace(lambda t: 2.0, 900, random.Random(4))
+    burst = sim.poisson_trace(lambda t: 0.2, 900, random.Random(4), bursts={s: 30 for s in range(300, 310)})
+
+    def run(tasks, idle_replica_seconds):
+        return sim.simulate(sim._fresh(tasks), lambda: sim.StalkController(replace(spec, idle_replica_seconds=
+                                                                                   idle_replica_seconds)),
+                            grace=math.inf, idle_first=True, seed=4)
+
+    banded, windowed = run(steady, 5), run(steady, 3600)
+    assert banded.scale_events <= windowed.scale_events * 1.2 and banded.p95_wait <= windowed.p95_wait + 1
+    assert run(burst, 5).worker_seconds < 0.9 * run(burst, 3600).worker_seconds
+    monkeypatch.setattr(policy, "LOAD_NOISE_SIGMAS", 0.0)  # without the band: a steady load churns
+    assert run(steady, 5).scale_events > 1.5 * windowed.scale_events
 
 
 def test_the_simulators_baselines_on_long_tasks(sim):

@@ -43,7 +43,7 @@ def test_minimal_taskqueue_gets_the_crd_defaults():
     assert config.poll_seconds == 1 and config.drain is True
     assert config.scaling == ScalingSpec(
         min_replicas=0, max_replicas=5, tasks_per_replica=10, activation_tasks=0, max_wait_seconds=None,
-        scale_up=Behavior(0, None), scale_down=Behavior(45, None), idle_replica_seconds=30, idle_seconds_before_zero=120,
+        scale_up=Behavior(0, None), scale_down=Behavior(45, None), idle_replica_seconds=10, idle_seconds_before_zero=120,
         paused=False,
     )
 
