@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from kubernetes import client
 
+from stalk_operator.kube import MERGE_PATCH
 from tests.chart.conftest import CHART, IMAGE, RELEASE
-from tests.fixtures.pod_policy import check_only_the_deletion_cost_may_change, pod_manifest
+from tests.fixtures.pod_policy import check_only_the_deletion_cost_may_change, operator_api, pod_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +34,13 @@ def test_without_the_policy_rbac_alone_lets_the_operator_relabel_a_pod(crds, hel
                   "--set", "operator.admissionPolicy.enabled=false")
     try:
         kube.kubectl("create", "-f", "-", namespace=ns, input=pod_manifest("worker-0"))
-        kube.kubectl(f"--as=system:serviceaccount:{ns}:stalk-operator", "patch", "pod", "worker-0", "--type=merge",
-                     "-p", json.dumps({"metadata": {"labels": {"stalk.dev/picked": "yes"}}}), namespace=ns)
+        api = operator_api(kube, f"system:serviceaccount:{ns}:stalk-operator")
+        try:
+            client.CoreV1Api(api).patch_namespaced_pod("worker-0", ns, {"metadata": {"labels": {"stalk.dev/picked": "yes"}}},
+                                                       _content_type=MERGE_PATCH)
+        finally:
+            api.close()
+        labels = json.loads(kube.kubectl("get", "pod", "worker-0", "-o", "json", namespace=ns).stdout)["metadata"]["labels"]
+        assert labels["stalk.dev/picked"] == "yes"
     finally:
         helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
