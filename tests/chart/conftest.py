@@ -135,7 +135,7 @@ def restrict_pod_security(kube, namespace: str) -> None:
 
 
 def uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str]] = frozenset()):
-    """`helm uninstall` removes every object of the release in `ns` and its cluster roles; the CRD stays."""
+    """`helm uninstall` removes every object of the release in `ns`, its cluster roles and pod policy; the CRD stays."""
     helm_kube.run("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "120s")
     namespaced = kube.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout.split()
     # What Kubernetes itself puts in every namespace, and what the test created itself.
@@ -149,7 +149,8 @@ def uninstall_leaves_only_the_crd(helm_kube, kube, ns, keep: set[tuple[str, str]
         return True
 
     poll(nothing_left, timeout=120, what="the release's objects to be gone")
-    cluster_scoped = _kubectl_json(kube, "get", "clusterroles,clusterrolebindings", namespace=None)["items"]
+    cluster_scoped = _kubectl_json(kube, "get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
+                                   "validatingadmissionpolicybindings", namespace=None)["items"]
     assert [i["metadata"]["name"] for i in cluster_scoped if i["metadata"]["name"].startswith(f"{ns}-")] == []
     kube.kubectl("get", "crd", "taskqueues.stalk.dev")
 

@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from stalk_operator import permissions
 from stalk_workers.queues import BUILTIN_QUEUES, load_queue_table
 from tests.chart.conftest import CHART, REPO, SCENARIOS, by_kind
 
@@ -164,10 +165,7 @@ def test_the_chart_default_queues_are_the_builtin_queue_table(tmp_path):
 def test_the_operator_is_namespaced_by_default_and_cluster_wide_when_asked(rendered):
     default, wide = rendered["01-defaults"], rendered["04-cluster-wide"]
     # Namespaced: cluster-wide only what kopf reads to observe namespaces and CRDs.
-    discovery = by_kind(default, "ClusterRole")
-    assert list(discovery) == ["stalk-stalk-operator-discovery"]
-    assert all(set(r["verbs"]) == {"get", "list", "watch"} and r["resources"] in (["namespaces"], ["customresourcedefinitions"])
-               for r in discovery["stalk-stalk-operator-discovery"]["rules"])
+    assert list(by_kind(default, "ClusterRole")) == ["stalk-stalk-operator-discovery"]
     role = by_kind(default, "Role")["stalk-operator"]
     secrets = next(r for r in role["rules"] if r["resources"] == ["secrets"])
     assert secrets == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["stalk-redis"]}
@@ -178,6 +176,24 @@ def test_the_operator_is_namespaced_by_default_and_cluster_wide_when_asked(rende
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "stalk-operator", "namespace": "stalk"}]
     env = {e["name"]: e.get("value") for e in by_kind(wide, "Deployment")["stalk-operator"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["STALK_WATCH_NAMESPACES"] == ""
+
+
+@pytest.mark.parametrize("sid, cluster_wide", [("01-defaults", False), ("04-cluster-wide", True)],
+                         ids=["namespaced", "cluster-wide"])
+def test_the_operators_roles_grant_exactly_the_calls_in_permissions_py(rendered, sid, cluster_wide):
+    need = permissions.required(cluster_wide=cluster_wide)
+    roles = {(o["kind"], o["metadata"]["name"]): permissions.granted(o["rules"])
+             for o in rendered[sid] if o["kind"] in ("Role", "ClusterRole")}
+    if cluster_wide:
+        expected = {("ClusterRole", "stalk-stalk-operator"): need[permissions.WATCHED] | need[permissions.CLUSTER]}
+    else:
+        expected = {("Role", "stalk-operator"): need[permissions.WATCHED],
+                    ("ClusterRole", "stalk-stalk-operator-discovery"): need[permissions.CLUSTER]}
+    expected[("Role", "stalk-operator-leader")] = need[permissions.OWN]
+    assert roles == expected
+    # The Lease it renews is the one the chart creates, and only that one.
+    leader = by_kind(rendered[sid], "Role")["stalk-operator-leader"]["rules"]
+    assert [r.get("resourceNames") for r in leader] == [[by_kind(rendered[sid], "Lease")["stalk-operator"]["metadata"]["name"]]]
 
 
 def test_the_operator_may_not_write_anything_but_status_scale_pods_events_and_its_lease(rendered):
@@ -192,6 +208,39 @@ def test_the_operator_may_not_write_anything_but_status_scale_pods_events_and_it
                     for group in rule["apiGroups"]:
                         for resource in rule["resources"]:
                             assert (group, resource) in allowed_writes, f"{sid}: {rule}"
+
+
+@pytest.mark.parametrize("sid", ["01-defaults", "04-cluster-wide"])
+def test_a_pod_policy_holds_the_operators_service_account_to_the_deletion_cost(rendered, sid):
+    (policy,) = by_kind(rendered[sid], "ValidatingAdmissionPolicy").values()
+    (binding,) = by_kind(rendered[sid], "ValidatingAdmissionPolicyBinding").values()
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == "stalk-stalk-operator-pod-deletion-cost"
+    assert binding["spec"]["validationActions"] == ["Deny"] and policy["spec"]["failurePolicy"] == "Fail"
+    assert [c["expression"] for c in policy["spec"]["matchConditions"]] == [
+        "request.userInfo.username == 'system:serviceaccount:stalk:stalk-operator'"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]
+
+
+def test_the_pod_policy_follows_the_service_account_and_can_be_turned_off(helm):
+    objects = helm.template(sets={"operator.serviceAccount.name": "scaler"}, namespace="team-a")
+    (policy,) = by_kind(objects, "ValidatingAdmissionPolicy").values()
+    assert policy["metadata"]["name"] == "team-a-stalk-operator-pod-deletion-cost"
+    assert policy["spec"]["matchConditions"][0]["expression"].endswith("== 'system:serviceaccount:team-a:scaler'")
+    off = helm.template(sets={"operator.admissionPolicy.enabled": "false"})
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_the_chart_and_the_kustomize_base_check_pods_with_the_same_policy(rendered):
+    """One policy in two installers: all but the ServiceAccount it matches must agree."""
+    base = [d for d in yaml.safe_load_all((REPO / "k8s" / "operator" / "pod-policy.yaml").read_text()) if d]
+    (k8s_policy,) = [d for d in base if d["kind"] == "ValidatingAdmissionPolicy"]
+    (chart_policy,) = by_kind(rendered["01-defaults"], "ValidatingAdmissionPolicy").values()
+    differs = {"matchConditions"}
+    assert ({k: v for k, v in chart_policy["spec"].items() if k not in differs}
+            == {k: v for k, v in k8s_policy["spec"].items() if k not in differs})
+    assert [c["name"] for c in chart_policy["spec"]["matchConditions"]] == [
+        c["name"] for c in k8s_policy["spec"]["matchConditions"]]
 
 
 def test_only_stalk_processes_reach_redis(rendered):

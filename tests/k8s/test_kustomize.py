@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.kube import BIN_DIR, ensure_cluster_binaries
+from stalk_operator import permissions
+from tests.fixtures.kube import BIN_DIR, ensure_cluster_binaries, poll
+from tests.fixtures.pod_policy import check_only_the_deletion_cost_may_change
 from tests.fixtures.servers import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +71,47 @@ def test_the_image_is_pinned_to_the_charts_app_version(rendered):
         for container in template["spec"]["containers"]:
             repository, _, tag = container["image"].rpartition(":")
             assert (repository, tag) == ("stalk", app_version), f"{name}: {container['image']}"
+
+
+def test_the_operators_roles_grant_exactly_the_calls_in_permissions_py(rendered):
+    """The base runs one cluster-wide operator: a ClusterRole for what it watches and kopf observes, a Role for its Lease."""
+    need = permissions.required(cluster_wide=True)
+    roles = {(o["kind"], o["metadata"]["name"]): permissions.granted(o["rules"])
+             for o in rendered if o["kind"] in ("Role", "ClusterRole")}
+    assert roles == {("ClusterRole", "stalk-operator"): need[permissions.WATCHED] | need[permissions.CLUSTER],
+                     ("Role", "stalk-operator-leader"): need[permissions.OWN]}
+    # It renews the Lease the base creates (it may not create one), in its own namespace.
+    (lease,) = [o for o in rendered if o["kind"] == "Lease"]
+    (leader,) = [o for o in rendered if o["kind"] == "Role"]
+    assert [r["resourceNames"] for r in leader["rules"]] == [[lease["metadata"]["name"]]]
+    assert lease["metadata"]["namespace"] == leader["metadata"]["namespace"] == "stalk-system"
+    (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
+    env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "STALK_WATCH_NAMESPACES" not in env and "STALK_LEASE_NAME" not in env  # all namespaces, the default Lease name
+
+
+def test_a_pod_policy_holds_the_operators_service_account_to_the_deletion_cost(rendered):
+    (policy,) = [o for o in rendered if o["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [o for o in rendered if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (account,) = [o for o in rendered if o["kind"] == "ServiceAccount"]
+    username = f"system:serviceaccount:{account['metadata']['namespace']}:{account['metadata']['name']}"
+    assert [c["expression"] for c in policy["spec"]["matchConditions"]] == [f"request.userInfo.username == '{username}'"]
+
+
+@pytest.mark.cluster
+def test_the_bases_pod_policy_lets_its_operator_set_only_the_deletion_cost(rendered, kube_cluster):
+    """Applied as `kubectl apply -k` would (all but the CRD, shared by the session, and the pods), in stalk-system."""
+    kubectl = kube_cluster.kubectl
+    objects = [o for o in rendered if o["kind"] not in {"CustomResourceDefinition", "Deployment", "PodDisruptionBudget"}]
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    kubectl("apply", "--server-side", "-f", "-", input=manifest)
+    try:
+        poll(lambda: kubectl("get", "serviceaccount", "stalk-operator", namespace="stalk-system", check=False).returncode == 0,
+             timeout=30, what="the operator's ServiceAccount")
+        check_only_the_deletion_cost_may_change(kube_cluster, "stalk-system", "stalk-operator")
+    finally:
+        kubectl("delete", "--wait=false", "--ignore-not-found", "-f", "-", input=manifest)
 
 
 @pytest.mark.cluster

@@ -100,15 +100,17 @@ stalk.dev/queue: {{ .queue | quote }}
 {{- end -}}
 {{- end -}}
 
-{{/* stalk.operator.discoveryRules: the read-only cluster-scoped rules kopf needs to observe namespaces and CRDs. */}}
+{{/* stalk.operator.discoveryRules: the read-only cluster-scoped rules kopf needs: CRDs always, namespaces when it serves a list of them. */}}
 {{- define "stalk.operator.discoveryRules" -}}
-# kopf observes namespaces (for its watch set) and CRDs (to notice the TaskQueue CRD), read-only.
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [get, list, watch]
+# kopf watches CRDs (to notice the TaskQueue CRD change) and, namespaced, namespaces (its watch set).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
+{{- if not .Values.operator.clusterWide }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
 {{- end -}}
 
 {{/* stalk.redis.host: the built-in Redis Service's DNS name in the release namespace. */}}
