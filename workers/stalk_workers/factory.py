@@ -123,9 +123,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def _broker_transport(settings: Settings) -> str | None:
-    """``redis://`` brokers through stalk's Transport (or, with its shortcuts off, the part of it
-    still on); any other URL, or both off, picks kombu's own by the URL's scheme."""
-    if not settings.broker_url.startswith("redis://"):
+    """``redis://`` and ``rediss://`` brokers through stalk's Transport (or, with its shortcuts off,
+    the part of it still on); any other URL, or both off, picks kombu's own by the URL's scheme.
+
+    Over TLS too: kombu takes TLS from the URL's ``ssl_*`` query (settings.py makes sure a
+    ``rediss://`` URL has one), not from the transport's name, and hands it to the channel's
+    Redis pool, which stalk's Transport shares (tests/workers/test_tls.py runs both)."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
     if settings.shortcut("channel-client"):
         return "stalk_workers.transport:Transport"
