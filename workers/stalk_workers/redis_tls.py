@@ -12,6 +12,7 @@ copies of a TaskQueue's Secrets) are added to its query by ``with_tls``. Pure: n
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 TLS_SCHEME = "rediss"
@@ -74,3 +75,46 @@ def tls_files(url: str) -> list[str]:
         return []
     params = dict(parse_qsl(urlsplit(url).query))
     return [params[name] for name in FILE_PARAMS.values() if params.get(name)]
+
+
+def pool_options(url: str) -> dict[str, list]:
+    """Transport options that tell kombu's process-wide pools apart by TLS: kombu 5.7 keys them
+    (kombu.pools, ``Connection.__eqhash__``) by host, port, user, password, database and transport
+    options, not by TLS, so two apps in one process that differ only in CA or client certificate
+    (the operator's, after a rotation; tests) would share connections. kombu's channel ignores an
+    option it does not know."""
+    if not is_tls(url):
+        return {}
+    return {"stalk_tls": sorted(p for p in parse_qsl(urlsplit(url).query) if p[0].startswith("ssl_"))}
+
+
+def shown(url: str) -> str:
+    """The URL as an error line may show it: scheme, host, port and database; never the password
+    (an ACL user's) nor the query (file paths, which say nothing useful there)."""
+    parts = urlsplit(url)
+    if not parts.hostname:  # unix:///run/redis.sock
+        return f"{parts.scheme}://{parts.path}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+def handshake_hint(exc: BaseException, url: str) -> str:
+    """What to add to the message of a failed connection to ``url``: a server that asks for a
+    client certificate (``tls-auth-clients yes``) ends a TLS 1.3 handshake without one with an
+    "EOF occurred in violation of protocol" or "certificate required" that names no cause."""
+    cause = ssl_cause(exc)
+    if (is_tls(url) and not dict(parse_qsl(urlsplit(url).query)).get("ssl_certfile")
+            and cause is not None and not isinstance(cause, ssl.SSLCertVerificationError)):
+        return " (does the server ask for a client certificate? none is given)"
+    return ""
+
+
+def ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl module's error behind ``exc`` (redis-py raises ConnectionError from it, kombu and
+    Celery wrap that again), or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

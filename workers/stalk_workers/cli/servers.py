@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from stalk_workers import redis_tls
 from stalk_workers.cli.errors import fail, load_settings
 from stalk_workers.settings import Settings
 
@@ -90,5 +91,6 @@ def register(app: typer.Typer) -> None:
             with celery.connection_for_write() as conn:
                 removed = conn.default_channel.queue_purge(queue)
         except Exception as exc:  # noqa: BLE001
-            fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+            fail(f"cannot reach the broker at {redis_tls.shown(settings.broker_url)}: {exc}"
+                 f"{redis_tls.handshake_hint(exc, settings.broker_url)}")
         typer.echo(f"purged {removed} task(s) from {queue}")
