@@ -71,8 +71,7 @@ def register(app: typer.Typer) -> None:
                 recovered = recoverer.run_once()
             except redis.RedisError as exc:
                 if once:
-                    fail(f"cannot reach the broker at {redis_tls.shown(settings.broker_url)}: {exc}"
-                         f"{redis_tls.handshake_hint(exc, settings.broker_url)}")
+                    fail(redis_tls.unreachable(settings.broker_url, exc))
                 typer.echo(f"warning: cannot reach the broker: {exc}; next pass in {every:g} s", err=True)
                 recovered = 0
             if once or recovered:

@@ -104,13 +104,14 @@ def stalk(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", ["wrong CA", "no client certificate"])
-def test_the_cli_fails_in_one_line_without_the_url(mtls_redis, tls_certs, tmp_path, case):
+def test_the_cli_fails_in_one_line_without_the_password(mtls_redis, tls_certs, tmp_path, case):
     url = (mtls_redis.url(14, ca=tls_certs.wrong_ca) if case == "wrong CA"
            else mtls_redis.url(14, client_cert=False))
     # A password in the URL must not reach the terminal either.
     url = url.replace("rediss://", "rediss://:hunter2@")
     env = {"STALK_BROKER_URL": url, "STALK_RESULT_BACKEND": url, "STALK_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"}
-    for args in (["purge", "default", "--yes"], ["recover", "--once"]):
+    for args in (["purge", "default", "--yes"], ["recover", "--once"], ["worker", "-Q", "default"],
+                 ["beat", "--schedule-file", str(tmp_path / "beat-schedule")]):
         started = time.monotonic()
         result = stalk(env, *args)
         assert time.monotonic() - started < 30, "a TLS failure is not a hang"

@@ -98,6 +98,11 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
+def unreachable(url: str, exc: BaseException) -> str:
+    """The one line a command prints when the broker at ``url`` did not answer: never the password."""
+    return f"cannot reach the broker at {shown(url)}: {exc}{handshake_hint(exc, url)}"
+
+
 def handshake_hint(exc: BaseException, url: str) -> str:
     """What to add to the message of a failed connection to ``url``: a server that asks for a
     client certificate (``tls-auth-clients yes``) ends a TLS 1.3 handshake without one with an
