@@ -14,8 +14,8 @@ Measures
 Everything runs on loopback: a private ``redis-server`` on a free port (a fresh pair of database
 numbers per scenario) and a fresh SQLite file per scenario in a temporary directory. With ``--tls``
 that Redis listens on a TLS port only (certificates made by openssl, as tests/fixtures/tls.py makes
-them), and stalk and plain Celery alike connect with ``rediss://…?ssl_cert_reqs=required&ssl_ca_certs=…``. Every wait
-has a deadline, and every process started here is stopped on exit, Ctrl-C or error. A full run
+them), and stalk and plain Celery alike connect with ``rediss://…?ssl_cert_reqs=required&ssl_ca_certs=…``.
+Every wait has a deadline, and every process started here is stopped on exit, Ctrl-C or error. A full run
 records its table in ``docs/benchmarks.md`` (section "Task platform core").
 """
 

@@ -103,7 +103,8 @@ def test_a_tls_fault_is_the_taskqueues_condition_with_the_reason(namespace, tls_
 
 
 def test_the_crd_refuses_tls_on_a_plain_url(namespace):
-    body = taskqueue("plain", queue="plain", broker_url="redis://127.0.0.1:6379/0", target="plain-workers", maxReplicas=1)
+    body = taskqueue("plain", queue="plain", broker_url="redis://127.0.0.1:6379/0", target="plain-workers",
+                     maxReplicas=1)
     body["spec"]["broker"]["tls"] = {"caSecretRef": {"name": "redis-ca"}}
     with pytest.raises(ApiException) as refused:
         namespace.taskqueue(body)

@@ -101,7 +101,8 @@ def test_every_component_works_with_exactly_the_documented_rule(acl_users, acl_r
         for path in ("/v1/queues", "/v1/workers", "/readyz"):
             answer = stack.client.get(path)
             assert answer.status_code == 200, (path, answer.text, refused(acl_users))
-        assert next(q for q in stack.client.get("/v1/queues").json()["queues"] if q["name"] == "default")["workers"] == 1
+        queues = stack.client.get("/v1/queues").json()["queues"]
+        assert next(q for q in queues if q["name"] == "default")["workers"] == 1
 
         # A Celery client reading a result, as the worker's user (the result backend's keys).
         reader = create_app(stack.settings.model_copy(update={

@@ -29,8 +29,10 @@ PLAIN = "redis://127.0.0.1:6379/0"
      "rediss://u:p%40ss@h:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem"),
     ("rediss://h/0?ssl_ca_certs=/mine.pem", {"ca": "/ca.pem", "cert": "/c.pem", "key": "/k.pem"},
      "rediss://h/0?ssl_ca_certs=/mine.pem&ssl_cert_reqs=required&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"),
+    ("rediss://h/0?ssl_cert_reqs=CERT_REQUIRED", {}, "rediss://h/0?ssl_cert_reqs=required"),
 ], ids=["plain URLs unchanged", "ssl_cert_reqs always set, required by default",
-        "a mounted CA added", "the URL's own ssl_cert_reqs and password kept", "the URL's own CA wins"])
+        "a mounted CA added", "the URL's own ssl_cert_reqs and password kept", "the URL's own CA wins",
+        "kombu's constant spelled as redis-py reads it"])
 def test_with_tls(url, files, expected):
     assert redis_tls.with_tls(url, **files) == expected
 

@@ -42,7 +42,9 @@ def with_tls(url: str, *, ca: str | None = None, cert: str | None = None, key: s
     if not is_tls(url):
         return url
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    # kombu and Celery also read CERT_REQUIRED; redis-py (the API's and the operator's reads) only required.
+    query = [(name, value.removeprefix("CERT_").lower() if name == "ssl_cert_reqs" and value in CERT_REQS else value)
+             for name, value in parse_qsl(parts.query, keep_blank_values=True)]
     present = {name for name, _ in query}
     wanted = {"ssl_cert_reqs": cert_reqs, FILE_PARAMS["ca"]: ca, FILE_PARAMS["cert"]: cert,
               FILE_PARAMS["key"]: key}
