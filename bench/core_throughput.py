@@ -814,7 +814,7 @@ def markdown_section(plan: Plan, rows, results, notes, started_at: datetime, arg
     load = lambda values: " / ".join(f"{v:.2f}" for v in values)  # noqa: E731
     lines = [
         f"Measured {started_at:%Y-%m-%d %H:%M} UTC on {notes['code']} with `{command}` (`make bench` runs the same "
-        "without flags).",
+        + ("after the run without it)." if args.tls else "without flags)."),
         "",
         render_markdown(rows),
         "",
