@@ -8,6 +8,7 @@ test_faults.py); the team's producer is a plain Celery app writing the URL as Ce
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -15,8 +16,13 @@ import pytest
 from celery import Celery
 from kubernetes.client.exceptions import ApiException
 
-from stalk_operator.membership import Membership
-from tests.operator.conftest import taskqueue
+from stalk_operator.config import OperatorSettings
+from stalk_operator.loop import BrokerSupervisor
+from stalk_operator.membership import RESOLVE_INTERVAL_SECONDS, Membership
+from stalk_operator.metrics import OperatorMetrics
+from stalk_operator.spec import parse_taskqueue
+from stalk_operator.state import Registry, TargetCache
+from tests.operator.conftest import drain_writer, taskqueue
 from tests.operator.test_faults import Namespace, run_ticks
 
 pytestmark = pytest.mark.cluster
@@ -127,3 +133,35 @@ def test_tls_from_a_secret_url_is_written_once_per_content(namespace, tls_certs,
     assert len(list(membership._tls_files.directory.iterdir())) == 3  # CA, certificate, key
     for name in ("first", "second"):
         assert namespace.condition(name, "MetricsAvailable")["status"] == "True"
+
+
+def test_a_rotated_ca_is_picked_up_by_the_running_operator(namespace, tls_certs, mtls_redis):
+    """The Secrets are read again every RESOLVE_INTERVAL_SECONDS: a CA replaced by a wrong one fails
+    the next read after that, and the right one put back makes it read again (new files, new URL)."""
+    tls_secrets(namespace, tls_certs)
+    body = tls_taskqueue(namespace, "rotated", mtls_redis, 23, CLIENT)
+    now = [1_000_000.0]
+    registry = Registry()
+    registry.upsert(parse_taskqueue(body), None)
+    supervisor = BrokerSupervisor(registry=registry, targets=TargetCache(), kube=namespace.api,
+                                  metrics=OperatorMetrics(), settings=OperatorSettings(status_interval_seconds=0),
+                                  is_leader=lambda: True, clock=lambda: now[0])
+
+    def tick_after(seconds: float) -> dict:
+        now[0] += seconds
+
+        async def run():
+            await supervisor.tick_once()
+            await drain_writer(supervisor.writer)
+
+        asyncio.run(run())
+        return namespace.condition("rotated", "MetricsAvailable")
+
+    assert tick_after(0)["status"] == "True"
+    namespace.core.patch_namespaced_secret("redis-ca", namespace.ns,
+                                           {"stringData": {"ca.crt": tls_certs.wrong_ca.read_text()}})
+    assert tick_after(1)["status"] == "True"  # not yet looked at again
+    assert tick_after(RESOLVE_INTERVAL_SECONDS)["reason"] == "BrokerTLSFailed"
+    namespace.core.patch_namespaced_secret("redis-ca", namespace.ns,
+                                           {"stringData": {"ca.crt": tls_certs.ca.read_text()}})
+    assert tick_after(RESOLVE_INTERVAL_SECONDS)["status"] == "True"
