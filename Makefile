@@ -58,6 +58,7 @@ image: ## Build (or reuse cached) the stalk, Redis and PostgreSQL images with bu
 
 bench: venv system-deps ## Run the benchmarks (prints ratios against baselines measured in the same run)
 	$(PY) bench/core_throughput.py
+	$(PY) bench/core_throughput.py --tls
 
 lint: venv ## Check the lock file is current
 	$(UV) lock --check

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/core_throughput.py            # full run (what `make bench` runs)
     .venv/bin/python bench/core_throughput.py --quick    # a short run, a few minutes
+    .venv/bin/python bench/core_throughput.py --tls      # the same over TLS (`make bench` runs both)
 
 Measures
   1. submit throughput: ``POST /v1/tasks`` with many concurrent HTTP connections and
@@ -11,8 +12,10 @@ Measures
      against a bare Celery worker (``bench/bare_app.py``) with the same pool and concurrency.
 
 Everything runs on loopback: a private ``redis-server`` on a free port (a fresh pair of database
-numbers per scenario) and a fresh SQLite file per scenario in a temporary directory. Every wait
-has a deadline, and every process started here is stopped on exit, Ctrl-C or error. A full run
+numbers per scenario) and a fresh SQLite file per scenario in a temporary directory. With ``--tls``
+that Redis listens on a TLS port only (certificates made by openssl, as tests/fixtures/tls.py makes
+them), and stalk and plain Celery alike connect with ``rediss://…?ssl_cert_reqs=required&ssl_ca_certs=…``.
+Every wait has a deadline, and every process started here is stopped on exit, Ctrl-C or error. A full run
 records its table in ``docs/benchmarks.md`` (section "Task platform core").
 """
 
@@ -44,6 +47,9 @@ ROOT = BENCH_DIR.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 DOC_BEGIN = "<!-- bench/core_throughput.py: begin (generated, a full run rewrites this section) -->"
 DOC_END = "<!-- bench/core_throughput.py: end -->"
+# A full run with --tls keeps its own section next to it.
+TLS_DOC_BEGIN = "<!-- bench/core_throughput.py --tls: begin (generated, a full --tls run rewrites this section) -->"
+TLS_DOC_END = "<!-- bench/core_throughput.py --tls: end -->"
 
 # The issue's targets, as ratios to the plain-Celery baseline measured in the same run.
 TARGET_SINGLE = 1.0
@@ -158,8 +164,10 @@ def group_cpu_seconds(pgid: int) -> float:
 # --- the environment -------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, plan: Plan, work: Path, processes: Processes, say) -> None:
+    def __init__(self, plan: Plan, work: Path, processes: Processes, say, *, tls: bool = False) -> None:
         self.plan, self.work, self.processes, self.say = plan, work, processes, say
+        self.tls = tls
+        self.certs = None  # tests.fixtures.tls.Certificates, with --tls
         self.redis_port = 0
         self._next_db = 0
         self._runs = 0
@@ -172,18 +180,28 @@ class Bench:
         self.redis_port = free_port()
         data = self.work / "redis"
         data.mkdir()
-        self.processes.start("redis", [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
+        listen = ["--port", str(self.redis_port)]
+        if self.tls:
+            sys.path.insert(0, str(ROOT))  # the certificates are made as the tests make them
+            from tests.fixtures.tls import make_certificates
+
+            (self.work / "tls").mkdir()
+            self.certs = make_certificates(self.work / "tls")
+            listen = ["--port", "0", "--tls-port", str(self.redis_port), "--tls-cert-file", str(self.certs.server_cert),
+                      "--tls-key-file", str(self.certs.server_key), "--tls-ca-cert-file", str(self.certs.ca),
+                      "--tls-auth-clients", "no"]
+        self.processes.start("redis", [binary, *listen, "--bind", "127.0.0.1",
                                        "--dir", str(data), "--save", "", "--appendonly", "no",
                                        "--databases", "256"], env=dict(os.environ), cwd=data)
         wait_for(lambda: self.redis(0).ping(), deadline=STARTUP_DEADLINE, what="redis-server",
                  processes=self.processes, name="redis")
         version = self.redis(0).info("server")["redis_version"]
-        return f"redis-server {version} ({binary})"
+        return f"redis-server {version} ({binary}){', TLS only' if self.tls else ''}"
 
     def redis(self, db: int):
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.redis_port, db=db, socket_timeout=30)
+        return redis.Redis.from_url(self.url(db), socket_timeout=30)
 
     def fresh_dbs(self) -> tuple[int, int]:
         """A broker and a result-backend database number nobody used before in this run."""
@@ -192,6 +210,9 @@ class Bench:
         return broker, backend
 
     def url(self, db: int) -> str:
+        if self.tls:
+            return (f"rediss://127.0.0.1:{self.redis_port}/{db}?ssl_cert_reqs=required"
+                    f"&ssl_ca_certs={self.certs.ca}")
         return f"redis://127.0.0.1:{self.redis_port}/{db}"
 
     def fresh_scenario(self, name: str) -> tuple[int, int, Path, dict[str, str]]:
@@ -663,15 +684,17 @@ def extras(r: dict) -> list[str]:
     return lines
 
 
-def write_doc(markdown: str) -> None:
+def write_doc(markdown: str, *, tls: bool = False) -> None:
+    begin, end, title = ((TLS_DOC_BEGIN, TLS_DOC_END, "Task platform core over TLS") if tls
+                         else (DOC_BEGIN, DOC_END, "Task platform core"))
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    section = f"{DOC_BEGIN}\n{markdown.rstrip()}\n{DOC_END}"
+    section = f"{begin}\n{markdown.rstrip()}\n{end}"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + section + rest.split(DOC_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
-        text = text.rstrip() + "\n\n## Task platform core\n\n" + section + "\n"
+        text = text.rstrip() + f"\n\n## {title}\n\n" + section + "\n"
     DOC.write_text(text)
 
 
@@ -702,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a machine note for the record (e.g. other load on the machine)")
     parser.add_argument("--strict", action="store_true", help="exit with status 2 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SQLite files)")
+    parser.add_argument("--tls", action="store_true",
+                        help="Redis on a TLS port only; stalk and plain Celery both connect over TLS")
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
@@ -716,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="stalk-bench-"))
     processes = Processes(work)
-    bench = Bench(plan, work, processes, say)
+    bench = Bench(plan, work, processes, say, tls=args.tls)
     notes = machine_notes()
     started_at = datetime.now(UTC)
     results: dict[str, dict] = {}
@@ -776,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in extras(results):
         say(f"  {line}")
     if record:
-        write_doc(markdown_section(plan, rows, results, notes, started_at, args))
+        write_doc(markdown_section(plan, rows, results, notes, started_at, args), tls=args.tls)
         say(f"\nrecorded in {DOC.relative_to(ROOT)}")
     # A miss is a result, not a failure of the benchmark: exit 2 for it only when asked (--strict).
     missed = [row[0] for row in rows if row[4] == "MISS"]
@@ -785,18 +810,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_section(plan: Plan, rows, results, notes, started_at: datetime, args) -> str:
     command = ".venv/bin/python bench/core_throughput.py" + (" --quick" if args.quick else "") + (
-        f" --concurrency {args.concurrency}" if args.concurrency else "")
+        f" --concurrency {args.concurrency}" if args.concurrency else "") + (" --tls" if args.tls else "")
     load = lambda values: " / ".join(f"{v:.2f}" for v in values)  # noqa: E731
     lines = [
         f"Measured {started_at:%Y-%m-%d %H:%M} UTC on {notes['code']} with `{command}` (`make bench` runs the same "
-        "without flags).",
+        + ("after the run without it)." if args.tls else "without flags)."),
         "",
         render_markdown(rows),
         "",
         *[f"- {line}" for line in extras(results)],
         "",
         "Machine: {cpus} CPUs ({cpu}); Python {python}, Celery {celery}, kombu {kombu}, SQLAlchemy {sqlalchemy}, "
-        "uvicorn {uvicorn}, SQLite {sqlite}; one private redis-server on loopback, SQLite file records.".format(**notes),
+        "uvicorn {uvicorn}, SQLite {sqlite}; one private redis-server on loopback{tls}, SQLite file records.".format(
+            **notes, tls=" on a TLS port only (both sides over TLS)" if args.tls else ""),
         f"Load average (1/5/15 min) at the start {load(notes['load'])}, at the end {load(notes['load_after'])}. "
         f"Each scenario ran {plan.rounds} time(s), each time right after its baseline, on the same Redis: a ratio is "
         "the median of the per-round ratios, a rate the median run (range in brackets). The ratios compare like "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real: Redis and PostgreSQL servers,
+# Installs the Debian packages the test suite runs for real: Redis (and openssl) and PostgreSQL servers,
 # Prometheus (a real server for the dashboard test, promtool for the alert rules), and the
 # real Kubernetes node's container runtime (containerd, runc, CNI plugins, iptables).
 # Only what is missing is installed; `apt-get update` runs once, and only when needed.
@@ -12,6 +12,8 @@ set -euo pipefail
 need=()
 test_deps() {
   command -v redis-server >/dev/null || need+=(redis-server)
+  # The TLS tests' certificates (tests/fixtures/tls.py; Debian's redis-server is built with TLS).
+  command -v openssl >/dev/null || need+=(openssl)
   [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
   command -v runuser >/dev/null || need+=(util-linux)
   [ -x /usr/bin/time ] || need+=(time)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from stalk_workers import redis_tls
 from stalk_workers.cli.errors import fail, load_settings
 
 
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
                 recovered = recoverer.run_once()
             except redis.RedisError as exc:
                 if once:
-                    fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+                    fail(redis_tls.unreachable(settings.broker_url, exc))
                 typer.echo(f"warning: cannot reach the broker: {exc}; next pass in {every:g} s", err=True)
                 recovered = 0
             if once or recovered:

@@ -63,7 +63,8 @@ def publish(celery: Celery, rows: Iterable[dict], *, sent_at: float) -> None:
                         pipe.lpush(key, *payloads)  # pushed in order: BRPOP takes the first one first
                     pipe.execute()
                 return
-        # Another transport (rediss://), a queue with an expiry, or templates off: Celery sends each message.
+        # Another transport (kombu's own: shortcuts off), a queue with an expiry, or templates off:
+        # Celery sends each message.
         routes: dict[tuple, dict] = {}
         with producer.batch():
             for row in rows:

@@ -32,6 +32,7 @@ from stalk_api.database import Database
 from stalk_api.ids import new_task_ids
 from stalk_api.schemas import TaskCreate
 from stalk_api.writer import Writer
+from stalk_workers import redis_tls
 from stalk_workers.queue_reader import QueueReader
 from stalk_workers.records import store
 from stalk_workers.records.models import TaskRecord
@@ -320,7 +321,8 @@ def record_and_publish(gateway: Gateway, items: list[Item], *, defer_mark: bool 
         _publish(gateway.celery, rows)
     except Exception as exc:
         leftovers.discard(gateway, task_ids)
-        raise Unavailable(f"the broker is unavailable, nothing was submitted: {short_error(exc)}") from exc
+        raise Unavailable(f"the broker is unavailable, nothing was submitted: {short_error(exc)}"
+                          f"{redis_tls.handshake_hint(exc, gateway.settings.broker_url)}") from exc
     if defer_mark:
         leftovers.mark_later(task_ids)
         leftovers.flush_soon(gateway)

@@ -12,6 +12,8 @@ from typing import Any
 
 from celery import Celery
 
+from stalk_workers import redis_tls
+
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 # The ReplicaSet controller removes lower costs first: pods whose worker said it is idle, then
 # pods whose worker did not answer (a solo-pool worker cannot while it runs a task), then busy
@@ -57,8 +59,10 @@ class CeleryInspector:
 
     def __init__(self, broker_url: str, *, key_prefix: str = "", timeout: float = 0.5) -> None:
         self._app = Celery("stalk-operator-inspect", broker=broker_url, set_as_current=False)
+        options = redis_tls.pool_options(broker_url)
         if key_prefix:
-            self._app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
+            options["global_keyprefix"] = key_prefix
+        self._app.conf.broker_transport_options = options
         self._timeout = timeout
 
     def active(self) -> dict[str, list[Any]]:

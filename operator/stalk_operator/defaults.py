@@ -21,5 +21,7 @@ TASKQUEUE_DEFAULTS: dict[str, Any] = {
     "paused": False,
     "drain": True,
     "broker.keyPrefix": "",
+    "broker.tls.caSecretRef.key": "ca.crt",
+    "broker.tls.certReqs": "required",
     "scaleTargetRef.apiVersion": "apps/v1",
 }

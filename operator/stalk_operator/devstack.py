@@ -27,6 +27,7 @@ from stalk_operator import tethered
 from stalk_operator.local_mode import LocalAutoscaler
 from stalk_operator.local_sizing import Machine, describe, size_for_machine, this_machine
 from stalk_operator.reloading import Reloader, watch_roots
+from stalk_workers import redis_tls
 from stalk_workers.settings import Settings
 
 
@@ -231,8 +232,8 @@ class DevStack:
             try:
                 redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2).ping()
             except redis.RedisError as exc:
-                raise DevStackError(f"STALK_BROKER_URL={self.settings.broker_url} does not answer: {exc}") from exc
-            self.say(f"redis: {self.settings.broker_url} (from STALK_BROKER_URL)")
+                raise DevStackError(f"STALK_BROKER_URL ({redis_tls.shown(self.settings.broker_url)}) does not answer: {exc}") from exc
+            self.say(f"redis: {redis_tls.shown(self.settings.broker_url)} (from STALK_BROKER_URL)")
             return self.settings.broker_url, self.settings.result_backend
         remembered = self.run_dir / REDIS_PORT_FILE
         remembered.write_text(f"{port}\n")

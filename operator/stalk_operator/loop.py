@@ -33,6 +33,7 @@ from stalk_operator.reconcile import Outage, Plan, apply, plan
 from stalk_operator.reporting import Measured, Reporter
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
 from stalk_operator.writer import StatusWriter
+from stalk_workers import redis_tls
 from stalk_workers.queue_reader import QueueReader, QueueStats
 from stalk_workers.unconsumed import unconsumed_lists
 
@@ -44,6 +45,8 @@ SUPERVISE_INTERVAL_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 2.0
 # Looking for lists nobody consumes walks the keyspace and asks the workers: once a minute.
 UNCONSUMED_INTERVAL_SECONDS = 60.0
+# The reason of a TaskQueue whose broker's TLS handshake fails (wrong CA, no client certificate).
+BROKER_TLS_FAILED = "BrokerTLSFailed"
 
 
 @dataclass(slots=True)
@@ -212,8 +215,11 @@ class BrokerLoop:
     def _unreadable(self, state: TaskQueueState, exc: Exception, now: float) -> Step | None:
         """Redis could not be read: keep the replicas as they are and say so (an Event once)."""
         cfg = state.config
-        message = f"cannot read queue {cfg.queue} from {self.label}: {exc}"[:512]
         reason = unreadable_reason(exc)
+        hint = redis_tls.handshake_hint(exc, self.url)
+        if hint:
+            hint = f"{hint[:-1]}; set broker.tls.clientCertSecretRef)"
+        message = f"cannot read queue {cfg.queue} from {self.label}: {exc}{hint}"[:512]
         # Ready too: it does not scale, and `kubectl get tq` shows Ready's reason.
         self._supervisor.reporter.conditions(state, now, st.Condition(st.METRICS_AVAILABLE, False, reason, message),
                                          st.Condition(st.READY, False, reason, message))
@@ -299,6 +305,10 @@ def unreadable_reason(exc: Exception) -> str:
     if isinstance(exc, redis.AuthenticationError) or (
             isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))):
         return "BrokerAuthFailed"
+    # redis-py raises ConnectionError from the ssl module's error: a CA, certificate or server
+    # that does not match is the user's to fix, and waiting will not fix it.
+    if isinstance(exc, redis.ConnectionError) and redis_tls.ssl_cause(exc) is not None:
+        return BROKER_TLS_FAILED
     return "RedisUnavailable"
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
 from redis.connection import parse_url
 
 from stalk_operator import status as st
+from stalk_operator.broker_tls import TlsFiles
 from stalk_operator.kube import KubeApi
 from stalk_operator.kube_actuator import send_event
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.reporting import Reporter
 from stalk_operator.state import Registry, TaskQueueState
+from stalk_workers import redis_tls
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,16 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 def broker_label(url: str) -> str:
     """The broker as shown in metrics and messages: host, port and db, never the password."""
-    parts = urlsplit(url)
-    if not parts.hostname:  # unix:///run/redis.sock
-        return f"{parts.scheme}://{parts.path}"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    return redis_tls.shown(url)
+
+
+class SecretFault(Exception):
+    """A Secret a TaskQueue names cannot be used: the condition's reason and message. ``hiccup``: the
+    API server did not answer, so what was read before may still be used."""
+
+    def __init__(self, reason: str, message: str, *, hiccup: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.hiccup = reason, message, hiccup
 
 
 class Leadership:
@@ -89,6 +95,7 @@ class Membership:
         self._leadership = leadership
         self._reporter = reporter
         self._groups: dict[BrokerKey, list[TaskQueueState]] = {}
+        self._tls_files = TlsFiles()
 
     async def refresh(self, now: float) -> dict[BrokerKey, list[TaskQueueState]]:
         """Group the registry's TaskQueues by broker (conflicts marked); the groups are also kept."""
@@ -120,37 +127,77 @@ class Membership:
         if now - state.broker_checked_at < RESOLVE_INTERVAL_SECONDS:
             return state.broker_url
         state.broker_checked_at = now
-        cfg = state.config
         where = f"key {broker.secret_key!r} of Secret {broker.secret_name}"
         try:
-            url = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, broker.secret_name,
-                                          broker.secret_key)
-        except ApiException as exc:
-            self._metrics.api_errors.labels("read_secret").inc()
-            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, broker.secret_name, exc.reason)
-            if state.broker_url is not None:  # an API server hiccup: go on with the URL read before
+            url = await self._secret_value(state, broker.secret_name, broker.secret_key, "a Redis URL")
+        except SecretFault as fault:
+            if fault.hiccup and state.broker_url is not None:  # go on with the URL read before
                 return state.broker_url
-            return await self._fault(state, now, "BrokerSecretUnreadable",
-                                     f"cannot read Secret {broker.secret_name}: {exc.status} {exc.reason}")
-        except UnicodeDecodeError:
-            return await self._fault(state, now, BROKER_INVALID, f"the {where} is not text, so not a Redis URL")
-        if url is None:
-            return await self._fault(state, now, "BrokerSecretNotFound",
-                                     f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)")
+            return await self._fault(state, now, fault.reason, fault.message)
         # A value written with `echo` or from a file ends with a newline the user never meant.
         return await self._accept(state, now, url.strip(), where)
 
     async def _accept(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
-        if url == state.broker_url:  # checked when it was first seen (spec URLs come by every second)
-            return url
+        tls = state.config.broker.tls
+        # Checked when it was first seen (spec URLs come by every second); TLS Secrets now and then.
+        if url == state.broker_source and (tls is None or now - state.tls_checked_at < RESOLVE_INTERVAL_SECONDS):
+            return state.broker_url
         problem = broker_url_problem(url, where)
+        if problem is None and tls is not None and not redis_tls.is_tls(url):
+            problem = f"broker.tls is set, but the {where} is not a rediss:// URL"
         if problem is not None:
             return await self._fault(state, now, BROKER_INVALID, problem)
-        state.broker_url, state.broker_problem = url, None
-        return url
+        used = url
+        if redis_tls.is_tls(url):
+            state.tls_checked_at = now
+            used = await self._with_tls(state, now, url, where)
+            if used is None:
+                return None
+        state.broker_source, state.broker_url, state.broker_problem = url, used, None
+        return used
+
+    async def _with_tls(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
+        """``url`` with the files of spec.broker.tls in its query (written from their Secrets), or None
+        with the TaskQueue told why."""
+        tls = state.config.broker.tls
+        files: dict[str, str] = {}
+        wanted = []
+        if tls is not None and tls.ca is not None:
+            wanted.append(("ca", tls.ca.name, tls.ca.key, "ca.pem"))
+        if tls is not None and tls.client_cert_secret is not None:
+            wanted += [("cert", tls.client_cert_secret, "tls.crt", "crt.pem"),
+                       ("key", tls.client_cert_secret, "tls.key", "key.pem")]
+        for role, name, key, suffix in wanted:
+            try:
+                value = await self._secret_value(state, name, key, "PEM")
+            except SecretFault as fault:
+                if fault.hiccup and state.broker_url is not None:  # go on with the files written before
+                    return state.broker_url
+                return await self._fault(state, now, fault.reason, f"{fault.message}, named by broker.tls")
+            files[role] = self._tls_files.write(value, suffix)
+        try:
+            return redis_tls.with_tls(url, cert_reqs=tls.cert_reqs if tls else "required", **files)
+        except redis_tls.TlsUrlError as exc:
+            return await self._fault(state, now, BROKER_INVALID, f"the {where}: {exc}")
+
+    async def _secret_value(self, state: TaskQueueState, name: str, key: str, what: str) -> str:
+        """The text of one key of a Secret in the TaskQueue's namespace; a SecretFault says why not."""
+        namespace = state.config.namespace
+        try:
+            value = await asyncio.to_thread(self._kube.read_secret_key, namespace, name, key)
+        except ApiException as exc:
+            self._metrics.api_errors.labels("read_secret").inc()
+            log.warning("cannot read Secret %s/%s: %s", namespace, name, exc.reason)
+            raise SecretFault("BrokerSecretUnreadable", f"cannot read Secret {name}: {exc.status} {exc.reason}",
+                              hiccup=True) from None
+        except UnicodeDecodeError:
+            raise SecretFault(BROKER_INVALID, f"the key {key!r} of Secret {name} is not text, so not {what}") from None
+        if value is None:
+            raise SecretFault("BrokerSecretNotFound", f"Secret {name} has no key {key!r} (or does not exist)")
+        return value
 
     async def _fault(self, state: TaskQueueState, now: float, reason: str, message: str) -> None:
-        state.broker_url, state.broker_problem = None, (reason, message)
+        state.broker_url, state.broker_source, state.broker_problem = None, None, (reason, message)
         if not self._leadership.leading:
             return None
         self._reporter.conditions(state, now, st.Condition(st.READY, False, reason, message))

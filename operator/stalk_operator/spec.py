@@ -26,11 +26,27 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """spec.broker.tls: the files of a rediss:// broker's TLS, kept in Secrets."""
+
+    ca: SecretKey | None  # the CA bundle that signed the server's certificate; None: the system's
+    client_cert_secret: str | None  # a kubernetes.io/tls Secret (tls.crt, tls.key) when the server asks
+    cert_reqs: str  # ssl_cert_reqs: required, optional or none
+
+
+@dataclass(frozen=True)
 class BrokerRef:
     url: str | None
     secret_name: str | None
     secret_key: str | None
     key_prefix: str
+    tls: BrokerTls | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
                 secret_name=secret["name"] if secret else None,
                 secret_key=secret["key"] if secret else None,
                 key_prefix=broker.get("keyPrefix", DEFAULTS["broker.keyPrefix"]),
+                tls=_tls(broker.get("tls")),
             ),
             target=TargetRef(
                 kind=target["kind"],
@@ -112,6 +129,18 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
         if isinstance(exc, SpecError):
             raise
         raise SpecError(str(exc)) from exc
+
+
+def _tls(raw: Mapping[str, Any] | None) -> BrokerTls | None:
+    if raw is None:
+        return None
+    ca = raw.get("caSecretRef")
+    client = raw.get("clientCertSecretRef")
+    return BrokerTls(
+        ca=SecretKey(ca["name"], ca.get("key", DEFAULTS["broker.tls.caSecretRef.key"])) if ca else None,
+        client_cert_secret=client["name"] if client else None,
+        cert_reqs=raw.get("certReqs", DEFAULTS["broker.tls.certReqs"]),
+    )
 
 
 def _behavior(raw: Mapping[str, Any] | None, default_stabilization: int) -> Behavior:

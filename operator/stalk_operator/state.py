@@ -28,6 +28,9 @@ class TaskQueueState:
     # Set by the tick loop: the Redis URL in use (from spec.broker.url or the Secret).
     broker_url: str | None = None
     broker_checked_at: float = float("-inf")
+    # The URL as written (spec or Secret); broker_url adds spec.broker.tls's files to a rediss:// one.
+    broker_source: str | None = None
+    tls_checked_at: float = float("-inf")
     # Why the broker cannot be used (reason, message); None when it can.
     broker_problem: tuple[str, str] | None = None
     target_checked_at: float = float("-inf")
@@ -102,6 +105,7 @@ class Registry:
         if state is not None and state.config.uid == config.uid:
             if config.broker != state.config.broker:
                 state.broker_checked_at = float("-inf")  # resolve the new broker on the next tick
+                state.broker_source = None
             state.config = config
             state.seen_status = dict(status or {})
             return state

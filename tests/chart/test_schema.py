@@ -25,3 +25,25 @@ def test_the_values_schema_is_generated_from_the_current_queue_spec():
 def test_a_queue_table_default_is_the_crds(field, crd_key):
     # Local mode reads the queue table; the operator in a cluster gets the CRD's default.
     assert QueueSpec.model_fields[field].default == TASKQUEUE_DEFAULTS[crd_key]
+
+
+def test_the_redis_tls_choices_are_the_same_in_the_chart_the_crd_and_the_settings():
+    """ssl_cert_reqs is stated by the settings (STALK_REDIS_TLS_CERT_REQS), the CRD (broker.tls.certReqs)
+    and the chart (externalRedis.tls.certReqs, handed to both): the same choices, the same default."""
+    import json
+    import typing
+
+    import yaml
+
+    from stalk_workers.settings import Settings
+
+    setting = Settings.model_fields["redis_tls_cert_reqs"]
+    crd = yaml.safe_load((REPO / "k8s" / "crd" / "taskqueues.stalk.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    in_crd = spec["properties"]["broker"]["properties"]["tls"]["properties"]["certReqs"]
+    schema = json.loads((REPO / "charts" / "stalk" / "values.schema.json").read_text())
+    in_chart = schema["properties"]["externalRedis"]["properties"]["tls"]["properties"]["certReqs"]
+    values = yaml.safe_load((REPO / "charts" / "stalk" / "values.yaml").read_text())
+    assert list(typing.get_args(setting.annotation)) == in_crd["enum"] == in_chart["enum"]
+    assert setting.default == in_crd["default"] == values["externalRedis"]["tls"]["certReqs"] == TASKQUEUE_DEFAULTS[
+        "broker.tls.certReqs"]

@@ -17,6 +17,7 @@ import sysconfig
 from celery import Celery
 from kombu import Exchange, Queue
 
+from stalk_workers import redis_tls
 from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
 from stalk_workers.settings import Settings
 
@@ -59,6 +60,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
 
+    backend_transport_options = dict(transport_options)
+    # Not the backend's: a key of the broker's pools only (redis_tls.pool_options says why).
+    transport_options.update(redis_tls.pool_options(settings.broker_url))
+
     app = Celery("stalk", set_as_current=True)
     app.conf.update(
         broker_url=settings.broker_url,
@@ -67,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_backend=_result_backend(settings),
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
-        result_backend_transport_options=dict(transport_options),
+        result_backend_transport_options=backend_transport_options,
         redis_socket_connect_timeout=5,
         broker_connection_retry_on_startup=True,
         # JSON only: pickle would let anyone who can write to Redis run code in the workers.
@@ -123,9 +128,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def _broker_transport(settings: Settings) -> str | None:
-    """``redis://`` brokers through stalk's Transport (or, with its shortcuts off, the part of it
-    still on); any other URL, or both off, picks kombu's own by the URL's scheme."""
-    if not settings.broker_url.startswith("redis://"):
+    """``redis://`` and ``rediss://`` brokers through stalk's Transport (or, with its shortcuts off,
+    the part of it still on); any other URL, or both off, picks kombu's own by the URL's scheme.
+
+    Over TLS too: kombu takes TLS from the URL's ``ssl_*`` query (settings.py makes sure a
+    ``rediss://`` URL has one), not from the transport's name, and hands it to the channel's
+    Redis pool, which stalk's Transport shares (tests/workers/test_tls.py runs both)."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
     if settings.shortcut("channel-client"):
         return "stalk_workers.transport:Transport"

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 import redis
 from kombu.transport.redis import Channel
 from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from stalk_workers.arrivals import Arrivals
 from stalk_workers.routing import Bindings
@@ -96,6 +96,7 @@ class QueueReader:
         self._client = client
         self._prefix = key_prefix
         self._clock = clock
+        self._read_only_scripts = True  # EVALSHA_RO until Redis says it does not know it
         self._steps = PRIORITY_LISTS
         self._bindings = Bindings(client, key_prefix=key_prefix, clock=clock)
         self._delivered: dict[str, _Delivered] = {}
@@ -178,10 +179,19 @@ class QueueReader:
         args = [self._prefix, Channel.sep, len(self._steps), *self._steps, repr(self._newest_score),
                 len(queues), *queues, SENT_AT_HEADER, len(heads) // 2, *heads, *self._refetch]
         keys = (self._prefix + Channel.unacked_index_key, self._prefix + Channel.unacked_key)
+        # The read-only variants (Redis 7+) let a user whose keys are read-only (``%R~``, the
+        # operator's ACL in docs/redis.md) run the script: plain EVAL counts every key as written.
+        evalsha, eval_ = ((self._client.evalsha_ro, self._client.eval_ro) if self._read_only_scripts
+                          else (self._client.evalsha, self._client.eval))
         try:
-            return self._client.evalsha(_READ_SHA, len(keys), *keys, *args)
+            return evalsha(_READ_SHA, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed Redis: EVAL runs it and caches it again
-            return self._client.eval(_READ_SCRIPT, len(keys), *keys, *args)
+            return eval_(_READ_SCRIPT, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not (self._read_only_scripts and "unknown command" in str(exc).lower()):
+                raise
+            self._read_only_scripts = False  # Redis 6: EVALSHA_RO is new in 7.0
+            return self._run_script(queues)
 
     def _sync_delivered(self, index: list, fetched: list) -> None:
         """Bring the delivered-tag cache in line with ``unacked_index``, from what the script fetched."""

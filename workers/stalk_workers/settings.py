@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stalk_workers import redis_tls
 
 # Celery redelivers an unacked Redis message after the visibility timeout. It must outlast the
 # hard time limit (and any countdown), or a slow task runs twice while the first run is alive.
@@ -37,6 +41,13 @@ class Settings(BaseSettings):
     # kombu's ``global_keyprefix`` transport option, for teams that share one Redis.
     broker_key_prefix: str = ""
     database_url: str = "sqlite:///stalk.db"
+    # TLS to Redis: for ``rediss://`` URLs, the files (a mounted CA, a client certificate and key)
+    # and certificate check added to the URLs' query, the way Celery users write it there
+    # (``?ssl_cert_reqs=required&ssl_ca_certs=...``; redis_tls.py). What a URL says itself wins.
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = "required"
 
     # Extra task modules to import, comma separated: ``STALK_TASK_MODULES=myapp.tasks,myapp.more``.
     task_modules: str = ""
@@ -74,6 +85,28 @@ class Settings(BaseSettings):
             raise ValueError(f"no library shortcut {', '.join(map(repr, unknown))} (known: "
                              f"{', '.join(LIBRARY_SHORTCUTS)}, or all)")
         return value
+
+    @model_validator(mode="after")
+    def _fold_tls(self) -> Settings:
+        """Every client takes ``broker_url`` and ``result_backend`` as they are, so the TLS files
+        are made part of them here, once (redis_tls.with_tls)."""
+        files = {"ca": self.redis_tls_ca_file, "cert": self.redis_tls_cert_file, "key": self.redis_tls_key_file}
+        given = {role: str(path) for role, path in files.items() if path is not None}
+        urls = {"STALK_BROKER_URL": self.broker_url, "STALK_RESULT_BACKEND": self.result_backend}
+        if given and not any(redis_tls.is_tls(url) for url in urls.values()):
+            raise ValueError("STALK_REDIS_TLS_* files are given, but neither STALK_BROKER_URL nor "
+                             "STALK_RESULT_BACKEND is a rediss:// URL")
+        for variable, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"STALK_REDIS_TLS_{variable.upper()}_FILE {path}: no such file")
+        folded = {}
+        for variable, url in urls.items():
+            try:
+                folded[variable] = redis_tls.with_tls(url, cert_reqs=self.redis_tls_cert_reqs, **given)
+            except redis_tls.TlsUrlError as exc:
+                raise ValueError(f"{variable}: {exc}") from None
+        self.broker_url, self.result_backend = folded["STALK_BROKER_URL"], folded["STALK_RESULT_BACKEND"]
+        return self
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

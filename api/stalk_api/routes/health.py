@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from stalk_api.deps import GatewayDep, MetricsDep
+from stalk_workers import redis_tls
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,7 @@ def _broker_problem(gateway) -> str | None:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel.client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        return f"broker: {exc}"
+        return f"broker: {exc}{redis_tls.handshake_hint(exc, gateway.settings.broker_url)}"
     return None
 
 

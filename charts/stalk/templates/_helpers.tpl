@@ -137,6 +137,14 @@ stalk.dev/queue: {{ .queue | quote }}
 {{- if .Values.redis.enabled -}}result-backend-url{{- else -}}{{ default .Values.externalRedis.brokerUrlKey .Values.externalRedis.resultBackendKey }}{{- end -}}
 {{- end -}}
 
+{{/* stalk.redis.tls: "true" when stalk connects to an external Redis over TLS, else empty. */}}
+{{- define "stalk.redis.tls" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* stalk.redis.tlsDir: where the Redis CA and client certificate are mounted (STALK_REDIS_TLS_* point into it). */}}
+{{- define "stalk.redis.tlsDir" -}}/etc/stalk/redis-tls{{- end -}}
+
 {{/* stalk.database.secretName: the Secret holding STALK_DATABASE_URL (the chart's, or externalDatabase.existingSecret). */}}
 {{- define "stalk.database.secretName" -}}
 {{- if .Values.postgresql.enabled -}}
@@ -214,6 +222,10 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 {{- $names := list -}}
 {{- with .Values.api.tokens.existingSecret }}{{ $names = append $names . }}{{ end -}}
 {{- if not .Values.redis.enabled }}{{ $names = append $names .Values.externalRedis.existingSecret }}{{ end -}}
+{{- if include "stalk.redis.tls" . }}
+{{- with .Values.externalRedis.tls.caSecret.name }}{{ $names = append $names . }}{{ end -}}
+{{- with .Values.externalRedis.tls.clientCertSecret }}{{ $names = append $names . }}{{ end -}}
+{{- end -}}
 {{- if not .Values.postgresql.enabled }}{{ $names = append $names .Values.externalDatabase.existingSecret }}{{ end -}}
 {{- if $names -}}
 {{- $data := dict -}}
@@ -236,6 +248,21 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 - name: STALK_DATABASE_URL
   valueFrom:
     secretKeyRef: {name: {{ include "stalk.database.secretName" . }}, key: {{ include "stalk.database.key" . }}}
+{{- if include "stalk.redis.tls" . }}
+{{- $tls := .Values.externalRedis.tls }}
+- name: STALK_REDIS_TLS_CERT_REQS
+  value: {{ $tls.certReqs | quote }}
+{{- if $tls.caSecret.name }}
+- name: STALK_REDIS_TLS_CA_FILE
+  value: {{ include "stalk.redis.tlsDir" . }}/ca.crt
+{{- end }}
+{{- if $tls.clientCertSecret }}
+- name: STALK_REDIS_TLS_CERT_FILE
+  value: {{ include "stalk.redis.tlsDir" . }}/tls.crt
+- name: STALK_REDIS_TLS_KEY_FILE
+  value: {{ include "stalk.redis.tlsDir" . }}/tls.key
+{{- end }}
+{{- end }}
 {{- with .Values.config.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -247,7 +274,7 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
     name: {{ include "stalk.componentName" (dict "ctx" . "component" "config") }}
 {{- end -}}
 
-{{/* stalk.volumes: a writable /tmp (the root filesystem is read-only) and the queue table. */}}
+{{/* stalk.volumes: a writable /tmp (the root filesystem is read-only), the queue table, and the Redis TLS files when externalRedis.tls is on. */}}
 {{- define "stalk.volumes" -}}
 - name: tmp
   emptyDir: {}
@@ -256,12 +283,31 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
     name: {{ include "stalk.componentName" (dict "ctx" . "component" "config") }}
     items:
       - {key: queues.yaml, path: queues.yaml}
+{{- if include "stalk.redis.tls" . }}
+{{- $tls := .Values.externalRedis.tls }}
+{{- if or $tls.caSecret.name $tls.clientCertSecret }}
+- name: redis-tls
+  projected:
+    # Readable by the pod's group (fsGroup) only: the client key is a secret.
+    defaultMode: 0440
+    sources:
+      {{- with $tls.caSecret.name }}
+      - secret: {name: {{ . }}, items: [{key: {{ $tls.caSecret.key }}, path: ca.crt}]}
+      {{- end }}
+      {{- with $tls.clientCertSecret }}
+      - secret: {name: {{ . }}, items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]}
+      {{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* stalk.volumeMounts: mounts of stalk.volumes; STALK_QUEUES_FILE points into /etc/stalk/queues. */}}
+{{/* stalk.volumeMounts: mounts of stalk.volumes; STALK_QUEUES_FILE points into /etc/stalk/queues, STALK_REDIS_TLS_* into stalk.redis.tlsDir. */}}
 {{- define "stalk.volumeMounts" -}}
 - {name: tmp, mountPath: /tmp}
 - {name: queues, mountPath: /etc/stalk/queues, readOnly: true}
+{{- if and (include "stalk.redis.tls" .) (or .Values.externalRedis.tls.caSecret.name .Values.externalRedis.tls.clientCertSecret) }}
+- {name: redis-tls, mountPath: {{ include "stalk.redis.tlsDir" . }}, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{/* stalk.podSecurityContext / stalk.containerSecurityContext: the hardened defaults from values. */}}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
+from stalk_workers import redis_tls
 from stalk_workers.cli.errors import fail, load_settings
 from stalk_workers.settings import Settings
 
@@ -20,6 +22,21 @@ def _celery_app(settings: Settings):
         return create_app(settings)
     except (QueueTableError, TaskModuleError) as exc:
         fail(str(exc))
+
+
+def _refused_tls(settings: Settings) -> None:
+    """Exit with one line when the broker refuses this process's TLS (a wrong CA, no client
+    certificate): a retry cannot fix that, and Celery would retry for minutes. A Redis that is not
+    up yet is left to Celery's own retries."""
+    if not redis_tls.is_tls(settings.broker_url):
+        return
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        if redis_tls.ssl_cause(exc) is not None:
+            fail(redis_tls.unreachable(settings.broker_url, exc))
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +56,7 @@ def register(app: typer.Typer) -> None:
 
         settings = load_settings()
         celery = _celery_app(settings)
+        _refused_tls(settings)
         names = [q.strip() for q in queues.split(",") if q.strip()]
         table = {q.name: q for q in celery.conf.stalk_queues}
         unknown = [q for q in names if q not in table]
@@ -57,7 +75,9 @@ def register(app: typer.Typer) -> None:
         loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     ) -> None:
         """Run Celery beat with the periodic tasks from STALK_BEAT_SCHEDULE. Run exactly one."""
-        celery = _celery_app(load_settings())
+        settings = load_settings()
+        celery = _celery_app(settings)
+        _refused_tls(settings)
         celery.start(["beat", "--schedule", schedule_file, "--loglevel", loglevel])
 
     @db_app.command("upgrade")
@@ -90,5 +110,5 @@ def register(app: typer.Typer) -> None:
             with celery.connection_for_write() as conn:
                 removed = conn.default_channel.queue_purge(queue)
         except Exception as exc:  # noqa: BLE001
-            fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
+            fail(redis_tls.unreachable(settings.broker_url, exc))
         typer.echo(f"purged {removed} task(s) from {queue}")
