@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
@@ -19,28 +20,49 @@ from stalk_operator.kube import KubeApi
 from stalk_operator.kube_actuator import send_event
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.reporting import Reporter
+from stalk_operator.spec import SentinelRef
 from stalk_operator.state import Registry, TaskQueueState
+from stalk_workers.brokers import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
 # How often to look again for a Secret holding a broker URL, or for a missing scale target.
 RESOLVE_INTERVAL_SECONDS = 10.0
 
-BrokerKey = tuple[str, str]  # (url, key prefix)
+
+class BrokerKey(NamedTuple):
+    """One Redis the operator reads (one loop, one client): TaskQueues that agree on all of it share it."""
+
+    url: str
+    key_prefix: str
+    master_name: str = ""  # a sentinel:// URL's primary, by the name its Sentinels know it under
+    sentinel_password: str = ""  # the Sentinels' own password (from broker.sentinel.passwordSecretKeyRef)
+
+    def __repr__(self) -> str:  # never the passwords
+        return f"BrokerKey({broker_label(self.url)!r}, {self.key_prefix!r}, {self.master_name!r})"
+
 
 # The Ready reason of a TaskQueue whose broker URL redis-py cannot use.
 BROKER_INVALID = "BrokerInvalid"
-# The schemes redis-py's from_url accepts.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# The schemes redis-py's from_url accepts, and kombu's Sentinel addresses.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 def broker_label(url: str) -> str:
-    """The broker as shown in metrics and messages: host, port and db, never the password."""
-    parts = urlsplit(url)
-    if not parts.hostname:  # unix:///run/redis.sock
-        return f"{parts.scheme}://{parts.path}"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    """The broker as shown in metrics and messages: host, port and db, never the password (every
+    address of a sentinel:// URL, ';' between them)."""
+    labels = []
+    for address in url.split(";"):
+        parts = urlsplit(address.strip())
+        if not parts.hostname:  # unix:///run/redis.sock
+            labels.append(f"{parts.scheme}://{parts.path}")
+            continue
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:  # shown, never used: the URL is refused with its own message
+            port = ""
+        labels.append(f"{parts.scheme}://{parts.hostname}{port}{parts.path}")
+    return ";".join(labels)
 
 
 class Leadership:
@@ -100,8 +122,16 @@ class Membership:
             except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
                 log.exception("TaskQueue %s/%s: cannot resolve its broker", *state.config.key)
                 continue
-            if url is not None:
-                groups.setdefault((url, state.config.broker.key_prefix), []).append(state)
+            if url is None:
+                continue
+            sentinel = state.config.broker.sentinel
+            password = ""
+            if sentinel is not None and sentinel.password is not None:
+                password = await self._resolve_sentinel_password(state, now)
+                if password is None:
+                    continue
+            key = BrokerKey(url, state.config.broker.key_prefix, sentinel.master_name if sentinel else "", password)
+            groups.setdefault(key, []).append(state)
         self._groups = groups
         return groups
 
@@ -140,10 +170,40 @@ class Membership:
         # A value written with `echo` or from a file ends with a newline the user never meant.
         return await self._accept(state, now, url.strip(), where)
 
+    async def _resolve_sentinel_password(self, state: TaskQueueState, now: float) -> str | None:
+        """The Sentinels' password from ``broker.sentinel.passwordSecretKeyRef`` (read again every
+        RESOLVE_INTERVAL_SECONDS), or None with the TaskQueue told why."""
+        ref = state.config.broker.sentinel.password
+        if now - state.sentinel_checked_at < RESOLVE_INTERVAL_SECONDS and state.sentinel_password is not None:
+            return state.sentinel_password
+        state.sentinel_checked_at = now
+        cfg = state.config
+        try:
+            password = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, ref.name, ref.key)
+        except ApiException as exc:
+            self._metrics.api_errors.labels("read_secret").inc()
+            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, ref.name, exc.reason)
+            if state.sentinel_password is not None:  # an API server hiccup: go on with the one read before
+                return state.sentinel_password
+            return await self._fault(state, now, "BrokerSecretUnreadable",
+                                     f"cannot read Secret {ref.name} (broker.sentinel.passwordSecretKeyRef): "
+                                     f"{exc.status} {exc.reason}")
+        except UnicodeDecodeError:
+            return await self._fault(state, now, BROKER_INVALID, f"the key {ref.key!r} of Secret {ref.name} "
+                                     "(broker.sentinel.passwordSecretKeyRef) is not text")
+        if password is None:
+            return await self._fault(state, now, "BrokerSecretNotFound",
+                                     f"Secret {ref.name} has no key {ref.key!r} (or does not exist), named by "
+                                     "broker.sentinel.passwordSecretKeyRef")
+        state.sentinel_password = password.strip()
+        return state.sentinel_password
+
     async def _accept(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
-        if url == state.broker_url:  # checked when it was first seen (spec URLs come by every second)
+        # A string test, every time: broker.sentinel may change while the URL (in a Secret) does not.
+        problem = sentinel_mismatch(url, state.config.broker.sentinel, where)
+        if problem is None and url == state.broker_url:  # parsed when first seen (spec URLs come by every second)
             return url
-        problem = broker_url_problem(url, where)
+        problem = problem or broker_url_problem(url, where)
         if problem is not None:
             return await self._fault(state, now, BROKER_INVALID, problem)
         state.broker_url, state.broker_problem = url, None
@@ -160,11 +220,28 @@ class Membership:
         return None
 
 
+def sentinel_mismatch(url: str, sentinel: SentinelRef | None, where: str) -> str | None:
+    """Why ``url`` and ``broker.sentinel`` do not fit together (one without the other), or None."""
+    if is_sentinel_url(url) and sentinel is None:
+        return (f"the {where} is a sentinel:// URL: set broker.sentinel.masterName to the name its "
+                "Sentinels monitor the primary under")
+    if sentinel is not None and not is_sentinel_url(url):
+        return f"broker.sentinel is set, but the {where} is not a sentinel:// URL"
+    return None
+
+
 def broker_url_problem(url: str, where: str) -> str | None:
-    """Why redis-py would refuse ``url`` (as ``redis.Redis.from_url`` parses it, without I/O), or None.
+    """Why redis-py would refuse ``url`` (as ``redis.Redis.from_url`` parses it, without I/O), or
+    kombu a ``sentinel://`` one; None when it is usable.
 
     The message never quotes the value: a Secret's key may hold anything, API tokens included.
     """
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            return f"the {where} is not a valid Sentinel URL: {exc}"
+        return None
     try:
         parse_url(url)
     except (ValueError, TypeError):

@@ -26,11 +26,26 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class SentinelRef:
+    """``broker.sentinel``: the primary is the one the Sentinels of ``broker.url`` name ``master_name``."""
+
+    master_name: str
+    password: SecretKeyRef | None  # the Sentinels' own password, when they require one
+
+
+@dataclass(frozen=True)
 class BrokerRef:
     url: str | None
     secret_name: str | None
     secret_key: str | None
     key_prefix: str
+    sentinel: SentinelRef | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
                 secret_name=secret["name"] if secret else None,
                 secret_key=secret["key"] if secret else None,
                 key_prefix=broker.get("keyPrefix", DEFAULTS["broker.keyPrefix"]),
+                sentinel=_sentinel(broker.get("sentinel")),
             ),
             target=TargetRef(
                 kind=target["kind"],
@@ -112,6 +128,16 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
         if isinstance(exc, SpecError):
             raise
         raise SpecError(str(exc)) from exc
+
+
+def _sentinel(raw: Mapping[str, Any] | None) -> SentinelRef | None:
+    if raw is None:
+        return None
+    if not raw.get("masterName"):
+        raise SpecError("broker.sentinel needs masterName")
+    password = raw.get("passwordSecretKeyRef")
+    return SentinelRef(master_name=raw["masterName"],
+                       password=SecretKeyRef(password["name"], password["key"]) if password else None)
 
 
 def _behavior(raw: Mapping[str, Any] | None, default_stabilization: int) -> Behavior:

@@ -28,6 +28,9 @@ class TaskQueueState:
     # Set by the tick loop: the Redis URL in use (from spec.broker.url or the Secret).
     broker_url: str | None = None
     broker_checked_at: float = float("-inf")
+    # The Sentinels' password, from broker.sentinel.passwordSecretKeyRef, when it names one.
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_checked_at: float = float("-inf")
     # Why the broker cannot be used (reason, message); None when it can.
     broker_problem: tuple[str, str] | None = None
     target_checked_at: float = float("-inf")
