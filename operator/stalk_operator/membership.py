@@ -150,25 +150,10 @@ class Membership:
         if now - state.broker_checked_at < RESOLVE_INTERVAL_SECONDS:
             return state.broker_url
         state.broker_checked_at = now
-        cfg = state.config
         where = f"key {broker.secret_key!r} of Secret {broker.secret_name}"
-        try:
-            url = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, broker.secret_name,
-                                          broker.secret_key)
-        except ApiException as exc:
-            self._metrics.api_errors.labels("read_secret").inc()
-            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, broker.secret_name, exc.reason)
-            if state.broker_url is not None:  # an API server hiccup: go on with the URL read before
-                return state.broker_url
-            return await self._fault(state, now, "BrokerSecretUnreadable",
-                                     f"cannot read Secret {broker.secret_name}: {exc.status} {exc.reason}")
-        except UnicodeDecodeError:
-            return await self._fault(state, now, BROKER_INVALID, f"the {where} is not text, so not a Redis URL")
-        if url is None:
-            return await self._fault(state, now, "BrokerSecretNotFound",
-                                     f"Secret {broker.secret_name} has no key {broker.secret_key!r} (or does not exist)")
-        # A value written with `echo` or from a file ends with a newline the user never meant.
-        return await self._accept(state, now, url.strip(), where)
+        url = await self._secret_value(state, now, broker.secret_name, broker.secret_key, previous=state.broker_url,
+                                       not_text=f"the {where} is not text, so not a Redis URL")
+        return None if url is None else await self._accept(state, now, url, where)
 
     async def _resolve_sentinel_password(self, state: TaskQueueState, now: float) -> str | None:
         """The Sentinels' password from ``broker.sentinel.passwordSecretKeyRef`` (read again every
@@ -177,26 +162,33 @@ class Membership:
         if now - state.sentinel_checked_at < RESOLVE_INTERVAL_SECONDS and state.sentinel_password is not None:
             return state.sentinel_password
         state.sentinel_checked_at = now
+        named_by = " (broker.sentinel.passwordSecretKeyRef)"
+        state.sentinel_password = await self._secret_value(
+            state, now, ref.name, ref.key, previous=state.sentinel_password, named_by=named_by,
+            not_text=f"the key {ref.key!r} of Secret {ref.name}{named_by} is not text")
+        return state.sentinel_password
+
+    async def _secret_value(self, state: TaskQueueState, now: float, name: str, key: str, *, previous: str | None,
+                            not_text: str, named_by: str = "") -> str | None:
+        """One key of a Secret in the TaskQueue's namespace, or None with the TaskQueue told why.
+        When the API server fails, the value read before (if any) stands."""
         cfg = state.config
         try:
-            password = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, ref.name, ref.key)
+            value = await asyncio.to_thread(self._kube.read_secret_key, cfg.namespace, name, key)
         except ApiException as exc:
             self._metrics.api_errors.labels("read_secret").inc()
-            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, ref.name, exc.reason)
-            if state.sentinel_password is not None:  # an API server hiccup: go on with the one read before
-                return state.sentinel_password
+            log.warning("cannot read Secret %s/%s: %s", cfg.namespace, name, exc.reason)
+            if previous is not None:  # an API server hiccup: go on with the value read before
+                return previous
             return await self._fault(state, now, "BrokerSecretUnreadable",
-                                     f"cannot read Secret {ref.name} (broker.sentinel.passwordSecretKeyRef): "
-                                     f"{exc.status} {exc.reason}")
+                                     f"cannot read Secret {name}{named_by}: {exc.status} {exc.reason}")
         except UnicodeDecodeError:
-            return await self._fault(state, now, BROKER_INVALID, f"the key {ref.key!r} of Secret {ref.name} "
-                                     "(broker.sentinel.passwordSecretKeyRef) is not text")
-        if password is None:
+            return await self._fault(state, now, BROKER_INVALID, not_text)
+        if value is None:
             return await self._fault(state, now, "BrokerSecretNotFound",
-                                     f"Secret {ref.name} has no key {ref.key!r} (or does not exist), named by "
-                                     "broker.sentinel.passwordSecretKeyRef")
-        state.sentinel_password = password.strip()
-        return state.sentinel_password
+                                     f"Secret {name} has no key {key!r} (or does not exist){named_by}")
+        # A value written with `echo` or from a file ends with a newline the user never meant.
+        return value.strip()
 
     async def _accept(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
         # A string test, every time: broker.sentinel may change while the URL (in a Secret) does not.
