@@ -259,8 +259,9 @@ class DevStack:
         # Busy workers are found with Celery's remote control on the same broker.
         settings = self.settings.model_copy(update={"broker_url": broker, "record_tasks": False})
         control = create_app(settings)
-        self.autoscaler = LocalAutoscaler(queues, settings.broker_client(timeout=None), key_prefix=self.settings.broker_key_prefix,
-                                          control_app=control, env=self.env, log_dir=self.run_dir)
+        self.autoscaler = LocalAutoscaler(queues, settings.broker_client(timeout=None),
+                                          key_prefix=self.settings.broker_key_prefix, control_app=control,
+                                          env=self.env, log_dir=self.run_dir)
         self._stop_event = threading.Event()
         threading.Thread(target=self.autoscaler.run, args=(self._stop_event,), daemon=True,
                          name="autoscaler").start()

@@ -21,7 +21,8 @@ def counts(reader: QueueReader, queue: str = "default") -> tuple[int, int]:
 @pytest.mark.parametrize("how", ["sentinel-failover", "primary-killed"])
 def test_the_reader_follows_a_failover(sentinel_cluster, how):  # noqa: F811
     cluster = sentinel_cluster
-    settings = Settings(broker_url=cluster.url(0), result_backend=cluster.url(1), broker_master_name=cluster.master_name)
+    settings = Settings(broker_url=cluster.url(0), result_backend=cluster.url(1),
+                        broker_master_name=cluster.master_name)
     app = create_app(settings)
     for i in range(7):
         app.send_task("stalk.echo", args=[i], queue="default", priority=i)
