@@ -38,6 +38,9 @@ def test_a_submitted_batch_runs_on_a_worker_through_sentinel(sentinel_cluster, t
         # The messages are on the primary Sentinel names, nowhere else.
         primary = cluster.client(cluster.current_primary_port())
         assert primary.llen("default") == 21
+        # GET /v1/queues: the queue reader's Lua read through Sentinel.
+        queues = {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}
+        assert queues["default"]["waiting"] == 21
         stack.start_worker("default", concurrency=2)
         tasks = [stack.wait_for(task_id, timeout=60) for task_id in ids]
         assert [t["status"] for t in tasks] == ["SUCCESS"] * 21
