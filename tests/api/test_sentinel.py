@@ -13,7 +13,7 @@ from celery import Celery
 from stalk_workers.factory import create_app
 from stalk_workers.result_backend import StalkSentinelBackend
 from stalk_workers.settings import Settings
-from tests.fixtures.sentinel import sentinel_cluster  # noqa: F401 - a fixture, found by name
+from tests.fixtures.sentinel import sentinel_cluster, start_sentinel_cluster  # noqa: F401 - a fixture, by name
 from tests.fixtures.stack import running_stack
 
 
@@ -54,6 +54,27 @@ def test_a_submitted_batch_runs_on_a_worker_through_sentinel(sentinel_cluster, t
             assert plain.AsyncResult(ids[-1]).get(timeout=10) == {"args": ["one"], "kwargs": {}}
         finally:
             plain.close()
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path):
+    cluster = start_sentinel_cluster(tmp_path / "sentinel", sentinel_password="s3ntinel")
+    try:
+        with running_stack(cluster.primary, None, tmp_path, broker_sentinel_password="s3ntinel",
+                           **sentinel_settings(cluster)) as stack:
+            task_id = stack.submit("stalk.echo", args=["guarded"])
+            queues = {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}
+            assert queues["default"]["waiting"] == 1
+            stack.start_worker("default", concurrency=1)
+            assert stack.wait_for(task_id, timeout=60)["status"] == "SUCCESS"
+        # Without their password the Sentinels do not answer: a 503 that says why, nothing kept.
+        (tmp_path / "without").mkdir()
+        with running_stack(cluster.primary, None, tmp_path / "without", **sentinel_settings(cluster)) as stack:
+            response = stack.client.post("/v1/tasks", json={"task": "stalk.echo"})
+            assert response.status_code == 503, response.text
+            assert "the broker is unavailable, nothing was submitted" in response.json()["detail"]
+            assert stack.client.get("/v1/tasks").json()["tasks"] == []
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.parametrize(("shortcuts_off", "backend"), [("", StalkSentinelBackend), ("all", None)],
