@@ -31,6 +31,15 @@ def test_a_sentinel_broker_gets_stalks_transport_or_kombus(off, transport):
     assert "sentinel_kwargs" not in app.conf.broker_transport_options  # redis-py copies the socket options
 
 
+def test_the_default_sentinel_port_is_kombus():
+    from kombu.transport.redis import SentinelTransport
+
+    from stalk_workers.brokers import DEFAULT_SENTINEL_PORT, parse_sentinel_url
+
+    assert DEFAULT_SENTINEL_PORT == SentinelTransport.default_port
+    assert parse_sentinel_url("sentinel://s1;sentinel://s2:26380").sentinels == (("s1", 26379), ("s2", 26380))
+
+
 def test_the_sentinels_password_and_the_result_backends_own_master_name():
     app = create_app(Settings(broker_url=URL, result_backend=URL.replace("/0", "/1"), broker_master_name="m",
                               result_backend_master_name="results", broker_sentinel_password="s3"))

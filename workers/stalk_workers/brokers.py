@@ -20,14 +20,15 @@ connection to a primary that was demoted (READONLY) is dropped and made again to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-import redis
-from kombu.transport.redis import SentinelTransport
-from redis.sentinel import Sentinel
+if TYPE_CHECKING:  # imported on use: Settings checks URLs with this module, and `stalk --help` needs no redis
+    import redis
 
 SENTINEL_SCHEME = "sentinel://"
-DEFAULT_SENTINEL_PORT = SentinelTransport.default_port  # 26379, kombu's default too
+# kombu's SentinelTransport.default_port (tests/workers/test_sentinel_settings.py checks they agree).
+DEFAULT_SENTINEL_PORT = 26379
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -92,6 +93,9 @@ def redis_client(url: str, *, master_name: str | None = None, sentinel_password:
                  socket_timeout: float | None = None, socket_connect_timeout: float | None = None) -> redis.Redis:
     """A redis-py client on the broker: ``redis.Redis.from_url`` for redis://, rediss:// and unix://,
     the current primary of ``master_name`` for sentinel:// (it follows a failover). Opens nothing yet."""
+    import redis
+    from redis.sentinel import Sentinel
+
     timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_connect_timeout}
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **timeouts)

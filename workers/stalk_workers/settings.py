@@ -7,13 +7,15 @@ operator take a ``Settings`` (or a subclass) instead of calling ``os.environ`` t
 from __future__ import annotations
 
 from pathlib import Path
-
-import redis
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stalk_workers.brokers import is_sentinel_url, parse_sentinel_url, redis_client
+
+if TYPE_CHECKING:
+    import redis
 
 # Celery redelivers an unacked Redis message after the visibility timeout. It must outlast the
 # hard time limit (and any countdown), or a slow task runs twice while the first run is alive.
