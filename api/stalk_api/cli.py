@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         recoverer = Recoverer(
             celery=celery, sessions=db.session_factory(db.create_engine(settings.database_url)),
-            client=redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5),
+            client=settings.broker_client(timeout=5),
             queues=[q.name for q in celery.conf.stalk_queues], recover_after=settings.recover_after_seconds,
             key_prefix=settings.broker_key_prefix, inspect_timeout=settings.inspect_timeout_seconds)
         if not once and settings.recover_metrics_port:

@@ -136,7 +136,7 @@ class Gateway:
 
     @cached_property
     def _broker(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
+        return self.settings.broker_client(timeout=5)
 
     @cached_property
     def _reader(self) -> QueueReader:

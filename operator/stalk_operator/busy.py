@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 
 from stalk_workers import redis_tls
+from stalk_workers.brokers import sentinel_kwargs
 
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 # The ReplicaSet controller removes lower costs first: pods whose worker said it is idle, then
@@ -57,12 +58,20 @@ def deletion_costs(busy: Mapping[str, int | None], current: Mapping[str, str | N
 class CeleryInspector:
     """Asks the workers of one broker what they run. One Celery app per broker, built once."""
 
-    def __init__(self, broker_url: str, *, key_prefix: str = "", timeout: float = 0.5) -> None:
+    def __init__(self, broker_url: str, *, key_prefix: str = "", timeout: float = 0.5, master_name: str = "",
+                 sentinel_password: str = "") -> None:
         self._app = Celery("stalk-operator-inspect", broker=broker_url, set_as_current=False)
-        options = redis_tls.pool_options(broker_url)
+        options: dict = redis_tls.pool_options(broker_url)
         if key_prefix:
             options["global_keyprefix"] = key_prefix
-        self._app.conf.broker_transport_options = options
+        if master_name:  # a sentinel:// broker: kombu's Sentinel transport finds the primary
+            options["master_name"] = master_name
+            kwargs = sentinel_kwargs(sentinel_password or None, socket_timeout=timeout + 1,
+                                     socket_connect_timeout=timeout + 1)
+            if kwargs is not None:
+                options["sentinel_kwargs"] = kwargs
+        if options:
+            self._app.conf.broker_transport_options = options
         self._timeout = timeout
 
     def active(self) -> dict[str, list[Any]]:

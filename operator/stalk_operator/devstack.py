@@ -230,7 +230,7 @@ class DevStack:
     def _redis(self, port: int | None) -> tuple[str, str]:
         if port is None:
             try:
-                redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2).ping()
+                self.settings.broker_client(timeout=2).ping()
             except redis.RedisError as exc:
                 raise DevStackError(f"STALK_BROKER_URL ({redis_tls.shown(self.settings.broker_url)}) does not answer: {exc}") from exc
             self.say(f"redis: {redis_tls.shown(self.settings.broker_url)} (from STALK_BROKER_URL)")
@@ -258,9 +258,11 @@ class DevStack:
         from stalk_workers.factory import create_app
 
         # Busy workers are found with Celery's remote control on the same broker.
-        control = create_app(self.settings.model_copy(update={"broker_url": broker, "record_tasks": False}))
-        self.autoscaler = LocalAutoscaler(queues, redis.Redis.from_url(broker), key_prefix=self.settings.broker_key_prefix,
-                                          control_app=control, env=self.env, log_dir=self.run_dir)
+        settings = self.settings.model_copy(update={"broker_url": broker, "record_tasks": False})
+        control = create_app(settings)
+        self.autoscaler = LocalAutoscaler(queues, settings.broker_client(timeout=None),
+                                          key_prefix=self.settings.broker_key_prefix, control_app=control,
+                                          env=self.env, log_dir=self.run_dir)
         self._stop_event = threading.Event()
         threading.Thread(target=self.autoscaler.run, args=(self._stop_event,), daemon=True,
                          name="autoscaler").start()

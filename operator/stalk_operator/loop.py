@@ -34,6 +34,7 @@ from stalk_operator.reporting import Measured, Reporter
 from stalk_operator.state import Registry, Target, TargetCache, TaskQueueState
 from stalk_operator.writer import StatusWriter
 from stalk_workers import redis_tls
+from stalk_workers.brokers import close_client, redis_client
 from stalk_workers.queue_reader import QueueReader, QueueStats
 from stalk_workers.unconsumed import unconsumed_lists
 
@@ -67,12 +68,14 @@ class BrokerLoop:
 
     def __init__(self, key: BrokerKey, supervisor: BrokerSupervisor) -> None:
         self.key = key
-        self.url, self.key_prefix = key
+        self.url, self.key_prefix = key.url, key.key_prefix
         self.label = broker_label(self.url)
         self._supervisor = supervisor
-        # Built once per broker, never per poll.
-        self.client = redis.Redis.from_url(
-            self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        # Built once per broker, never per poll. On Sentinel it is the current primary's, and
+        # follows a failover (it asks the Sentinels again when its connection fails).
+        self.client = redis_client(
+            self.url, master_name=key.master_name or None, sentinel_password=key.sentinel_password or None,
+            socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         )
         self.reader = QueueReader(self.client, key_prefix=self.key_prefix)
         # Reads run on this broker's own thread: a Redis that does not answer holds it for the
@@ -88,7 +91,9 @@ class BrokerLoop:
     def inspector(self) -> CeleryInspector:
         if self._inspector is None:  # only needed now and then, so built on first use
             timeout = self._supervisor.settings.inspect_timeout_seconds
-            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout)
+            self._inspector = CeleryInspector(self.url, key_prefix=self.key_prefix, timeout=timeout,
+                                              master_name=self.key.master_name,
+                                              sentinel_password=self.key.sentinel_password)
         return self._inspector
 
     def active_tasks(self) -> dict:
@@ -131,7 +136,7 @@ class BrokerLoop:
         for name in self._unconsumed:
             self._supervisor.metrics.unconsumed.remove(self.label, name)
         self._reads.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        close_client(self.client)
         if self._inspector is not None:
             self._inspector.close()
 

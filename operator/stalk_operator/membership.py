@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
 from redis.connection import parse_url
@@ -19,25 +21,50 @@ from stalk_operator.kube import KubeApi
 from stalk_operator.kube_actuator import send_event
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.reporting import Reporter
+from stalk_operator.spec import SentinelRef
 from stalk_operator.state import Registry, TaskQueueState
 from stalk_workers import redis_tls
+from stalk_workers.brokers import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
 # How often to look again for a Secret holding a broker URL, or for a missing scale target.
 RESOLVE_INTERVAL_SECONDS = 10.0
 
-BrokerKey = tuple[str, str]  # (url, key prefix)
+
+class BrokerKey(NamedTuple):
+    """One Redis the operator reads (one loop, one client): TaskQueues that agree on all of it share it."""
+
+    url: str
+    key_prefix: str
+    master_name: str = ""  # a sentinel:// URL's primary, by the name its Sentinels know it under
+    sentinel_password: str = ""  # the Sentinels' own password (from broker.sentinel.passwordSecretKeyRef)
+
+    def __repr__(self) -> str:  # never the passwords
+        return f"BrokerKey({broker_label(self.url)!r}, {self.key_prefix!r}, {self.master_name!r})"
+
 
 # The Ready reason of a TaskQueue whose broker URL redis-py cannot use.
 BROKER_INVALID = "BrokerInvalid"
-# The schemes redis-py's from_url accepts.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# The schemes redis-py's from_url accepts, and kombu's Sentinel addresses.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 def broker_label(url: str) -> str:
-    """The broker as shown in metrics and messages: host, port and db, never the password."""
-    return redis_tls.shown(url)
+    """The broker as shown in metrics and messages: host, port and db, never the password (every
+    address of a sentinel:// URL, ';' between them)."""
+    labels = []
+    for address in url.split(";"):
+        parts = urlsplit(address.strip())
+        if not parts.hostname:  # unix:///run/redis.sock
+            labels.append(f"{parts.scheme}://{parts.path}")
+            continue
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:  # shown, never used: the URL is refused with its own message
+            port = ""
+        labels.append(f"{parts.scheme}://{parts.hostname}{port}{parts.path}")
+    return ";".join(labels)
 
 
 class SecretFault(Exception):
@@ -107,8 +134,16 @@ class Membership:
             except Exception:  # noqa: BLE001 - one TaskQueue's failure must not stop the others
                 log.exception("TaskQueue %s/%s: cannot resolve its broker", *state.config.key)
                 continue
-            if url is not None:
-                groups.setdefault((url, state.config.broker.key_prefix), []).append(state)
+            if url is None:
+                continue
+            sentinel = state.config.broker.sentinel
+            password = ""
+            if sentinel is not None and sentinel.password is not None:
+                password = await self._resolve_sentinel_password(state, now)
+                if password is None:
+                    continue
+            key = BrokerKey(url, state.config.broker.key_prefix, sentinel.master_name if sentinel else "", password)
+            groups.setdefault(key, []).append(state)
         self._groups = groups
         return groups
 
@@ -137,12 +172,31 @@ class Membership:
         # A value written with `echo` or from a file ends with a newline the user never meant.
         return await self._accept(state, now, url.strip(), where)
 
+    async def _resolve_sentinel_password(self, state: TaskQueueState, now: float) -> str | None:
+        """The Sentinels' password from ``broker.sentinel.passwordSecretKeyRef`` (read again every
+        RESOLVE_INTERVAL_SECONDS), or None with the TaskQueue told why."""
+        ref = state.config.broker.sentinel.password
+        if now - state.sentinel_checked_at < RESOLVE_INTERVAL_SECONDS and state.sentinel_password is not None:
+            return state.sentinel_password
+        state.sentinel_checked_at = now
+        try:
+            state.sentinel_password = (await self._secret_value(state, ref.name, ref.key, "a password")).strip()
+        except SecretFault as fault:
+            if not (fault.hiccup and state.sentinel_password is not None):  # else: the one read before
+                state.sentinel_password = None
+                return await self._fault(state, now, fault.reason,
+                                         f"{fault.message} (broker.sentinel.passwordSecretKeyRef)")
+        return state.sentinel_password
+
     async def _accept(self, state: TaskQueueState, now: float, url: str, where: str) -> str | None:
         tls = state.config.broker.tls
+        # A string test, every time: broker.sentinel may change while the URL (in a Secret) does not.
+        problem = sentinel_mismatch(url, state.config.broker.sentinel, where)
         # Checked when it was first seen (spec URLs come by every second); TLS Secrets now and then.
-        if url == state.broker_source and (tls is None or now - state.tls_checked_at < RESOLVE_INTERVAL_SECONDS):
+        if problem is None and url == state.broker_source and (
+                tls is None or now - state.tls_checked_at < RESOLVE_INTERVAL_SECONDS):
             return state.broker_url
-        problem = broker_url_problem(url, where)
+        problem = problem or broker_url_problem(url, where)
         if problem is None and tls is not None and not redis_tls.is_tls(url):
             problem = f"broker.tls is set, but the {where} is not a rediss:// URL"
         if problem is not None:
@@ -207,11 +261,28 @@ class Membership:
         return None
 
 
+def sentinel_mismatch(url: str, sentinel: SentinelRef | None, where: str) -> str | None:
+    """Why ``url`` and ``broker.sentinel`` do not fit together (one without the other), or None."""
+    if is_sentinel_url(url) and sentinel is None:
+        return (f"the {where} is a sentinel:// URL: set broker.sentinel.masterName to the name its "
+                "Sentinels monitor the primary under")
+    if sentinel is not None and not is_sentinel_url(url):
+        return f"broker.sentinel is set, but the {where} is not a sentinel:// URL"
+    return None
+
+
 def broker_url_problem(url: str, where: str) -> str | None:
-    """Why redis-py would refuse ``url`` (as ``redis.Redis.from_url`` parses it, without I/O), or None.
+    """Why redis-py would refuse ``url`` (as ``redis.Redis.from_url`` parses it, without I/O), or
+    kombu a ``sentinel://`` one; None when it is usable.
 
     The message never quotes the value: a Secret's key may hold anything, API tokens included.
     """
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            return f"the {where} is not a valid Sentinel URL: {exc}"
+        return None
     try:
         parse_url(url)
     except (ValueError, TypeError):

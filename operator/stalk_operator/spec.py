@@ -41,12 +41,21 @@ class BrokerTls:
 
 
 @dataclass(frozen=True)
+class SentinelRef:
+    """``broker.sentinel``: the primary is the one the Sentinels of ``broker.url`` name ``master_name``."""
+
+    master_name: str
+    password: SecretKey | None  # the Sentinels' own password, when they require one
+
+
+@dataclass(frozen=True)
 class BrokerRef:
     url: str | None
     secret_name: str | None
     secret_key: str | None
     key_prefix: str
     tls: BrokerTls | None = None
+    sentinel: SentinelRef | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,7 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueConfig:
                 secret_key=secret["key"] if secret else None,
                 key_prefix=broker.get("keyPrefix", DEFAULTS["broker.keyPrefix"]),
                 tls=_tls(broker.get("tls")),
+                sentinel=_sentinel(broker.get("sentinel")),
             ),
             target=TargetRef(
                 kind=target["kind"],
@@ -141,6 +151,16 @@ def _tls(raw: Mapping[str, Any] | None) -> BrokerTls | None:
         client_cert_secret=client["name"] if client else None,
         cert_reqs=raw.get("certReqs", DEFAULTS["broker.tls.certReqs"]),
     )
+
+
+def _sentinel(raw: Mapping[str, Any] | None) -> SentinelRef | None:
+    if raw is None:
+        return None
+    if not raw.get("masterName"):
+        raise SpecError("broker.sentinel needs masterName")
+    password = raw.get("passwordSecretKeyRef")
+    return SentinelRef(master_name=raw["masterName"],
+                       password=SecretKey(password["name"], password["key"]) if password else None)
 
 
 def _behavior(raw: Mapping[str, Any] | None, default_stabilization: int) -> Behavior:

@@ -31,6 +31,9 @@ class TaskQueueState:
     # The URL as written (spec or Secret); broker_url adds spec.broker.tls's files to a rediss:// one.
     broker_source: str | None = None
     tls_checked_at: float = float("-inf")
+    # The Sentinels' password, from broker.sentinel.passwordSecretKeyRef, when it names one.
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_checked_at: float = float("-inf")
     # Why the broker cannot be used (reason, message); None when it can.
     broker_problem: tuple[str, str] | None = None
     target_checked_at: float = float("-inf")

@@ -17,6 +17,7 @@ from stalk_operator import status as st
 from stalk_operator.config import OperatorSettings
 from stalk_operator.kube import Scale
 from stalk_operator.loop import BrokerSupervisor
+from stalk_operator.membership import BrokerKey
 from stalk_operator.metrics import OperatorMetrics
 from stalk_operator.spec import parse_taskqueue
 from stalk_operator.state import Registry, TargetCache
@@ -133,7 +134,7 @@ def test_taskqueues_on_one_redis_share_one_broker_loop(redis_urls):
         await supervisor.stop_brokers()
         return keys
 
-    assert asyncio.run(run()) == {(redis_urls[0], ""), (redis_urls[1], "")}
+    assert asyncio.run(run()) == {BrokerKey(redis_urls[0], ""), BrokerKey(redis_urls[1], "")}
 
 
 def test_unreadable_redis_keeps_replicas_and_warns_once():

@@ -39,7 +39,7 @@ def lose_messages(stack) -> None:
 def recoverer(stack, **kw) -> Recoverer:
     gateway = stack.client.app.state.gateway
     return Recoverer(celery=gateway.celery, sessions=gateway.sessions,
-                     client=redis.Redis.from_url(stack.settings.broker_url),
+                     client=stack.settings.broker_client(),
                      queues=gateway.queue_names(), recover_after=0, inspect_timeout=0.5, **kw)
 
 

@@ -13,7 +13,7 @@ from kombu.transport import redis as kombu_redis
 
 from stalk_workers.app import create_app
 from stalk_workers.settings import Settings
-from stalk_workers.transport import CapturingTransport, Transport
+from stalk_workers.transport import CapturingTransport, SentinelCapturingTransport, SentinelTransport, Transport
 
 
 @pytest.mark.parametrize("transport", [Transport, CapturingTransport, kombu_redis.Transport],
@@ -62,11 +62,14 @@ def test_acks_late_bookkeeping_is_kombus(redis_urls, prefix, transport):
     ("all", kombu_redis.Transport),
 ], ids=["all on", "channel-client off", "message-templates off (its _put passes through uncaptured)",
         "both off: kombu's own", "all off: kombu's own"])
-def test_the_app_uses_it_for_redis_brokers_only(off, transport):
+def test_the_app_uses_it_for_redis_and_sentinel_brokers(off, transport):
     redis_app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", library_shortcuts_off=off))
     assert redis_app.connection_for_write().get_transport_cls() is transport
-    sentinel = create_app(Settings(broker_url="sentinel://127.0.0.1:1/0")).connection_for_write()
-    assert sentinel.get_transport_cls() not in (Transport, CapturingTransport)
+    # sentinel://: the same channel classes on kombu's Sentinel channel (docs/sentinel.md).
+    sentinel = create_app(Settings(broker_url="sentinel://127.0.0.1:1/0", broker_master_name="m",
+                                   library_shortcuts_off=off)).connection_for_write().get_transport_cls()
+    assert sentinel is {Transport: SentinelTransport, CapturingTransport: SentinelCapturingTransport,
+                        kombu_redis.Transport: kombu_redis.SentinelTransport}[transport]
 
 
 def test_redis_py_packs_and_parses_with_hiredis_on_the_apps_clients(redis_urls):

@@ -18,6 +18,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from stalk_workers import redis_tls
+from stalk_workers.brokers import is_sentinel_url, sentinel_kwargs
 from stalk_workers.queues import DEFAULT_QUEUE, celery_routes, load_queue_table
 from stalk_workers.settings import Settings
 
@@ -59,8 +60,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
-
-    backend_transport_options = dict(transport_options)
+    backend_options = dict(transport_options)
+    transport_options.update(_sentinel_options(settings, settings.broker_url, settings.broker_master_name))
+    backend_options.update(_sentinel_options(settings, settings.result_backend, settings.result_master_name))
     # Not the backend's: a key of the broker's pools only (redis_tls.pool_options says why).
     transport_options.update(redis_tls.pool_options(settings.broker_url))
 
@@ -72,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_backend=_result_backend(settings),
         broker_transport_options=transport_options,
         # The result backend has its own visibility timeout for Redis pub/sub; keep it in step.
-        result_backend_transport_options=backend_transport_options,
+        result_backend_transport_options=backend_options,
         redis_socket_connect_timeout=5,
         broker_connection_retry_on_startup=True,
         # JSON only: pickle would let anyone who can write to Redis run code in the workers.
@@ -127,29 +129,58 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _sentinel_options(settings: Settings, url: str, master_name: str) -> dict:
+    """kombu's and Celery's transport options for a sentinel:// URL (none for any other)."""
+    if not is_sentinel_url(url):
+        return {}
+    options = {"master_name": master_name}
+    # Bounded like the Redis connections: a Sentinel that does not answer fails the connect, not hangs it.
+    kwargs = sentinel_kwargs(settings.sentinel_password, socket_timeout=5, socket_connect_timeout=5)
+    if kwargs is not None:
+        options["sentinel_kwargs"] = kwargs
+    return options
+
+
+# The scheme -> (stalk's transport, the same with ``channel-client`` off).
+_TRANSPORTS = {
+    "redis": ("stalk_workers.transport:Transport", "stalk_workers.transport:CapturingTransport"),
+    "rediss": ("stalk_workers.transport:Transport", "stalk_workers.transport:CapturingTransport"),
+    "sentinel": ("stalk_workers.transport:SentinelTransport", "stalk_workers.transport:SentinelCapturingTransport"),
+}
+
+
 def _broker_transport(settings: Settings) -> str | None:
-    """``redis://`` and ``rediss://`` brokers through stalk's Transport (or, with its shortcuts off,
-    the part of it still on); any other URL, or both off, picks kombu's own by the URL's scheme.
+def _broker_transport(settings: Settings) -> str | None:
+    """``redis://``, ``rediss://`` and ``sentinel://`` brokers through stalk's Transport (or, with its
+    shortcuts off, the part of it still on); any other URL, or both off, picks kombu's own by the
+    URL's scheme.
 
     Over TLS too: kombu takes TLS from the URL's ``ssl_*`` query (settings.py makes sure a
     ``rediss://`` URL has one), not from the transport's name, and hands it to the channel's
     Redis pool, which stalk's Transport shares (tests/workers/test_tls.py runs both)."""
-    if not settings.broker_url.startswith(("redis://", "rediss://")):
+    transports = _TRANSPORTS.get(settings.broker_url.split("://", 1)[0])
+    if transports is None:
         return None
     if settings.shortcut("channel-client"):
-        return "stalk_workers.transport:Transport"
+        return transports[0]
     if settings.shortcut("message-templates"):
-        return "stalk_workers.transport:CapturingTransport"
+        return transports[1]
     return None
 
 
+# The scheme -> the backend class that writes each state in one round trip (result_backend.py).
+_BACKENDS = {"redis": "StalkRedisBackend", "rediss": "StalkRedisBackend", "sentinel": "StalkSentinelBackend"}
+
+
 def _result_backend(settings: Settings) -> str:
-    """Redis results through ``StalkRedisBackend`` (one round trip per state write); others, or
-    with ``result-store`` off, as given (Celery's own backend for the URL)."""
+    """Redis results through ``StalkRedisBackend`` (one round trip per state write), Sentinel ones
+    through ``StalkSentinelBackend``; others, or with ``result-store`` off, as given (Celery's own
+    backend for the URL)."""
     url = settings.result_backend
-    if url.split("://", 1)[0] in ("redis", "rediss") and settings.shortcut("result-store"):
+    backend = _BACKENDS.get(url.split("://", 1)[0])
+    if backend is not None and settings.shortcut("result-store"):
         # Celery's "<backend class>+<url>" form: the class, with the URL it would have had anyway.
-        return f"stalk_workers.result_backend:StalkRedisBackend+{url}"
+        return f"stalk_workers.result_backend:{backend}+{url}"
     return url
 
 

@@ -27,7 +27,7 @@ import time
 
 from celery import states
 from celery.backends.base import BackendStoreError
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,11 @@ class StalkRedisBackend(RedisBackend):
             # redis-py's Script runs EVALSHA and loads the script again after a NOSCRIPT reply.
             self._script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
         return self._script(keys=[key], args=[value, expires])
+
+
+class StalkSentinelBackend(StalkRedisBackend, SentinelBackend):
+    """The same one-round-trip writes on Celery's ``SentinelBackend``: its client is on the current
+    primary (found through Sentinel, followed across a failover), and the script runs there."""
 
 
 class _DeferredStarts:

@@ -7,13 +7,16 @@ operator take a ``Settings`` (or a subclass) instead of calling ``os.environ`` t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from typing import Literal
-
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stalk_workers import redis_tls
+from stalk_workers.brokers import is_sentinel_url, parse_sentinel_url, redis_client
+
+if TYPE_CHECKING:
+    import redis
 
 # Celery redelivers an unacked Redis message after the visibility timeout. It must outlast the
 # hard time limit (and any countdown), or a slow task runs twice while the first run is alive.
@@ -40,6 +43,13 @@ class Settings(BaseSettings):
     result_backend: str = "redis://localhost:6379/1"
     # kombu's ``global_keyprefix`` transport option, for teams that share one Redis.
     broker_key_prefix: str = ""
+    # Redis Sentinel (docs/sentinel.md): with STALK_BROKER_URL="sentinel://h1:26379;sentinel://h2:26379",
+    # the name the Sentinels monitor the primary under (kombu's ``master_name`` transport option), and
+    # the Sentinels' own password when they require one (not the primary's: that is in the URL).
+    broker_master_name: str = ""
+    broker_sentinel_password: SecretStr | None = None
+    # A sentinel:// result backend's master name; empty: STALK_BROKER_MASTER_NAME.
+    result_backend_master_name: str = ""
     database_url: str = "sqlite:///stalk.db"
     # TLS to Redis: for ``rediss://`` URLs, the files (a mounted CA, a client certificate and key)
     # and certificate check added to the URLs' query, the way Celery users write it there
@@ -109,6 +119,24 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_sentinel(self) -> Settings:
+        for name, url, master in (("STALK_BROKER_URL", self.broker_url, self.broker_master_name),
+                                  ("STALK_RESULT_BACKEND", self.result_backend, self.result_master_name)):
+            if not is_sentinel_url(url):
+                continue
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            if not master:
+                raise ValueError(f"{name} is a sentinel:// URL: set STALK_BROKER_MASTER_NAME to the name the "
+                                 "Sentinels monitor the primary under (sentinel monitor <name> ...)")
+        if self.broker_master_name and not is_sentinel_url(self.broker_url):
+            raise ValueError("STALK_BROKER_MASTER_NAME is set but STALK_BROKER_URL is not a sentinel:// URL "
+                             "(sentinel://host:26379;sentinel://host2:26379)")
+        return self
+
+    @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.soft_time_limit_seconds >= self.hard_time_limit_seconds:
             raise ValueError(
@@ -122,6 +150,21 @@ class Settings(BaseSettings):
                 "redelivers tasks that are still running"
             )
         return self
+
+    @property
+    def result_master_name(self) -> str:
+        """The Sentinel master name of a sentinel:// result backend."""
+        return self.result_backend_master_name or self.broker_master_name
+
+    @property
+    def sentinel_password(self) -> str | None:
+        return self.broker_sentinel_password.get_secret_value() if self.broker_sentinel_password else None
+
+    def broker_client(self, *, timeout: float | None = 5.0) -> redis.Redis:
+        """A redis-py client on the broker (its current primary, for Sentinel), built once by each caller."""
+        return redis_client(self.broker_url, master_name=self.broker_master_name or None,
+                            sentinel_password=self.sentinel_password, socket_timeout=timeout,
+                            socket_connect_timeout=timeout)
 
     @property
     def task_module_list(self) -> list[str]:

@@ -12,6 +12,12 @@ through its ``broker_transport`` setting; the URL, options and keys are kombu's 
 pushing it: the API builds one message per kind of task through Celery and kombu, then renders
 the rest of a batch from it (api/stalk_api/publishing.py).
 
+The same two pieces sit on kombu's Sentinel channel for ``sentinel://`` brokers (``SentinelTransport``,
+``SentinelCapturingTransport``): its client is on the current primary's pool, so the reused client and
+a captured publish follow a failover as kombu's own do. kombu switches a connection that failed to the
+next ``;`` address by its URL scheme, which picks kombu's own Sentinel transport: after that the
+connection takes the library's path (no ``capturing``), and the API publishes through Celery.
+
 Both lean on kombu's private names (``_create_client``, ``_put``, ``_q_for_pri``), so each can be
 turned off (``STALK_LIBRARY_SHORTCUTS_OFF``): ``channel-client`` off takes ``CapturingTransport``
 (kombu's own client per command), both off take kombu's own transport (``create_app`` chooses).
@@ -79,3 +85,21 @@ class CapturingTransport(kombu_redis.Transport):
     """With ``channel-client`` off: kombu's client per command, publishes still capturable."""
 
     Channel = CapturingChannel
+
+
+class SentinelCapturingChannel(CapturingChannel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (the primary found through Sentinel) that can capture a publish."""
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with one client object per channel and capturable publishes."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+class SentinelCapturingTransport(kombu_redis.SentinelTransport):
+    """``sentinel://`` with ``channel-client`` off."""
+
+    Channel = SentinelCapturingChannel

@@ -92,12 +92,22 @@ class Recoverer:
                 ), now=store.utcnow(), recover_after=self.recover_after)
                 if decision.action is not Action.RECOVER:
                     continue
-                publishing.publish(self.celery, [{
-                    "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
-                    "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
-                    "priority": record.priority,
-                }], sent_at=time.time())
-                store.mark_recovered(session, task_id=record.task_id)
+                # Counted before the publish, committed after it: the row stays locked meanwhile, so a
+                # worker that runs the new message at once records SUCCESS after the count (counted
+                # after, an instant task was published and never counted); a task that finished since
+                # the refresh is not published again at all.
+                if not store.mark_recovered(session, task_id=record.task_id):
+                    session.rollback()
+                    continue
+                try:
+                    publishing.publish(self.celery, [{
+                        "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
+                        "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
+                        "priority": record.priority,
+                    }], sent_at=time.time())
+                except BaseException:
+                    session.rollback()
+                    raise
                 session.commit()
                 self.recovered.labels(record.queue).inc()
                 recovered += 1

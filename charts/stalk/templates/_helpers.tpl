@@ -145,6 +145,16 @@ stalk.dev/queue: {{ .queue | quote }}
 {{/* stalk.redis.tlsDir: where the Redis CA and client certificate are mounted (STALK_REDIS_TLS_* point into it). */}}
 {{- define "stalk.redis.tlsDir" -}}/etc/stalk/redis-tls{{- end -}}
 
+{{/* stalk.redis.masterName: the Sentinel master name of an external Redis behind Sentinel; empty for any other Redis. */}}
+{{- define "stalk.redis.masterName" -}}
+{{- if not .Values.redis.enabled -}}{{ .Values.externalRedis.sentinel.masterName }}{{- end -}}
+{{- end -}}
+
+{{/* stalk.redis.sentinelPasswordSecret: the Secret holding the Sentinels' own password; empty when they need none. */}}
+{{- define "stalk.redis.sentinelPasswordSecret" -}}
+{{- if include "stalk.redis.masterName" . -}}{{ .Values.externalRedis.sentinel.passwordSecret }}{{- end -}}
+{{- end -}}
+
 {{/* stalk.database.secretName: the Secret holding STALK_DATABASE_URL (the chart's, or externalDatabase.existingSecret). */}}
 {{- define "stalk.database.secretName" -}}
 {{- if .Values.postgresql.enabled -}}
@@ -196,6 +206,9 @@ data:
   STALK_QUEUES_FILE: /etc/stalk/queues/queues.yaml
   STALK_TASK_MODULES: {{ .Values.config.taskModules | quote }}
   STALK_BROKER_KEY_PREFIX: {{ .Values.config.brokerKeyPrefix | quote }}
+  {{- with include "stalk.redis.masterName" . }}
+  STALK_BROKER_MASTER_NAME: {{ . | quote }}
+  {{- end }}
   STALK_SOFT_TIME_LIMIT_SECONDS: {{ .Values.config.softTimeLimitSeconds | int64 | quote }}
   STALK_HARD_TIME_LIMIT_SECONDS: {{ .Values.config.hardTimeLimitSeconds | int64 | quote }}
   STALK_VISIBILITY_TIMEOUT_SECONDS: {{ .Values.config.visibilityTimeoutSeconds | int64 | quote }}
@@ -226,6 +239,7 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 {{- with .Values.externalRedis.tls.caSecret.name }}{{ $names = append $names . }}{{ end -}}
 {{- with .Values.externalRedis.tls.clientCertSecret }}{{ $names = append $names . }}{{ end -}}
 {{- end -}}
+{{- with include "stalk.redis.sentinelPasswordSecret" . }}{{ $names = append $names . }}{{ end -}}
 {{- if not .Values.postgresql.enabled }}{{ $names = append $names .Values.externalDatabase.existingSecret }}{{ end -}}
 {{- if $names -}}
 {{- $data := dict -}}
@@ -262,6 +276,11 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 - name: STALK_REDIS_TLS_KEY_FILE
   value: {{ include "stalk.redis.tlsDir" . }}/tls.key
 {{- end }}
+{{- end }}
+{{- with include "stalk.redis.sentinelPasswordSecret" . }}
+- name: STALK_BROKER_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.Values.externalRedis.sentinel.passwordKey }}}
 {{- end }}
 {{- with .Values.config.extraEnv }}
 {{ toYaml . }}
