@@ -150,7 +150,6 @@ _TRANSPORTS = {
 
 
 def _broker_transport(settings: Settings) -> str | None:
-def _broker_transport(settings: Settings) -> str | None:
     """``redis://``, ``rediss://`` and ``sentinel://`` brokers through stalk's Transport (or, with its
     shortcuts off, the part of it still on); any other URL, or both off, picks kombu's own by the
     URL's scheme.
