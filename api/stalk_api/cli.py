@@ -3,11 +3,17 @@ entry point group (pyproject.toml), so that the workers' CLI core never imports 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
 
 from stalk_workers.cli.errors import fail, load_settings
+
+
+def without_password(url: str) -> str:
+    """A URL fit for a log line: every `user:password@` becomes `user:***@` (Sentinel URLs hold several)."""
+    return re.sub(r"(//[^:/@;]*:)[^@/;]*@", r"\1***@", url)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +45,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         import redis
+        import sqlalchemy as sa
 
         from stalk_api.config import ApiSettings
         from stalk_api.recovery.recoverer import Recoverer
@@ -68,10 +75,16 @@ def register(app: typer.Typer) -> None:
         while True:
             try:
                 recovered = recoverer.run_once()
-            except redis.RedisError as exc:
+            except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
+                # In a cluster the recoverer may start before Redis, the database or its migrations:
+                # a warning per pass until they are there, not a crash loop.
+                what = "reach the broker" if isinstance(exc, redis.RedisError) else "read the task records"
+                where = without_password(settings.broker_url if isinstance(exc, redis.RedisError)
+                                         else settings.database_url)
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
                 if once:
-                    fail(f"cannot reach the broker at {settings.broker_url}: {exc}")
-                typer.echo(f"warning: cannot reach the broker: {exc}; next pass in {every:g} s", err=True)
+                    fail(f"cannot {what} at {where}: {reason}")
+                typer.echo(f"warning: cannot {what}: {reason}; next pass in {every:g} s", err=True)
                 recovered = 0
             if once or recovered:
                 typer.echo("another recoverer holds the lock" if recovered is None else f"recovered {recovered} task(s)")

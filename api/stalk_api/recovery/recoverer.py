@@ -1,7 +1,8 @@
 """One recovery pass: the I/O around ``rules.decide``. Candidates from the records, two Redis reads
 a gap apart, the workers' inspection, then a republish through the API's publish path.
 
-Only one recoverer acts at a time: a Redis lock with an expiry (``LOCK_KEY``), held for the pass.
+Only one recoverer acts at a time: a Redis lock with an expiry (``LOCK_KEY``), renewed while the
+pass runs and checked before each publish (``lock.PassLock``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.orm import sessionmaker
 
 from stalk_api import publishing
+from stalk_api.recovery.lock import PassLock
 from stalk_api.recovery.presence import present_task_ids
 from stalk_api.recovery.rules import MIN_READ_GAP_SECONDS, UNFINISHED, Action, Evidence, decide
 from stalk_workers.records import store
@@ -26,32 +28,38 @@ from stalk_workers.records.models import TaskRecord
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "stalk:recover:lock"
-# The lock outlives a pass by far (reads, inspection, publish: seconds), and frees itself soon
-# after a recoverer dies.
-LOCK_SECONDS = 60
+# The lock's expiry: how soon it frees itself after a recoverer dies. A pass that runs longer keeps
+# it by renewing it (lock.PassLock).
+LOCK_SECONDS = 60.0
 BATCH = 500
+
+
+def create_counter(registry: CollectorRegistry) -> Counter:
+    """stalk_recover_tasks_recovered_total{queue}: the recoverer's one metric."""
+    return Counter("stalk_recover_tasks_recovered", "Tasks whose lost message was published again.",
+                   ["queue"], registry=registry)
 
 
 class Recoverer:
     def __init__(self, *, celery: Celery, sessions: sessionmaker, client: redis.Redis, queues: list[str],
                  recover_after: float, key_prefix: str = "", inspect_timeout: float = 1.0,
-                 read_gap: float = MIN_READ_GAP_SECONDS, sleep: Callable[[float], None] = time.sleep) -> None:
+                 read_gap: float = MIN_READ_GAP_SECONDS, sleep: Callable[[float], None] = time.sleep,
+                 lock_seconds: float = LOCK_SECONDS) -> None:
         self.celery, self.sessions, self.client, self.queues = celery, sessions, client, queues
         self.recover_after, self.key_prefix, self.inspect_timeout = recover_after, key_prefix, inspect_timeout
-        self.read_gap, self.sleep = read_gap, sleep
+        self.read_gap, self.sleep, self.lock_seconds = read_gap, sleep, lock_seconds
         self.registry = CollectorRegistry()
-        self.recovered = Counter("stalk_recover_tasks_recovered", "Tasks whose lost message was published again.",
-                                 ["queue"], registry=self.registry)
+        self.recovered = create_counter(self.registry)
+        for queue in queues:  # exported at 0 from the start: an alert on increase() sees the first recovery
+            self.recovered.labels(queue)
 
     def run_once(self) -> int | None:
         """One pass; how many tasks it recovered, or None when another recoverer holds the lock."""
-        lock = self.client.lock(self.key_prefix + LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
+        lock = PassLock(self.client, self.key_prefix + LOCK_KEY, seconds=self.lock_seconds)
         if not lock.acquire():
             return None
-        try:
-            return self._pass()
-        finally:
-            lock.release()
+        with lock:
+            return self._pass(lock)
 
     def _candidates(self) -> list[TaskRecord]:
         older_than = store.utcnow() - timedelta(seconds=self.recover_after)
@@ -72,7 +80,7 @@ class Recoverer:
                         held.add(task_id)
         return held
 
-    def _pass(self) -> int:
+    def _pass(self, lock: PassLock) -> int:
         candidates = self._candidates()
         if not candidates:
             return 0
@@ -92,6 +100,9 @@ class Recoverer:
                 ), now=store.utcnow(), recover_after=self.recover_after)
                 if decision.action is not Action.RECOVER:
                     continue
+                if not lock.held():  # another recoverer may be acting now: publishing could send a task twice
+                    log.warning("lost the recoverer's lock during a pass: stopped after %d recoveries", recovered)
+                    break
                 publishing.publish(self.celery, [{
                     "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
                     "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
