@@ -25,3 +25,21 @@ def test_the_values_schema_is_generated_from_the_current_queue_spec():
 def test_a_queue_table_default_is_the_crds(field, crd_key):
     # Local mode reads the queue table; the operator in a cluster gets the CRD's default.
     assert QueueSpec.model_fields[field].default == TASKQUEUE_DEFAULTS[crd_key]
+
+
+def test_the_recoverer_values_agree_with_its_settings():
+    # The chart's recover.* restate ApiSettings' defaults and bounds (the values file must show them).
+    import json
+
+    import yaml
+    from annotated_types import Ge
+
+    from stalk_api.config import ApiSettings
+
+    chart = REPO / "charts" / "stalk"
+    schema = json.loads((chart / "values.schema.json").read_text())["properties"]["recover"]["properties"]
+    values = yaml.safe_load((chart / "values.yaml").read_text())["recover"]
+    after = ApiSettings.model_fields["recover_after_seconds"]
+    assert values["afterSeconds"] == after.default
+    assert schema["afterSeconds"]["minimum"] == next(m.ge for m in after.metadata if isinstance(m, Ge))
+    assert values["metricsPort"] == ApiSettings.model_fields["recover_metrics_port"].default
