@@ -406,6 +406,8 @@ def test_one_recoverer_runs_with_the_apis_settings_and_secrets(rendered, sid):
     assert from_secrets(recover) == from_secrets(api)
     assert recover_pod["volumes"] == [v for v in api_pod["volumes"] if v["name"] != "api-tokens"]
     assert recover["volumeMounts"] == [m for m in api["volumeMounts"] if m["name"] != "api-tokens"]
+    # Kubernetes' Service variables would set STALK_API_PORT=tcp://…:8000 (release "stalk"): invalid settings.
+    assert recover_pod["enableServiceLinks"] is False
     env = {e["name"]: e.get("value") for e in recover["env"]}
     assert env["STALK_RECOVER_METRICS_HOST"] == "0.0.0.0"  # the kubelet's probe and Prometheus reach it
     assert int(env["STALK_RECOVER_METRICS_PORT"]) == recover["ports"][0]["containerPort"]
