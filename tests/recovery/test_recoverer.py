@@ -3,6 +3,7 @@ one (same ids) and they end SUCCESS; two recoverers at once: only one recovers; 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,27 @@ def test_a_flushdb_while_tasks_wait_loses_none(stack_factory):
         for task_id in ids:
             task = stack.wait_for(task_id)
             assert (task["status"], task["recovered"]) == ("SUCCESS", 1), task
+
+
+def test_lost_tasks_behind_a_long_healthy_backlog_are_recovered(stack_factory):
+    # A failover loses the newest writes; more than a page (BATCH) of older tasks still wait.
+    from stalk_api.recovery.recoverer import BATCH
+
+    with stack_factory() as stack:
+        for start in range(0, BATCH + 100, 200):
+            answer = stack.client.post("/v1/tasks/batch", json={"tasks": [
+                {"task": "stalk.echo", "args": [i]} for i in range(start, min(start + 200, BATCH + 100))]})
+            assert answer.status_code == 202, answer.text
+        lost = [stack.submit("stalk.echo", args=[-i]) for i in range(1, 6)]
+        wait_published(stack)
+        client = redis.Redis.from_url(stack.settings.broker_url)
+        for raw in client.lrange("default", 0, -1):  # only the newest five go
+            if json.loads(raw)["headers"]["id"] in lost:
+                client.lrem("default", 1, raw)
+        assert client.llen("default") == BATCH + 100
+        assert recoverer(stack).run_once() == 5
+        with stack.client.app.state.gateway.sessions() as session:
+            assert [store.get(session, task_id).recovered for task_id in lost] == [1] * 5
 
 
 def test_two_recoverers_at_once_only_one_recovers(stack_factory):

@@ -31,6 +31,8 @@ LOCK_KEY = "stalk:recover:lock"
 # The lock's expiry: how soon it frees itself after a recoverer dies. A pass that runs longer keeps
 # it by renewing it (lock.PassLock).
 LOCK_SECONDS = 60.0
+# Records read at a time; a pass reads them all, page after page, so a long healthy backlog of
+# old, present tasks cannot hide newer lost ones behind it (a failover loses the newest writes).
 BATCH = 500
 
 
@@ -61,13 +63,17 @@ class Recoverer:
         with lock:
             return self._pass(lock)
 
-    def _candidates(self) -> list[TaskRecord]:
-        older_than = store.utcnow() - timedelta(seconds=self.recover_after)
+    def _candidates(self, *, older_than, after: tuple | None = None) -> list[TaskRecord]:
+        """One page of unfinished, published records unchanged since ``older_than``, oldest first,
+        after the (updated_at, task_id) ``after`` (keyset paging: stable while records change)."""
+        query = (sa.select(TaskRecord)
+                 .where(TaskRecord.status.in_(sorted(UNFINISHED)), TaskRecord.published,
+                        TaskRecord.updated_at < older_than)
+                 .order_by(TaskRecord.updated_at, TaskRecord.task_id).limit(BATCH))
+        if after is not None:
+            query = query.where(sa.tuple_(TaskRecord.updated_at, TaskRecord.task_id) > after)
         with self.sessions() as session:
-            return list(session.scalars(
-                sa.select(TaskRecord).where(TaskRecord.status.in_(sorted(UNFINISHED)), TaskRecord.published,
-                                            TaskRecord.updated_at < older_than)
-                .order_by(TaskRecord.updated_at).limit(BATCH)))
+            return list(session.scalars(query))
 
     def _held_by_workers(self) -> set[str]:
         inspect = self.celery.control.inspect(timeout=self.inspect_timeout)
@@ -81,37 +87,43 @@ class Recoverer:
         return held
 
     def _pass(self, lock: PassLock) -> int:
-        candidates = self._candidates()
+        older_than = store.utcnow() - timedelta(seconds=self.recover_after)
+        candidates = self._candidates(older_than=older_than)
         if not candidates:
             return 0
         first_at, first = store.utcnow(), present_task_ids(self.client, self.queues, key_prefix=self.key_prefix)
         self.sleep(self.read_gap)
         held = self._held_by_workers()
         second_at, second = store.utcnow(), present_task_ids(self.client, self.queues, key_prefix=self.key_prefix)
-        recovered = 0
+        recovered, page = 0, candidates
         with self.sessions() as session:
-            for candidate in candidates:
-                record = store.get(session, candidate.task_id)
-                session.refresh(record)  # read again: a task that finished during the check is left
-                decision = decide(Evidence(
-                    status=record.status, published=record.published, updated_at=store.as_utc(record.updated_at),
-                    in_redis_first=record.task_id in first, in_redis_second=record.task_id in second,
-                    held_by_worker=record.task_id in held, first_read_at=first_at, second_read_at=second_at,
-                ), now=store.utcnow(), recover_after=self.recover_after)
-                if decision.action is not Action.RECOVER:
-                    continue
-                if not lock.held():  # another recoverer may be acting now: publishing could send a task twice
-                    log.warning("lost the recoverer's lock during a pass: stopped after %d recoveries", recovered)
-                    break
-                publishing.publish(self.celery, [{
-                    "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
-                    "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
-                    "priority": record.priority,
-                }], sent_at=time.time())
-                store.mark_recovered(session, task_id=record.task_id)
-                session.commit()
-                self.recovered.labels(record.queue).inc()
-                recovered += 1
-                log.warning("recovered task %s (%s on %s): %s", record.task_id, record.task_name, record.queue,
-                            decision.reason)
+            while page:
+                for candidate in page:
+                    record = store.get(session, candidate.task_id)
+                    session.refresh(record)  # read again: a task that finished during the check is left
+                    decision = decide(Evidence(
+                        status=record.status, published=record.published, updated_at=store.as_utc(record.updated_at),
+                        in_redis_first=record.task_id in first, in_redis_second=record.task_id in second,
+                        held_by_worker=record.task_id in held, first_read_at=first_at, second_read_at=second_at,
+                    ), now=store.utcnow(), recover_after=self.recover_after)
+                    if decision.action is not Action.RECOVER:
+                        continue
+                    if not lock.held():  # another recoverer may be acting now: publishing could send a task twice
+                        log.warning("lost the recoverer's lock during a pass: stopped after %d recoveries", recovered)
+                        return recovered
+                    publishing.publish(self.celery, [{
+                        "task_id": record.task_id, "task_name": record.task_name, "queue": record.queue,
+                        "args": record.args or [], "kwargs": record.kwargs or {}, "eta": store.as_utc(record.eta),
+                        "priority": record.priority,
+                    }], sent_at=time.time())
+                    store.mark_recovered(session, task_id=record.task_id)
+                    session.commit()
+                    self.recovered.labels(record.queue).inc()
+                    recovered += 1
+                    log.warning("recovered task %s (%s on %s): %s", record.task_id, record.task_name, record.queue,
+                                decision.reason)
+                # The next page of the same cutoff: what this pass recovered is newer than it, so not read again.
+                last = page[-1]
+                page = (self._candidates(older_than=older_than, after=(last.updated_at, last.task_id))
+                        if len(page) == BATCH else [])
         return recovered
