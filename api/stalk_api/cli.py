@@ -3,12 +3,18 @@ entry point group (pyproject.toml), so that the workers' CLI core never imports 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
 
 from stalk_workers import redis_tls
 from stalk_workers.cli.errors import fail, load_settings
+
+
+def without_password(url: str) -> str:
+    """A URL fit for a log line: every `user:password@` becomes `user:***@` (Sentinel URLs hold several)."""
+    return re.sub(r"(//[^:/@;]*:)[^@/;]*@", r"\1***@", url)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +46,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         import redis
+        import sqlalchemy as sa
 
         from stalk_api.config import ApiSettings
         from stalk_api.recovery.recoverer import Recoverer
@@ -69,10 +76,17 @@ def register(app: typer.Typer) -> None:
         while True:
             try:
                 recovered = recoverer.run_once()
-            except redis.RedisError as exc:
+            except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
+                # In a cluster the recoverer may start before Redis, the database or its migrations:
+                # a warning per pass until they are there, not a crash loop.
+                if isinstance(exc, redis.RedisError):
+                    line = redis_tls.unreachable(settings.broker_url, exc)
+                else:
+                    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                    line = f"cannot read the task records at {without_password(settings.database_url)}: {reason}"
                 if once:
-                    fail(redis_tls.unreachable(settings.broker_url, exc))
-                typer.echo(f"warning: cannot reach the broker: {exc}; next pass in {every:g} s", err=True)
+                    fail(line)
+                typer.echo(f"warning: {line}; next pass in {every:g} s", err=True)
                 recovered = 0
             if once or recovered:
                 typer.echo("another recoverer holds the lock" if recovered is None else f"recovered {recovered} task(s)")

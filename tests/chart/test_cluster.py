@@ -104,12 +104,13 @@ def _lifecycle(helm_kube, kube, ns):
     assert "STATUS: deployed" in out
     notes = out[out.index("NOTES:"):]
     for line in (f"kubectl -n {ns} get taskqueues", f"kubectl -n {ns} port-forward svc/stalk-api 8000:8000",
-                 "stalk submit stalk.health_check --wait", f"helm test stalk -n {ns}"):
+                 "stalk submit stalk.health_check --wait", f"helm test stalk -n {ns}",
+                 f"kubectl -n {ns} logs deploy/stalk-recover"):
         assert line in notes
     poll(lambda: _rolled_out(kube, ns), timeout=120, what="every Deployment rolled out")
     deployments = {d["metadata"]["name"] for d in _json(kube, "get", "deployments", namespace=ns)["items"]}
-    assert deployments == {"stalk-api", "stalk-operator", "stalk-worker-default", "stalk-worker-classification",
-                           "stalk-worker-summarization", "stalk-worker-notifications"}
+    assert deployments == {"stalk-api", "stalk-operator", "stalk-recover", "stalk-worker-default",
+                           "stalk-worker-classification", "stalk-worker-summarization", "stalk-worker-notifications"}
     statefulsets = _json(kube, "get", "statefulsets", namespace=ns)["items"]
     assert sorted((s["metadata"]["name"], s["status"].get("readyReplicas")) for s in statefulsets) == [
         ("stalk-postgresql", 1), ("stalk-redis", 1)]

@@ -3,7 +3,8 @@
 kwok never runs a container, so this is where the chart meets the code: the API container's
 command with its rendered environment (after the migration init container), a worker from the
 rendered worker Deployment, the worker's liveness probe command, beat with the rendered
-schedule, and finally the `helm test` pod's own shell line, which must submit stalk.health_check through the API and see SUCCESS.
+schedule, the `helm test` pod's own shell line, which must submit stalk.health_check through the API and see SUCCESS,
+and the recoverer, which must publish again a task whose message Redis lost.
 Only what a cluster would provide is substituted: Secret values (a real local Redis, a SQLite
 file), mounted file paths, ports, and the pod's HOSTNAME.
 """
@@ -18,6 +19,9 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import httpx
+import redis
 
 import pytest
 
@@ -63,7 +67,9 @@ def test_the_rendered_api_worker_probe_and_helm_test_commands_work_together(helm
     if shutil.which("sh") is None:
         unavailable("the chart's probe and test commands run through sh")
     objects = helm.template(sets={"beat.enabled": "true", "beat.schedule.heartbeat.task": "stalk.health_check",
-                                  "beat.schedule.heartbeat.seconds": "1"})
+                                  "beat.schedule.heartbeat.seconds": "1",
+                                  # The least grace, and a pass a second, so a recovery is seen within the test.
+                                  "recover.afterSeconds": "10", "recover.everySeconds": "1"})
     config = by_kind(objects, "ConfigMap")["stalk-config"]["data"]
     queues_file = tmp_path / "queues.yaml"
     queues_file.write_text(config["queues.yaml"])
@@ -136,3 +142,29 @@ def test_the_rendered_api_worker_probe_and_helm_test_commands_work_together(helm
                           cwd=tmp_path)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
     assert "SUCCESS" in proc.stdout
+
+    # The recoverer with the rendered settings: a task of a queue no worker here consumes loses its
+    # message (FLUSHDB); the recoverer publishes it again and counts it on the port its probe uses.
+    client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": "Bearer first-token"})
+    task_id = client.post("/v1/tasks", json={"task": "stalk.echo", "queue": "classification"}).json()["task_id"]
+    poll(lambda: redis.Redis.from_url(redis_urls[0]).llen("classification") == 1, timeout=10,
+         what="the task's message in Redis")
+    redis.Redis.from_url(redis_urls[0]).flushdb()
+    recover = by_kind(objects, "Deployment")["stalk-recover"]["spec"]["template"]["spec"]["containers"][0]
+    metrics_port = free_port()
+    env = container_env(recover, config, secrets, {**mounts, "STALK_RECOVER_METRICS_PORT": str(metrics_port)})
+    assert env["STALK_RECOVER_AFTER_SECONDS"] == "10"
+    with (tmp_path / "recover.log").open("w") as log:
+        processes.append(subprocess.Popen([*recover["command"], *recover["args"]], env=run_env(env), cwd=tmp_path,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    probe = recover["livenessProbe"]["httpGet"]
+    assert probe["port"] == recover["ports"][0]["name"] == "metrics"
+
+    def recovered():
+        assert processes[3].poll() is None, (tmp_path / "recover.log").read_text()[-3000:]
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}{probe['path']}", timeout=2).text
+        return 'stalk_recover_tasks_recovered_total{queue="classification"} 1.0' in text
+    poll(recovered, timeout=60, interval=0.5, what="the recoverer to publish the lost task again")
+    assert client.get(f"/v1/tasks/{task_id}").json()["recovered"] == 1
+    assert redis.Redis.from_url(redis_urls[0]).llen("classification") == 1
+    assert "warning" not in (tmp_path / "recover.log").read_text()

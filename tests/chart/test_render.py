@@ -247,7 +247,7 @@ def test_only_stalk_processes_reach_redis(rendered):
     policy = by_kind(rendered["01-defaults"], "NetworkPolicy")["stalk-redis"]
     expressions = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"]
     components = next(e for e in expressions if e["key"] == "app.kubernetes.io/component")
-    assert sorted(components["values"]) == ["api", "beat", "flower", "operator", "worker"]
+    assert sorted(components["values"]) == ["api", "beat", "flower", "operator", "recover", "worker"]
     assert by_kind(rendered["04-cluster-wide"], "NetworkPolicy") == {}
 
 
@@ -411,18 +411,69 @@ def test_every_stalk_container_runs_the_image_reference_the_values_name(helm, se
     assert images == {reference}
 
 
+def secret_values(objects: list[dict]) -> set[str]:
+    """Every value (and every line of one, e.g. a tokens file) of the Secrets the chart renders."""
+    import base64
+
+    values = set()
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            raw = [base64.b64decode(v).decode() for v in (obj.get("data") or {}).values()]
+            raw += list((obj.get("stringData") or {}).values())
+            values |= {part for value in raw for part in [value, *value.splitlines()] if len(part) >= 8}
+    return values
+
+
 @pytest.mark.parametrize("sid", SCENARIO_IDS)
 def test_no_secret_reaches_a_command_line(rendered, sid):
     """Kubernetes expands $(VAR) in command and args, and a process's command line is world-readable
     (`ps`, /proc/PID/cmdline): a value from a Secret belongs in the environment or a file."""
+    secrets = secret_values(rendered[sid])
+    assert secrets or sid == "03-external-services"  # the chart's generated passwords, URLs and tokens
     for obj in rendered[sid]:
         if obj["kind"] not in POD_KINDS:
             continue
         for c in pod_spec(obj).get("initContainers", []) + pod_spec(obj)["containers"]:
+            where = f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"
             secret_vars = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
             line = " ".join(c.get("command", []) + c.get("args", []))
             leaked = sorted(v for v in secret_vars if f"$({v})" in line)
-            assert not leaked, f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}: {leaked} on its command line"
+            assert not leaked, f"{where}: {leaked} on its command line"
+            assert not [v for v in secrets if v in line], f"{where}: a Secret's value on its command line"
+
+
+@pytest.mark.parametrize("sid", SCENARIO_IDS)
+def test_one_recoverer_runs_with_the_apis_settings_and_secrets(rendered, sid):
+    deployments = by_kind(rendered[sid], "Deployment")
+    recover_pod, api_pod = pod_spec(deployments["stalk-recover"]), pod_spec(deployments["stalk-api"])
+    (recover,), api = recover_pod["containers"], api_pod["containers"][0]
+    assert deployments["stalk-recover"]["spec"]["replicas"] == 1
+    assert recover["command"] == ["stalk"] and recover["args"][0] == "recover"
+    # The same ConfigMap, the same URLs from the same Secrets, the same mounts (the API's tokens aside).
+    from_secrets = lambda c: [e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]  # noqa: E731
+    assert recover["envFrom"] == api["envFrom"]
+    assert from_secrets(recover) == from_secrets(api)
+    assert recover_pod["volumes"] == [v for v in api_pod["volumes"] if v["name"] != "api-tokens"]
+    assert recover["volumeMounts"] == [m for m in api["volumeMounts"] if m["name"] != "api-tokens"]
+    # Kubernetes' Service variables would set STALK_API_PORT=tcp://…:8000 (release "stalk"): invalid settings.
+    assert recover_pod["enableServiceLinks"] is False
+    env = {e["name"]: e.get("value") for e in recover["env"]}
+    assert env["STALK_RECOVER_METRICS_HOST"] == "0.0.0.0"  # the kubelet's probe and Prometheus reach it
+    assert int(env["STALK_RECOVER_METRICS_PORT"]) == recover["ports"][0]["containerPort"]
+
+
+def test_the_recoverer_is_scraped_and_alerted_on(rendered):
+    objects = rendered["02-everything-on"]
+    recover = by_kind(objects, "Deployment")["stalk-recover"]
+    monitor = by_kind(objects, "PodMonitor")["stalk-recover"]
+    labels = recover["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    assert port in {p["name"] for p in pod_spec(recover)["containers"][0]["ports"]}
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "stalk_recover_tasks_recovered_total" in alerts["StalkTasksRecovered"]["expr"]
+    assert alerts["StalkTasksRecovered"]["labels"]["severity"] == "warning"
 
 
 @pytest.mark.parametrize("sid", SCENARIO_IDS)

@@ -47,3 +47,21 @@ def test_the_redis_tls_choices_are_the_same_in_the_chart_the_crd_and_the_setting
     assert list(typing.get_args(setting.annotation)) == in_crd["enum"] == in_chart["enum"]
     assert setting.default == in_crd["default"] == values["externalRedis"]["tls"]["certReqs"] == TASKQUEUE_DEFAULTS[
         "broker.tls.certReqs"]
+
+
+def test_the_recoverer_values_agree_with_its_settings():
+    # The chart's recover.* restate ApiSettings' defaults and bounds (the values file must show them).
+    import json
+
+    import yaml
+    from annotated_types import Ge
+
+    from stalk_api.config import ApiSettings
+
+    chart = REPO / "charts" / "stalk"
+    schema = json.loads((chart / "values.schema.json").read_text())["properties"]["recover"]["properties"]
+    values = yaml.safe_load((chart / "values.yaml").read_text())["recover"]
+    after = ApiSettings.model_fields["recover_after_seconds"]
+    assert values["afterSeconds"] == after.default
+    assert schema["afterSeconds"]["minimum"] == next(m.ge for m in after.metadata if isinstance(m, Ge))
+    assert values["metricsPort"] == ApiSettings.model_fields["recover_metrics_port"].default

@@ -99,7 +99,7 @@ def _api(port, token):
 def test_every_pod_runs_the_migrations_finish_and_helm_test_passes(real_cluster, node_helm, release):
     pods = _pods(real_cluster)
     components = {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in pods}
-    assert {"api", "worker", "operator", "redis", "postgresql"} <= components, components
+    assert {"api", "worker", "operator", "recover", "redis", "postgresql"} <= components, components
     for pod in pods:
         assert pod["status"]["phase"] in ("Running", "Succeeded"), (pod["metadata"]["name"], pod["status"])
         if pod["status"]["phase"] == "Running":
@@ -151,12 +151,27 @@ def _scrape(real_cluster, target, port):
     return response.text
 
 
-def test_the_api_a_worker_pod_and_the_operator_pod_serve_metrics(real_cluster, release):
+def test_the_api_a_worker_pod_the_operator_pod_and_the_recoverer_serve_metrics(real_cluster, release):
     worker = _running_pod(real_cluster, "stalk.dev/queue=default")
     operator = _running_pod(real_cluster, "app.kubernetes.io/component=operator")
+    try:
+        recover = _running_pod(real_cluster, "app.kubernetes.io/component=recover")
+    except AssertionError as exc:  # say why: its last run's log and the pod's state
+        selector = "app.kubernetes.io/component=recover"
+        logs = real_cluster.kubectl("logs", "-l", selector, "--previous", "--tail", "40", namespace=NAMESPACE,
+                                    check=False)
+        state = [p["status"] for p in _pods(real_cluster, selector)]
+        raise AssertionError(f"{exc}\n{state}\n{logs.stdout}{logs.stderr}") from None
     assert "stalk_api_requests_total" in _scrape(real_cluster, "svc/stalk-api", 8000)
     assert "stalk_worker_" in _scrape(real_cluster, f"pod/{worker}", 9818)
     assert 'stalk_taskqueue_waiting{' in _scrape(real_cluster, f"pod/{operator}", 8090)
+    # Started before PostgreSQL or the migrations, it warns per pass instead of crashing.
+    logs = real_cluster.kubectl("logs", f"pod/{recover}", namespace=NAMESPACE, check=False)
+    (status,) = _json(real_cluster, "get", "pod", recover)["status"]["containerStatuses"]
+    assert status["restartCount"] == 0 and "Traceback" not in logs.stdout, (status, logs.stdout, logs.stderr)
+    metrics = poll(lambda: _scrape(real_cluster, f"pod/{recover}", 9819), timeout=60,
+                   what=f"the recoverer's /metrics ({status}, {logs.stdout[-2000:]})")
+    assert 'stalk_recover_tasks_recovered_total{queue="default"} 0.0' in metrics
 
 
 def _exec(real_cluster, pod, *argv, container=None):
@@ -165,7 +180,7 @@ def _exec(real_cluster, pod, *argv, container=None):
 
 
 def test_processes_run_as_uid_10001_with_a_read_only_root_filesystem(real_cluster, release):
-    for component in ("api", "worker", "operator"):
+    for component in ("api", "worker", "operator", "recover"):
         pod = _running_pod(real_cluster, f"app.kubernetes.io/component={component}")
         ids = _exec(real_cluster, pod, "id", "-u")
         assert ids.stdout.strip() == "10001", (component, ids.stdout, ids.stderr)

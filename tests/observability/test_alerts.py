@@ -14,9 +14,11 @@ from tests.observability.metric_names import exported_names
 
 FILES = Path(__file__).resolve().parents[2] / "charts" / "stalk" / "files"
 RULES, RULE_TESTS = FILES / "alerts.yaml", FILES / "alerts.test.yaml"
-# Alerts the issue asks for (backlog, oldest wait, max replicas, failure rate, Redis, no workers).
+# Alerts the issues ask for (backlog, oldest wait, max replicas, failure rate, Redis, no workers;
+# issue 17: tasks recovered because Redis lost them).
 EXPECTED = {"StalkQueueBacklogGrowing", "StalkQueueOldestTaskWaitingTooLong", "StalkQueueAtMaxReplicas",
-            "StalkTaskFailureRateHigh", "StalkOperatorCannotReadRedis", "StalkNoWorkersForQueue"}
+            "StalkTaskFailureRateHigh", "StalkOperatorCannotReadRedis", "StalkNoWorkersForQueue",
+            "StalkTasksRecovered"}
 # The operator does not export the TaskQueue's maxReplicas yet; StalkQueueAtMaxReplicas needs it.
 
 
