@@ -1,7 +1,7 @@
 """Every Kubernetes API permission the operator uses, as data: the single source its RBAC is checked against.
 
-The chart's Role/ClusterRole (charts/stalk/templates/operator/rbac.yaml) and the kustomize base's
-(k8s/operator/rbac.yaml) grant exactly these, no more, no less (tests/chart/test_render.py,
+The chart's Role/ClusterRole (charts/stalk/templates/operator/rbac.yaml) and the kustomize installs'
+(k8s/cluster-rbac.yaml or k8s/namespaced/rbac.yaml, with k8s/operator/rbac.yaml) grant exactly these, no more, no less (tests/chart/test_render.py,
 tests/k8s/test_kustomize.py); tests/operator/test_permissions.py checks that the code makes no client
 call missing from ``CLIENT_CALLS`` and that kopf watches exactly ``WATCHED_RESOURCES``.
 """

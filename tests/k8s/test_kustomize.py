@@ -1,19 +1,20 @@
-"""The kustomize base (k8s/) as `kubectl apply -k k8s/` sees it: rendered by the built kubectl, hardened
-like the chart's operator, its image pinned to the chart's appVersion, and admitted by a namespace
-that enforces the Pod Security "restricted" level."""
+"""The kustomize installs as `kubectl apply -k k8s/` (cluster-wide) and `kubectl apply -k k8s/namespaced/`
+see them: rendered by the built kubectl, hardened like the chart's operator, their image pinned to the
+chart's appVersion, their RBAC exactly permissions.py, and admitted by a namespace that enforces the
+Pod Security "restricted" level."""
 
 from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stalk_operator import permissions
-from tests.fixtures.kube import BIN_DIR, ensure_cluster_binaries, poll
+from tests.fixtures.kube import ensure_cluster_binaries, poll
+from tests.fixtures.kustomize import CLUSTER_WIDE, NAMESPACED, VARIANTS, render
 from tests.fixtures.pod_policy import check_only_the_deletion_cost_may_change
 from tests.fixtures.servers import unavailable
 
@@ -23,15 +24,27 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 pytestmark = pytest.mark.binaries
 
 
+# The namespaced overlay rendered for a namespace other than its placeholder: the one line a user edits
+# must reach everything that names the namespace.
+TEAM = "tracker"
+
+
 @pytest.fixture(scope="module")
-def rendered() -> list[dict]:
-    """Every object of `kubectl kustomize k8s/`."""
+def kubectl_built() -> None:
     why = ensure_cluster_binaries(say=lambda line: None)
     if why:
         unavailable(f"no kubectl: {why}")
-    out = subprocess.run([str(BIN_DIR / "kubectl"), "kustomize", str(REPO / "k8s")], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def rendered(request, kubectl_built) -> list[dict]:
+    """Every object of `kubectl kustomize k8s/`, or of k8s/namespaced/ set to the namespace TEAM."""
+    return render(request.param, TEAM if request.param == NAMESPACED else None)
+
+
+@pytest.fixture(scope="module")
+def cluster_wide(kubectl_built) -> list[dict]:
+    return render(CLUSTER_WIDE)
 
 
 def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
@@ -73,8 +86,9 @@ def test_the_image_is_pinned_to_the_charts_app_version(rendered):
             assert (repository, tag) == ("stalk", app_version), f"{name}: {container['image']}"
 
 
-def test_the_operators_roles_grant_exactly_the_calls_in_permissions_py(rendered):
+def test_the_cluster_wide_operators_roles_grant_exactly_the_calls_in_permissions_py(cluster_wide):
     """The base runs one cluster-wide operator: a ClusterRole for what it watches and kopf observes, a Role for its Lease."""
+    rendered = cluster_wide
     need = permissions.required(cluster_wide=True)
     roles = {(o["kind"], o["metadata"]["name"]): permissions.granted(o["rules"])
              for o in rendered if o["kind"] in ("Role", "ClusterRole")}
@@ -85,9 +99,44 @@ def test_the_operators_roles_grant_exactly_the_calls_in_permissions_py(rendered)
     (leader,) = [o for o in rendered if o["kind"] == "Role"]
     assert [r["resourceNames"] for r in leader["rules"]] == [[lease["metadata"]["name"]]]
     assert lease["metadata"]["namespace"] == leader["metadata"]["namespace"] == "stalk-system"
+    assert watch_namespaces(rendered) is None  # all namespaces, the default Lease name
+
+
+def watch_namespaces(rendered: list[dict]) -> dict | None:
+    """The operator container's STALK_WATCH_NAMESPACES entry (None: not set, every namespace)."""
     (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
-    env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "STALK_WATCH_NAMESPACES" not in env and "STALK_LEASE_NAME" not in env  # all namespaces, the default Lease name
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "STALK_LEASE_NAME" not in env
+    return env.get("STALK_WATCH_NAMESPACES")
+
+
+def test_the_namespaced_operators_roles_grant_exactly_the_calls_in_permissions_py(kubectl_built):
+    """k8s/namespaced/ serves one namespace: a Role there for what it watches, a Role for its Lease, and
+    a read-only ClusterRole for what kopf observes; everything in, bound in and named after that namespace."""
+    rendered = render(NAMESPACED, TEAM)
+    need = permissions.required(cluster_wide=False)
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): permissions.granted(o["rules"])
+             for o in rendered if o["kind"] in ("Role", "ClusterRole")}
+    assert roles == {("Role", TEAM, "stalk-operator"): need[permissions.WATCHED],
+                     ("Role", TEAM, "stalk-operator-leader"): need[permissions.OWN],
+                     ("ClusterRole", None, f"{TEAM}-stalk-operator-discovery"): need[permissions.CLUSTER]}
+    bindings = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): (o["roleRef"]["kind"], o["roleRef"]["name"], o["subjects"])
+                for o in rendered if o["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+    account = [{"kind": "ServiceAccount", "name": "stalk-operator", "namespace": TEAM}]
+    assert bindings == {("RoleBinding", TEAM, "stalk-operator"): ("Role", "stalk-operator", account),
+                        ("RoleBinding", TEAM, "stalk-operator-leader"): ("Role", "stalk-operator-leader", account),
+                        ("ClusterRoleBinding", None, f"{TEAM}-stalk-operator-discovery"):
+                            ("ClusterRole", f"{TEAM}-stalk-operator-discovery", account)}
+    assert {o["metadata"].get("namespace") for o in rendered if o["kind"] in ("Deployment", "Lease", "ServiceAccount", "PodDisruptionBudget")} == {TEAM}
+    # It creates no namespace (the team's exists; `kubectl delete -k` must not remove it) and watches only its own.
+    assert not [o for o in rendered if o["kind"] == "Namespace"]
+    assert watch_namespaces(rendered) == {"name": "STALK_WATCH_NAMESPACES",
+                                          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    # Cluster-scoped names carry the namespace, so two teams' installs and the cluster-wide one coexist.
+    cluster_scoped = {o["kind"]: o["metadata"]["name"] for o in rendered
+                      if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")}
+    assert all(name.startswith(f"{TEAM}-stalk-operator") for name in cluster_scoped.values()), cluster_scoped
+    assert not set(cluster_scoped.values()) & {o["metadata"]["name"] for o in render(CLUSTER_WIDE) if "namespace" not in o["metadata"]}
 
 
 def test_a_pod_policy_holds_the_operators_service_account_to_the_deletion_cost(rendered):
@@ -100,16 +149,21 @@ def test_a_pod_policy_holds_the_operators_service_account_to_the_deletion_cost(r
 
 
 @pytest.mark.cluster
-def test_the_bases_pod_policy_lets_its_operator_set_only_the_deletion_cost(rendered, kube_cluster):
-    """Applied as `kubectl apply -k` would (all but the CRD, shared by the session, and the pods), in stalk-system."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variants_pod_policy_lets_its_operator_set_only_the_deletion_cost(variant, kubectl_built, kube_cluster,
+                                                                                kube_namespace):
+    """Applied as `kubectl apply -k` would (all but the CRD, shared by the session, and the pods): the
+    cluster-wide base in stalk-system, the namespaced overlay set to a fresh namespace (its Role there)."""
     kubectl = kube_cluster.kubectl
+    namespace = "stalk-system" if variant == CLUSTER_WIDE else kube_namespace
+    rendered = render(variant, None if variant == CLUSTER_WIDE else namespace)
     objects = [o for o in rendered if o["kind"] not in {"CustomResourceDefinition", "Deployment", "PodDisruptionBudget"}]
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
     kubectl("apply", "--server-side", "-f", "-", input=manifest)
     try:
-        poll(lambda: kubectl("get", "serviceaccount", "stalk-operator", namespace="stalk-system", check=False).returncode == 0,
+        poll(lambda: kubectl("get", "serviceaccount", "stalk-operator", namespace=namespace, check=False).returncode == 0,
              timeout=30, what="the operator's ServiceAccount")
-        check_only_the_deletion_cost_may_change(kube_cluster, "stalk-system", "stalk-operator")
+        check_only_the_deletion_cost_may_change(kube_cluster, namespace, "stalk-operator")
     finally:
         kubectl("delete", "--wait=false", "--ignore-not-found", "-f", "-", input=manifest)
 

@@ -166,9 +166,10 @@ def real_cluster(request) -> Iterator[RealCluster]:
                          "--bin-dir", str(REPO / ".cluster" / "bin")], capture_output=True, text=True)
     cluster = RealCluster(kubeconfig=state_dir / "kubeconfig", state_dir=state_dir, images=images)
     try:
-        writer.line(f"[real node] {up.stdout.strip().splitlines()[-2] if up.stdout.strip() else ''}")
         if up.returncode != 0:
             pytest.fail(f"hack/cluster.py up --node real failed:\n{up.stdout}{up.stderr}", pytrace=False)
+        # The line before the last of `up`'s report: where the node's cluster is.
+        writer.line(f"[real node] {(up.stdout.strip().splitlines() or [''])[-2:][0]}")
         load = subprocess.run([sys.executable, str(CLUSTER_PY), "load", "--state-dir", str(state_dir),
                                "--images", str(images_json)], capture_output=True, text=True)
         if load.returncode != 0:
