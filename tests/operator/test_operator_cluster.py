@@ -280,7 +280,9 @@ def test_busy_workers_hold_a_scale_down_even_when_their_load_asks_for_fewer(
     """Two long tasks at 10 tasks per replica ask for one replica; both busy pods must stay."""
     cluster.create(worker_deployment("busy", replicas=3), taskqueue(
         "busy", queue=QUEUE, broker_url=redis_urls[0], target="busy", maxReplicas=3, tasksPerReplica=10,
-        scaleDown={"stabilizationSeconds": 15},
+        # No early release of idle replicas (idleReplicaSeconds, 10 s by default): the window's
+        # decision is the one under test, and busy workers must hold it.
+        scaleDown={"stabilizationSeconds": 15, "idleReplicaSeconds": 3600},
     ))
     poll(lambda: cluster.ready("busy") == 3, timeout=60, what="3 worker pods Ready")
     pods = sorted(p.metadata.name for p in cluster.pods("busy"))
