@@ -136,8 +136,27 @@ def test_an_idle_keep_alive_connection_stays_usable_for_a_proxys_idle_time(api):
     request = b"GET /healthz HTTP/1.1\r\nhost: api\r\n\r\n"
     with connect(api.url) as sock:
         sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         time.sleep(6)
         sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response: its headers and Content-Length bytes of body, however the segments fall
+    (a recv may return the headers alone, and the next one the body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        body += chunk
+    assert len(body) == length, f"more than one response: {body!r}"
+    return head + b"\r\n\r\n" + body
 
