@@ -7,7 +7,7 @@ kombu pool from the closed connection. Here a prefork worker runs acks-late slee
 short tasks when its Redis is SIGKILLed, down a few seconds, and started again empty on the same
 port; the worker process must still be alive and run a new task. It does not fail every time on the
 old transport (it needs an ack or restore to land after the close): it failed in 1 of 2 runs there,
-and in 1 of 3 with only the restore skipped (the ack path); it passed 4 of 4 with the fix.""""""
+and in 1 of 3 with only the restore skipped (the ack path); it passed 4 of 4 with the fix."""
 
 from __future__ import annotations
 
