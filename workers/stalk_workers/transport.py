@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 
@@ -38,6 +39,28 @@ class CapturingChannel(kombu_redis.Channel):
     """kombu's Redis channel that can capture a publish instead of pushing it."""
 
     _captured: list | None = None
+
+    def _connection_closed(self) -> bool:
+        transport = self.connection  # None once the channel is closed
+        return transport is None or getattr(transport, "client", None) is None
+
+    @property
+    def do_restore(self):
+        """Whether closing this channel pushes its delivered, unacked messages back (kombu's
+        ``QoS.restore_unacked_once`` asks). Not once the connection is closed: skipping loses
+        nothing, the messages stay in Redis's ``unacked`` hash (the visibility-timeout restore
+        brings them back) or went with Redis's data (stalk's recoverer republishes those)."""
+        return not self._connection_closed()
+
+    def _connparams(self, asynchronous=False):
+        # After Redis died the consumer closes the connection, and a late ack (a task that ended
+        # since) or restore on the old channel builds a pool from it: kombu reads
+        # ``transport.client`` (None) and the AttributeError ended the worker ("Unrecoverable
+        # error", bench/soak.py). A ConnectionError is one of the transport's connection errors:
+        # Celery logs "Couldn't ack" and the worker goes on.
+        if self._connection_closed():
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        return super()._connparams(asynchronous=asynchronous)
 
     @contextmanager
     def capturing(self):
