@@ -59,6 +59,7 @@ from operator_reaction import (  # noqa: E402 - the shared harness, next to this
 )
 
 TICK = "stalk_operator_tick_duration_seconds"
+PLAN = "stalk_operator_tick_plan_duration_seconds"  # the tick up to its API calls
 READER_COMMANDS = ("llen", "lindex", "zrange", "hmget")  # what QueueReader.read's script runs
 TARGET_TICK_SECONDS = 0.1
 TARGET_RSS_MB = 300
@@ -179,7 +180,7 @@ def strace_round_trips(h, pid: int, seconds: float, redis_port: int) -> dict[str
     """Round trips to Redis, counted from the operator's own socket calls, and the ticks in the window."""
     out = h.workdir / f"strace-{time.monotonic_ns()}.txt"
     ticks_before = histogram(h.metrics(), TICK)[1]
-    h._start("strace", ["strace", "-f", "-qq", "-yy", "-s", "0", "-e", "trace=sendto,recvfrom,sendmsg,recvmsg",
+    h._start("strace", ["strace", "-f", "-qq", "-yy", "-s", "48", "-e", "trace=sendto,recvfrom,sendmsg,recvmsg",
                         "-o", str(out), "-p", str(pid)])
     time.sleep(1.0)  # strace attaches to every thread
     ticks_start = histogram(h.metrics(), TICK)[1]
@@ -188,7 +189,11 @@ def strace_round_trips(h, pid: int, seconds: float, redis_port: int) -> dict[str
     ticks_end = histogram(h.metrics(), TICK)[1]
     target = f"->127.0.0.1:{redis_port}]"
     call = re.compile(r"^\d+\s+(sendto|recvfrom|sendmsg|recvmsg)\((\d+)<TCP:\[([^\]]+)\]>")
+    # The first command of a send run (RESP: *<n>\r\n$<len>\r\nNAME), to tell the tick's read from the rest.
+    command = re.compile(r'"\*\d+\\r\\n\$\d+\\r\\n([A-Za-z_]+)')
+    by_command: dict[str, int] = defaultdict(int)
     runs: dict[str, int] = defaultdict(int)
+    threads: dict[str, set[str]] = defaultdict(set)
     last: dict[str, str] = {}
     sends = recvs = 0
     for line in out.read_text(errors="replace").splitlines():
@@ -197,18 +202,25 @@ def strace_round_trips(h, pid: int, seconds: float, redis_port: int) -> dict[str
             continue
         kind = "send" if m.group(1) in ("sendto", "sendmsg") else "recv"
         sock = m.group(3)
+        threads[sock].add(line.split(None, 1)[0])
         if kind == "send":
             sends += 1
             if last.get(sock) != "send":
                 runs[sock] += 1
+                name = command.search(line)
+                by_command[name.group(1).upper() if name else "?"] += 1
         else:
             recvs += 1
         last[sock] = kind
     out.unlink(missing_ok=True)
     # The window is counted from strace's start (the runs) to its stop; ticks over the same span.
     ticks = ticks_end - ticks_before
+    reads = sum(by_command[c] for c in ("EVALSHA_RO", "EVALSHA", "EVAL_RO", "EVAL"))
     return {"round_trips": sum(runs.values()), "sockets": len(runs), "sendto": sends, "recvfrom": recvs,
+            "read_round_trips": reads, "reads_per_tick": reads / ticks if ticks else math.nan,
+            "by_command": dict(sorted(by_command.items())),
             "ticks": ticks, "ticks_attached": ticks_end - ticks_start,
+            "per_socket": {sock: {"round_trips": n, "threads": sorted(threads[sock])} for sock, n in runs.items()},
             "per_tick": sum(runs.values()) / ticks if ticks else math.nan}
 
 
@@ -294,6 +306,8 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         b0, n0, s0 = histogram(m0, TICK)
         b1, n1, s1 = histogram(m1, TICK)
         window = {le: b1[le] - b0.get(le, 0) for le in b1}
+        p0, p1 = histogram(m0, PLAN)[0], histogram(m1, PLAN)[0]
+        plan_window = {le: p1[le] - p0.get(le, 0) for le in p1}
         ticks = n1 - n0
         calls = {c: i1["calls"].get(c, 0) - i0["calls"].get(c, 0) for c in READER_COMMANDS}
         result.update({
@@ -302,6 +316,8 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "tick_p50": histogram_quantile(0.5, window), "tick_p90": histogram_quantile(0.9, window),
             "tick_p99": histogram_quantile(0.99, window),
             "tick_mean": (s1 - s0) / ticks if ticks else math.nan,
+            "plan_p50": histogram_quantile(0.5, plan_window), "plan_p99": histogram_quantile(0.99, plan_window),
+            "plan_buckets": {str(le): plan_window[le] for le in sorted(plan_window)},
             "tick_max_bucket": next((le for le in sorted(window) if window[le] >= ticks), math.inf),
             "share_within_target": window.get(TARGET_TICK_SECONDS, 0) / ticks if ticks else math.nan,
             "buckets": {str(le): window[le] for le in sorted(window)},
@@ -319,6 +335,9 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "produced": sent1 - sent0, "delivered": taken1 - taken0,
             "scale_events": {d: (m1.get(("stalk_operator_scale_events_total", (("direction", d),))) or 0)
                              for d in ("up", "down")},
+            "scale_events_in_window": {
+                d: (m1.get(("stalk_operator_scale_events_total", (("direction", d),))) or 0)
+                - (m0.get(("stalk_operator_scale_events_total", (("direction", d),))) or 0) for d in ("up", "down")},
             "broker_errors": sum(v for (name, _), v in m1.items() if name == "stalk_operator_broker_errors_total"),
             "api_errors": sum(v for (name, _), v in m1.items() if name == "stalk_operator_api_errors_total"),
         })
@@ -440,6 +459,10 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"| tick duration p50 (histogram) | {ms(result['tick_p50'])} | | |",
         f"| tick duration p90 (histogram) | {ms(result['tick_p90'])} | <= 100 ms | {verdict(result['tick_p90'] <= TARGET_TICK_SECONDS)} |",
         f"| tick duration p99 (histogram) | {ms(result['tick_p99'])} | <= 100 ms | {verdict(result['tick_p99'] <= TARGET_TICK_SECONDS)} |",
+        f"| scale patches in the window (up / down; a down first asks the workers what runs, up to 0.5 s) | "
+        f"{result['scale_events_in_window']['up']:.0f} / {result['scale_events_in_window']['down']:.0f} | | |",
+        f"| tick up to its API calls p50 / p99 (read and decide, `{PLAN}`) | {ms(result['plan_p50'])} / "
+        f"{ms(result['plan_p99'])} | <= 100 ms | {verdict(result['plan_p99'] <= TARGET_TICK_SECONDS)} |",
         f"| tick duration mean (_sum/_count) | {ms(result['tick_mean'])} | | |",
         f"| ticks within 100 ms | {result['share_within_target']:.0%} | | |",
     ]
@@ -448,8 +471,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
                     f"({rt['round_trips']} in {rt['ticks']:.0f} ticks) | 1 | {verdict(rt['per_tick'] <= 1.0 + 1e-9)} |")
     if rt2:
         rows.append(f"| Redis round trips per tick, consumer taking {args.deliver:g} tasks/s (strace) | "
-                    f"{rt2['per_tick']:.2f} ({rt2['round_trips']} in {rt2['ticks']:.0f} ticks) | 1 | "
-                    f"{verdict(rt2['per_tick'] <= 1.0 + 1e-9)} |")
+                    f"{rt2['per_tick']:.2f} ({rt2['round_trips']} in {rt2['ticks']:.0f} ticks) | | |")
+        rows.append(f"| of which the tick's read (EVALSHA_RO), per tick | {rt2['reads_per_tick']:.2f} "
+                    f"({rt2['read_round_trips']} in {rt2['ticks']:.0f} ticks) | 1 | "
+                    f"{verdict(rt2['reads_per_tick'] <= 1.0 + 1e-9)} |")
+        others = {c: n for c, n in rt2["by_command"].items() if c not in ("EVALSHA_RO", "EVALSHA", "EVAL_RO", "EVAL")}
+        rows.append(f"| the others, by first command (remote control: busy workers before a scale down, "
+                    f"the once-a-minute unconsumed-lists check) | {', '.join(f'{c} {n}' for c, n in others.items()) or 'none'} | | |")
     rows += [
         f"| Redis commands per read (LLEN/LINDEX/ZRANGE/HMGET, INFO commandstats) | {result['reader_commands_per_tick']:,.0f} | | |",
         f"| Redis busy per read (the read script, INFO commandstats) | {result['script_ms_per_read']:.2f} ms | | |",

@@ -141,6 +141,7 @@ class BrokerLoop:
             self._inspector.close()
 
     async def tick(self, members: list[TaskQueueState]) -> None:
+        started = time.perf_counter()
         queues = sorted({m.config.queue for m in members})
         now = self._supervisor.clock()
         try:
@@ -160,6 +161,7 @@ class BrokerLoop:
                     self._unconsumed_task is None or self._unconsumed_task.done()):
                 self._unconsumed_at = now
                 self._unconsumed_task = asyncio.create_task(self._unconsumed_look(queues))
+        self._supervisor.metrics.tick_plan_duration.observe(time.perf_counter() - started)
         if steps:
             await asyncio.gather(*(self.actuate(step) for step in steps))
 
