@@ -227,6 +227,22 @@ data:
 {{- end -}}
 
 {{/*
+stalk.flower.configMap: the ConfigMap with Flower's Celery config module (files/stalk_flower_config.py,
+standard library only: Flower's image has no stalk), which turns the Redis settings of stalk.redis.env
+into Celery's. Flower imports it through PYTHONPATH (celery --config stalk_flower_config).
+*/}}
+{{- define "stalk.flower.configMap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "stalk.componentName" (dict "ctx" . "component" "flower") }}
+  labels:
+    {{- include "stalk.labels" (dict "ctx" . "component" "flower") | nindent 4 }}
+data:
+  {{- (.Files.Glob "files/stalk_flower_config.py").AsConfig | nindent 2 }}
+{{- end -}}
+
+{{/*
 stalk.secretsChecksum: sha256 of the data of the user-managed Secrets stalk reads at start (API tokens,
 external Redis and database URLs), looked up in the cluster; empty when the chart manages them all.
 Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Generated Secrets never change.)
@@ -251,17 +267,11 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
 {{- end -}}
 {{- end -}}
 
-{{/* stalk.env: the environment of every stalk container: the shared ConfigMap and the Redis and database URLs from their Secrets. */}}
-{{- define "stalk.env" -}}
-- name: STALK_BROKER_URL
-  valueFrom:
-    secretKeyRef: {name: {{ include "stalk.redis.secretName" . }}, key: {{ include "stalk.redis.brokerKey" . }}}
-- name: STALK_RESULT_BACKEND
-  valueFrom:
-    secretKeyRef: {name: {{ include "stalk.redis.secretName" . }}, key: {{ include "stalk.redis.resultKey" . }}}
-- name: STALK_DATABASE_URL
-  valueFrom:
-    secretKeyRef: {name: {{ include "stalk.database.secretName" . }}, key: {{ include "stalk.database.key" . }}}
+{{/*
+stalk.redis.env: the Redis connection settings besides the URL (TLS files and check, the Sentinels'
+password), for stalk's containers and Flower's config module (files/stalk_flower_config.py) alike.
+*/}}
+{{- define "stalk.redis.env" -}}
 {{- if include "stalk.redis.tls" . }}
 {{- $tls := .Values.externalRedis.tls }}
 - name: STALK_REDIS_TLS_CERT_REQS
@@ -282,6 +292,50 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
   valueFrom:
     secretKeyRef: {name: {{ . }}, key: {{ $.Values.externalRedis.sentinel.passwordKey }}}
 {{- end }}
+{{- end -}}
+
+{{/* stalk.redis.hasTlsFiles: "true" when externalRedis.tls mounts a CA or a client certificate, else empty. */}}
+{{- define "stalk.redis.hasTlsFiles" -}}
+{{- if and (include "stalk.redis.tls" .) (or .Values.externalRedis.tls.caSecret.name .Values.externalRedis.tls.clientCertSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* stalk.redis.volumes: the Redis TLS files (CA, client certificate) as one volume when externalRedis.tls has any, else nothing. */}}
+{{- define "stalk.redis.volumes" -}}
+{{- if include "stalk.redis.hasTlsFiles" . }}
+{{- $tls := .Values.externalRedis.tls }}
+- name: redis-tls
+  projected:
+    # Readable by the pod's group (fsGroup) only: the client key is a secret.
+    defaultMode: 0440
+    sources:
+      {{- with $tls.caSecret.name }}
+      - secret: {name: {{ . }}, items: [{key: {{ $tls.caSecret.key }}, path: ca.crt}]}
+      {{- end }}
+      {{- with $tls.clientCertSecret }}
+      - secret: {name: {{ . }}, items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* stalk.redis.volumeMounts: the mount of stalk.redis.volumes at stalk.redis.tlsDir (where STALK_REDIS_TLS_* point), or nothing. */}}
+{{- define "stalk.redis.volumeMounts" -}}
+{{- if include "stalk.redis.hasTlsFiles" . }}
+- {name: redis-tls, mountPath: {{ include "stalk.redis.tlsDir" . }}, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* stalk.env: the environment of every stalk container: the shared ConfigMap and the Redis and database URLs from their Secrets. */}}
+{{- define "stalk.env" -}}
+- name: STALK_BROKER_URL
+  valueFrom:
+    secretKeyRef: {name: {{ include "stalk.redis.secretName" . }}, key: {{ include "stalk.redis.brokerKey" . }}}
+- name: STALK_RESULT_BACKEND
+  valueFrom:
+    secretKeyRef: {name: {{ include "stalk.redis.secretName" . }}, key: {{ include "stalk.redis.resultKey" . }}}
+- name: STALK_DATABASE_URL
+  valueFrom:
+    secretKeyRef: {name: {{ include "stalk.database.secretName" . }}, key: {{ include "stalk.database.key" . }}}
+{{- include "stalk.redis.env" . }}
 {{- with .Values.config.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -302,31 +356,14 @@ Pods carry it, so `helm upgrade` after rotating such a Secret restarts them. (Ge
     name: {{ include "stalk.componentName" (dict "ctx" . "component" "config") }}
     items:
       - {key: queues.yaml, path: queues.yaml}
-{{- if include "stalk.redis.tls" . }}
-{{- $tls := .Values.externalRedis.tls }}
-{{- if or $tls.caSecret.name $tls.clientCertSecret }}
-- name: redis-tls
-  projected:
-    # Readable by the pod's group (fsGroup) only: the client key is a secret.
-    defaultMode: 0440
-    sources:
-      {{- with $tls.caSecret.name }}
-      - secret: {name: {{ . }}, items: [{key: {{ $tls.caSecret.key }}, path: ca.crt}]}
-      {{- end }}
-      {{- with $tls.clientCertSecret }}
-      - secret: {name: {{ . }}, items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]}
-      {{- end }}
-{{- end }}
-{{- end }}
+{{- include "stalk.redis.volumes" . }}
 {{- end -}}
 
 {{/* stalk.volumeMounts: mounts of stalk.volumes; STALK_QUEUES_FILE points into /etc/stalk/queues, STALK_REDIS_TLS_* into stalk.redis.tlsDir. */}}
 {{- define "stalk.volumeMounts" -}}
 - {name: tmp, mountPath: /tmp}
 - {name: queues, mountPath: /etc/stalk/queues, readOnly: true}
-{{- if and (include "stalk.redis.tls" .) (or .Values.externalRedis.tls.caSecret.name .Values.externalRedis.tls.clientCertSecret) }}
-- {name: redis-tls, mountPath: {{ include "stalk.redis.tlsDir" . }}, readOnly: true}
-{{- end }}
+{{- include "stalk.redis.volumeMounts" . }}
 {{- end -}}
 
 {{/* stalk.podSecurityContext / stalk.containerSecurityContext: the hardened defaults from values. */}}
