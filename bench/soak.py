@@ -1,11 +1,14 @@
-"""Load held through faults: tasks through the API at a steady rate while a worker is killed, Redis
-loses everything, and the API restarts; no accepted task may be lost.
+"""Load held through faults: tasks through the API at a steady rate while a worker is killed, the
+Redis primary dies (Sentinel fails over) or Redis loses everything, and the API restarts; no
+accepted task may be lost.
 
     .venv/bin/python bench/soak.py                               # 1,000 tasks/s for 10 minutes
     .venv/bin/python bench/soak.py --seconds 60 --rate 200       # the short run in docs/benchmarks.md
-    .venv/bin/python bench/soak.py --faults redis-restart        # one fault only
+    .venv/bin/python bench/soak.py --faults redis-restart        # one fault only (on a plain Redis)
 
-On loopback: a private ``redis-server`` without persistence, ``stalk api`` (SQLite records),
+On loopback: a private Redis without persistence (a plain ``redis-server``; with the
+``redis-failover`` fault, a primary, a replica and three Sentinels, tests/fixtures/sentinel.py,
+and every process reaches it through Sentinel), ``stalk api`` (SQLite records),
 ``--workers`` Celery workers of the stalk app draining the ``default`` queue, and ``stalk recover``
 looping (``STALK_RECOVER_AFTER_SECONDS`` at its least, 10 s). A load process sends
 ``POST /v1/tasks`` at ``--rate`` (open loop: request i leaves at start + i/rate, on
@@ -17,13 +20,16 @@ The faults are spread evenly over the run, in ``--faults`` order:
   worker-kill    SIGKILL to one worker's process group (its running task is lost with it; Redis
                  keeps the message in ``unacked`` until the visibility timeout, 20 s here), and a
                  new worker of the same name, as Kubernetes restarts a container;
+  redis-failover SIGKILL to the Sentinel-managed primary (what it had not yet replicated is gone);
+                 back once Sentinel promoted the replica and the API publishes again; the old
+                 primary is started again, empty, as a replica of the new one, as Kubernetes
+                 restarts its pod;
   redis-restart  SIGKILL to redis-server and a new one on the same port, empty (no persistence):
-                 every waiting and unacked message is gone, the records remain;
+                 every waiting and unacked message is gone, the records remain (a plain Redis
+                 only: under Sentinel the same kill is the failover above);
   api-restart    SIGTERM to the API (uvicorn finishes what it has) and a new one.
 Each is a function of the ``Stack`` in ``FAULTS`` that injects the fault and returns once the
-stack is back. The list is meant to grow: the Sentinel failover (the primary killed, a replica
-promoted) needs a Stack that runs a primary, a replica and three sentinels; register it there as
-``redis-failover``.
+stack is back. The default is the issue's three: worker-kill, redis-failover, api-restart.
 
 After the load, the workers drain and the recoverer republishes what Redis lost, until every
 accepted task (a 202 answer) is SUCCESS or ``--drain-seconds`` pass. Printed: accepted, finished,
@@ -57,6 +63,7 @@ from pathlib import Path
 from core_throughput import STARTUP_DEADLINE, BenchError, Processes, free_port, percentiles, wait_for
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # the Sentinel set-up the tests use (tests/fixtures/sentinel.py)
 TASK = "soak.run"
 QUEUE = "default"  # no route matches soak.run: the default queue
 # Short limits so a killed worker's message comes back within the run (the default is an hour).
@@ -78,6 +85,7 @@ class Stack:
     processes: Processes
     workers: int
     concurrency: int
+    sentinel: bool = False  # a primary, a replica and three Sentinels instead of one redis-server
     redis_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
 
@@ -87,20 +95,36 @@ class Stack:
         self.runs_dir = self.work / "runs"
         self.runs_dir.mkdir()
         self.database = self.work / "stalk.db"
+        self.cluster = None  # the SentinelCluster, once started
+        if self.sentinel:
+            from tests.fixtures.sentinel import MASTER_NAME
+
+            self.master_name = MASTER_NAME
+            self.sentinel_ports = [free_port() for _ in range(3)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("STALK_")}
         env.update(TIME_LIMITS, STALK_BROKER_URL=self.redis_url(0), STALK_RESULT_BACKEND=self.redis_url(1),
                    STALK_DATABASE_URL=f"sqlite:///{self.database}", STALK_TASK_MODULES="soak_tasks",
                    STALK_WORKER_METRICS_PORT="0", SOAK_RUNS_DIR=str(self.runs_dir), PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        if self.sentinel:
+            env["STALK_BROKER_MASTER_NAME"] = self.master_name
         self.env = env
 
     def redis_url(self, db: int) -> str:
+        if self.sentinel:  # kombu's spelling: one address per Sentinel, the database in the first
+            first, *rest = self.sentinel_ports
+            return ";".join([f"sentinel://127.0.0.1:{first}/{db}", *(f"sentinel://127.0.0.1:{p}" for p in rest)])
         return f"redis://127.0.0.1:{self.redis_port}/{db}"
 
     def redis(self):
         import redis
 
         return redis.Redis(port=self.redis_port, socket_timeout=5, socket_connect_timeout=2)
+
+    def start_sentinel_cluster(self) -> None:
+        from tests.fixtures.sentinel import start_sentinel_cluster
+
+        self.cluster = start_sentinel_cluster(self.work / "sentinel", sentinel_ports=self.sentinel_ports)
 
     # Redis --------------------------------------------------------------------------------------
     def start_redis(self) -> None:
@@ -147,6 +171,8 @@ class Stack:
         def answered() -> bool:
             # A connection per try: the one before may have gone with a Redis restart.
             app = Celery("soak-ping", broker=self.redis_url(0), set_as_current=False)
+            if self.sentinel:
+                app.conf.broker_transport_options = {"master_name": self.master_name}
             with app.connection_for_write() as connection:
                 return len(app.control.ping(nodes, timeout=0.5, connection=connection)) >= len(nodes)
 
@@ -159,7 +185,10 @@ class Stack:
                              env=env, cwd=self.work)
 
     def start(self) -> None:
-        self.start_redis()
+        if self.sentinel:
+            self.start_sentinel_cluster()
+        else:
+            self.start_redis()
         self.start_api()  # migrates the database first (STALK_MIGRATE_ON_START)
         for n in range(self.workers):
             self.start_worker(n)
@@ -201,13 +230,27 @@ def kill_a_worker(stack: Stack) -> None:
 
 
 def restart_redis_empty(stack: Stack) -> None:
-    import httpx
-
     stack.kill("redis")
     stack.start_redis()
-    # Back when the API can publish again (its readiness pings Redis).
+    wait_api_ready(stack, "after the Redis restart")
+
+
+def fail_over_redis(stack: Stack) -> None:
+    from tests.fixtures.sentinel import restart_as_replica
+
+    cluster = stack.cluster
+    old = cluster.kill_primary()
+    new = cluster.wait_promoted(old, timeout=STARTUP_DEADLINE)
+    wait_api_ready(stack, "after the failover")
+    restart_as_replica(cluster, old, new)
+
+
+def wait_api_ready(stack: Stack, when: str) -> None:
+    """Back when the API can publish again (its readiness pings Redis)."""
+    import httpx
+
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{stack.api_port}/readyz", timeout=2).status_code == 200,
-             deadline=STARTUP_DEADLINE, what="the API's /readyz after the Redis restart", processes=stack.processes,
+             deadline=STARTUP_DEADLINE, what=f"the API's /readyz {when}", processes=stack.processes,
              name="api", interval=0.1)
 
 
@@ -219,8 +262,10 @@ def restart_the_api(stack: Stack) -> None:
 FAULTS: dict[str, Callable[[Stack], None]] = {
     "worker-kill": kill_a_worker,
     "redis-restart": restart_redis_empty,
+    "redis-failover": fail_over_redis,
     "api-restart": restart_the_api,
 }
+DEFAULT_FAULTS = ["worker-kill", "redis-failover", "api-restart"]
 
 
 # --- the load: a process of its own, so faults and bookkeeping do not slow it ---------------------
@@ -405,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4, help="prefork processes per worker")
-    parser.add_argument("--faults", nargs="*", default=list(FAULTS), choices=sorted(FAULTS),
-                        help="faults in order, spread evenly over the run (default: all)")
+    parser.add_argument("--faults", nargs="*", default=DEFAULT_FAULTS, choices=sorted(FAULTS),
+                        help=f"faults in order, spread evenly over the run (default: {' '.join(DEFAULT_FAULTS)})")
     parser.add_argument("--window", type=float, default=None,
                         help="seconds of latency before and after each fault (default: a fifth of the spacing, at most 20)")
     parser.add_argument("--drain-seconds", type=float, default=300.0)
@@ -414,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate < 1 or args.batch < 1 or args.seconds <= 0:
         parser.error("--rate, --batch and --seconds must be positive")
+    if {"redis-restart", "redis-failover"} <= set(args.faults):
+        parser.error("redis-restart needs a plain Redis and redis-failover a Sentinel-managed one: "
+                     "give them to separate runs")
     spacing = args.seconds / (len(args.faults) + 1)
     args.window = args.window or min(20.0, spacing / 5)
 
@@ -421,12 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     work = Path(tempfile.mkdtemp(prefix="stalk-soak-"))
     processes = Processes(work)
-    stack = Stack(work=work, processes=processes, workers=args.workers, concurrency=args.concurrency)
+    stack = Stack(work=work, processes=processes, workers=args.workers, concurrency=args.concurrency,
+                  sentinel="redis-failover" in args.faults)
     faults: list[dict] = []
     try:
         stack.start()
-        print(f"stack up in {work} (redis :{stack.redis_port}, api :{stack.api_port}); load for {args.seconds:g} s",
-              flush=True)
+        redis_at = (f"sentinels :{','.join(map(str, stack.sentinel_ports))}" if stack.sentinel
+                    else f"redis :{stack.redis_port}")
+        print(f"stack up in {work} ({redis_at}, api :{stack.api_port}); load for {args.seconds:g} s", flush=True)
         start = time.time() + 1.0
         config = {"port": stack.api_port, "rate": args.rate, "batch": args.batch, "connections": args.connections,
                   "seconds": args.seconds, "start": start, "out": str(work / "samples.txt")}
@@ -488,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         processes.stop_all()
+        if stack.cluster is not None:
+            stack.cluster.stop()
         if args.keep:
             print(f"kept {work}")
         else:
